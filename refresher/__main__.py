@@ -1,0 +1,5 @@
+import sys
+
+from refresher.cli import main
+
+sys.exit(main())

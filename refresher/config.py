@@ -1,0 +1,179 @@
+"""The service's configuration: one frozen object read from the environment and `serve` flags.
+
+Every setting has an environment variable (12-factor) and a `serve` flag of the same name
+(`PORT` ↔ `--port`); a flag wins over the environment. Values are checked once, at start: a
+bad value raises `ConfigError` whose message names the variable and the rule, and the
+service stops with that one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+GIB = 1024**3
+MIB = 1024**2
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot run with."""
+
+    def __init__(self, variable: str, rule: str, value: str) -> None:
+        self.variable = variable
+        self.rule = rule
+        self.value = value
+        super().__init__(f"{variable} {rule}, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    data_dir: Path = Path("./data")
+    auth_password: str | None = None
+    token_secret: str | None = None
+    job_ttl_hours: float = 24.0
+    storage_quota_bytes: int = 3 * GIB
+    evict_high: float = 0.85
+    evict_low: float = 0.75
+    janitor_interval_s: float = 300.0
+    max_upload_bytes: int = 500 * MIB
+    max_files: int = 10
+    max_variations: int = 20
+    ffmpeg: str | None = None
+    ffmpeg_threads: int | None = None
+    cors_origins: tuple[str, ...] = ()
+    # Seconds a SIGTERM/SIGINT gives running requests (downloads) to finish. fly.toml's
+    # kill_timeout must be longer, or the machine is killed mid-drain.
+    shutdown_grace_s: float = 20.0
+    # A request header holding the client's address as seen by a trusted proxy in front
+    # (Fly's proxy sets `Fly-Client-IP`); empty means use the socket's peer address.
+    client_ip_header: str = ""
+    log_level: str = "INFO"
+
+    @property
+    def job_ttl_s(self) -> float:
+        return self.job_ttl_hours * 3600.0
+
+
+def _integer(low: int, high: int | None = None) -> Callable[[str], int]:
+    rule = (
+        f"must be a whole number >= {low}"
+        if high is None
+        else (f"must be a whole number from {low} to {high}")
+    )
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text.strip().replace("_", ""))
+        except ValueError:
+            raise ValueError(rule) from None
+        if value < low or (high is not None and value > high):
+            raise ValueError(rule)
+        return value
+
+    return parse
+
+
+def _number(
+    low: float, high: float | None = None, *, low_open: bool = False
+) -> Callable[[str], float]:
+    bound = f"> {low:g}" if low_open else f">= {low:g}"
+    rule = f"must be a number {bound}" + ("" if high is None else f" and <= {high:g}")
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip())
+        except ValueError:
+            raise ValueError(rule) from None
+        too_low = value <= low if low_open else value < low
+        if not math.isfinite(value) or too_low or (high is not None and value > high):
+            raise ValueError(rule)
+        return value
+
+    return parse
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _secret(text: str) -> str:
+    if len(text) < 8:
+        raise ValueError("must be at least 8 characters")
+    return text
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
+    for origin in origins:
+        if origin != "*" and not origin.startswith(("http://", "https://")):
+            raise ValueError("must be a comma-separated list of http(s) origins or *")
+    return origins
+
+
+def _log_level(text: str) -> str:
+    level = text.strip().upper()
+    if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR")
+    return level
+
+
+# field name -> parser of the raw text. The environment variable is the field name in
+# upper case, the flag the field name with dashes.
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "host": _text,
+    "port": _integer(0, 65535),
+    "data_dir": lambda text: Path(_text(text)),
+    "auth_password": _secret,
+    "token_secret": _secret,
+    "job_ttl_hours": _number(0.0, low_open=True),
+    "storage_quota_bytes": _integer(1),
+    "evict_high": _number(0.0, 1.0, low_open=True),
+    "evict_low": _number(0.0, 1.0, low_open=True),
+    "janitor_interval_s": _number(0.0, low_open=True),
+    "max_upload_bytes": _integer(1),
+    "max_files": _integer(1, 1000),
+    "max_variations": _integer(1, 100),
+    "ffmpeg": _text,
+    "ffmpeg_threads": _integer(1, 64),
+    "cors_origins": _origins,
+    "shutdown_grace_s": _number(0.0),
+    "client_ip_header": str.strip,
+    "log_level": _log_level,
+}
+
+SETTINGS: tuple[str, ...] = tuple(_PARSERS)
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = None) -> Config:
+    """Build the configuration from `environ`, with non-None `flags` (by field name) on top.
+
+    Raise `ConfigError` naming the first variable whose value breaks its rule.
+    """
+    values: dict[str, Any] = {}
+    for field, parse in _PARSERS.items():
+        raw = (flags or {}).get(field)
+        if raw is None:
+            raw = environ.get(env_name(field))
+        if raw is None or (raw == "" and field not in {"cors_origins", "client_ip_header"}):
+            continue
+        try:
+            values[field] = parse(raw)
+        except ValueError as err:
+            raise ConfigError(env_name(field), str(err), raw) from None
+    config = Config(**values)
+    if config.evict_low >= config.evict_high:
+        raise ConfigError(
+            "EVICT_LOW", f"must be below EVICT_HIGH ({config.evict_high:g})", str(config.evict_low)
+        )
+    return config

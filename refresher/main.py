@@ -1,0 +1,165 @@
+"""The composition root: wires the store, the actors and the web app into one trio program.
+
+`serve()` runs one nursery holding the supervisor (and through it every actor) and
+Hypercorn serving the Quart-Trio app. Setting the `shutdown` event drains gracefully:
+Hypercorn stops accepting and gives running requests (downloads) up to
+`config.shutdown_grace_s` to finish, then the actors are cancelled and the database
+closed. `run()` adds the process's edge: SIGTERM/SIGINT set that event, a second signal
+stops at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import trio
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.trio import serve as hypercorn_serve
+
+from actors.download_tracker import DownloadTracker
+from actors.events import EventHub
+from actors.evictor import Evictor
+from actors.janitor import Janitor
+from actors.processor import Processor
+from actors.runtime import Supervisor
+from refresher import credentials as credentials_store
+from refresher.config import Config
+from refresher.db import Database
+from refresher.storage import Paths
+from web.app import create_app
+from web.state import AppState
+
+LOGGER = logging.getLogger(__name__)
+
+# Closing the database waits for running queries; none takes near this long.
+DB_CLOSE_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class RunningService:
+    """What `serve()` reports once it accepts connections."""
+
+    urls: list[str]
+    state: AppState
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hypercorn_config = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hypercorn_config.bind = [f"{host}:{config.port}"]
+    hypercorn_config.graceful_timeout = config.shutdown_grace_s
+    hypercorn_config.accesslog = None
+    # Through our logging setup, not a second stderr handler of Hypercorn's own.
+    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
+    hypercorn_config.include_server_header = False
+    return hypercorn_config
+
+
+async def serve(
+    config: Config,
+    *,
+    shutdown: trio.Event,
+    now: Callable[[], float] = time.time,
+    task_status: trio.TaskStatus[RunningService] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the service until `shutdown` is set (graceful) or the call is cancelled.
+
+    Reports a `RunningService` once it accepts connections. Raises
+    `actors.runtime.SupervisorGaveUp` (in an exception group) when an actor keeps dying.
+    """
+    paths = Paths(config.data_dir)
+    await trio.to_thread.run_sync(paths.create)
+    credentials = await trio.to_thread.run_sync(
+        lambda: credentials_store.load(
+            paths, password=config.auth_password, token_secret=config.token_secret
+        )
+    )
+    if config.auth_password is None:
+        LOGGER.warning(
+            "login password: %s (kept in %s; set AUTH_PASSWORD to choose your own)",
+            credentials.password,
+            credentials.password_source,
+        )
+    db = await Database.open(paths.database)
+    try:
+        events = EventHub()
+        processor = Processor(db)
+        supervisor = Supervisor(
+            [
+                events,
+                DownloadTracker(),
+                processor,
+                Janitor(db, interval_s=config.janitor_interval_s),
+                Evictor(db),
+            ]
+        )
+        app_state = AppState(
+            config=config,
+            paths=paths,
+            db=db,
+            credentials=credentials,
+            supervisor=supervisor,
+            events=events,
+            processor_inbox=processor.inbox,
+            now=now,
+            started_at=trio.current_time(),
+        )
+        app = create_app(app_state)
+        # Nurseries nested by lifetime: the actors outlive the server, so requests being
+        # drained can still reach them.
+        async with trio.open_nursery() as actors_nursery:
+            await actors_nursery.start(supervisor.run)
+
+            async def shutdown_requested() -> None:
+                await shutdown.wait()
+                app_state.stopping = True
+                LOGGER.info(
+                    "shutting down: draining requests for up to %g s", config.shutdown_grace_s
+                )
+
+            async with trio.open_nursery() as server_nursery:
+                urls = await server_nursery.start(
+                    lambda task_status: hypercorn_serve(
+                        app,
+                        _hypercorn_config(config),
+                        shutdown_trigger=shutdown_requested,
+                        task_status=task_status,
+                    )
+                )
+                LOGGER.info("listening on %s", ", ".join(urls))
+                task_status.started(RunningService(urls=urls, state=app_state))
+            # Hypercorn returns once its drain is over; now stop the actors.
+            actors_nursery.cancel_scope.cancel()
+    finally:
+        with trio.move_on_after(DB_CLOSE_TIMEOUT_S) as cleanup:
+            cleanup.shield = True
+            await db.aclose()
+    LOGGER.info("stopped")
+
+
+async def run(config: Config) -> None:
+    """Serve until SIGTERM or SIGINT (graceful), or a second such signal (immediate)."""
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch_signals() -> None:
+                async for signum in signals:
+                    if shutdown.is_set():
+                        LOGGER.warning("second %s: stopping now", signal.Signals(signum).name)
+                        nursery.cancel_scope.cancel()
+                        return
+                    LOGGER.info("%s received", signal.Signals(signum).name)
+                    shutdown.set()
+
+            nursery.start_soon(watch_signals)
+            await serve(config, shutdown=shutdown)
+            nursery.cancel_scope.cancel()

@@ -1,0 +1,94 @@
+"""Signed, expiring tokens: the bearer token of a login and, later, signed download links.
+
+A token is `v1.<payload>.<signature>`, both parts base64url without padding. The payload
+is compact JSON `{"scope": ..., "exp": <unix seconds>}`; the signature is HMAC-SHA256
+of `v1.<payload>` under the service's token secret. Verification compares signatures in
+constant time before it reads the payload, so a forged token learns nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+
+VERSION = "v1"
+# The scope of a login token; download links carry `download:<job id>` instead.
+SESSION_SCOPE = "session"
+
+
+class TokenError(ValueError):
+    """A token that must not be honoured; the message says why."""
+
+
+class TokenExpired(TokenError):
+    def __init__(self, expired_at: int) -> None:
+        self.expired_at = expired_at
+        super().__init__(f"token expired at {expired_at}")
+
+
+@dataclass(frozen=True)
+class Token:
+    value: str
+    scope: str
+    expires_at: int
+
+
+def _b64encode(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _b64decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, signed_part: str) -> bytes:
+    return hmac.new(secret, signed_part.encode("ascii"), hashlib.sha256).digest()
+
+
+def issue(secret: bytes, *, scope: str, now: float, ttl_s: float) -> Token:
+    """Make a token for `scope` that expires `ttl_s` seconds after `now` (unix time)."""
+    if not secret:
+        raise ValueError("secret must not be empty")
+    if ttl_s <= 0:
+        raise ValueError("ttl_s must be > 0")
+    expires_at = int(now + ttl_s)
+    payload = json.dumps({"scope": scope, "exp": expires_at}, separators=(",", ":"))
+    signed_part = f"{VERSION}.{_b64encode(payload.encode())}"
+    value = f"{signed_part}.{_b64encode(_sign(secret, signed_part))}"
+    return Token(value=value, scope=scope, expires_at=expires_at)
+
+
+def verify(secret: bytes, value: str, *, scope: str, now: float) -> Token:
+    """Return the token if `value` was issued under `secret` for `scope` and is unexpired.
+
+    Raise `TokenExpired` for a genuine but expired token, `TokenError` for anything else.
+    """
+    try:
+        version, payload_b64, signature_b64 = value.split(".")
+    except ValueError:
+        raise TokenError("token is malformed") from None
+    if version != VERSION:
+        raise TokenError("token has an unknown version")
+    try:
+        signature = _b64decode(signature_b64)
+    except (binascii.Error, ValueError):
+        raise TokenError("token signature is malformed") from None
+    expected = _sign(secret, f"{version}.{payload_b64}")
+    if not hmac.compare_digest(signature, expected):
+        raise TokenError("token signature does not match")
+    try:
+        payload = json.loads(_b64decode(payload_b64))
+        token_scope, expires_at = payload["scope"], payload["exp"]
+    except (binascii.Error, ValueError, KeyError, TypeError):
+        raise TokenError("token payload is malformed") from None
+    if not isinstance(token_scope, str) or not isinstance(expires_at, int):
+        raise TokenError("token payload is malformed")
+    if not hmac.compare_digest(token_scope.encode(), scope.encode()):
+        raise TokenError(f"token is not valid for {scope}")
+    if now >= expires_at:
+        raise TokenExpired(expires_at)
+    return Token(value=value, scope=token_scope, expires_at=expires_at)

@@ -1,0 +1,96 @@
+"""Login with the team's shared password, bearer tokens, and a login rate limit."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import ParamSpec, TypeVar
+
+from quart import Blueprint, Response, jsonify, request
+
+from refresher import tokens
+from refresher.db import utc_iso
+from web.errors import ApiError
+from web.state import state
+
+LOGGER = logging.getLogger(__name__)
+
+SESSION_TTL_S = 24 * 3600
+P = ParamSpec("P")
+R = TypeVar("R")
+
+blueprint = Blueprint("auth", __name__)
+
+
+def client_address() -> str:
+    header = state().config.client_ip_header
+    if header:
+        forwarded = request.headers.get(header, "").strip()
+        if forwarded:
+            return forwarded
+    return request.remote_addr or "unknown"
+
+
+@blueprint.post("/api/auth")
+async def login() -> Response:
+    app_state = state()
+    client = client_address()
+    now = app_state.now()
+    wait_s = app_state.login_throttle.retry_after_s(client, now)
+    if wait_s > 0:
+        raise ApiError(
+            429,
+            f"Too many wrong passwords; try again in {math.ceil(wait_s)} seconds.",
+            headers={"Retry-After": str(math.ceil(wait_s))},
+        )
+    body = await request.get_json(force=True, silent=True)
+    password = body.get("password") if isinstance(body, dict) else None
+    if not isinstance(password, str) or not password:
+        raise ApiError(400, 'Send JSON like {"password": "..."}: the password is missing.')
+    if not app_state.credentials.password_matches(password):
+        app_state.login_throttle.record_failure(client, now)
+        LOGGER.info("failed login from %s", client)
+        raise ApiError(401, "That password is not right.")
+    app_state.login_throttle.record_success(client)
+    token = tokens.issue(
+        app_state.credentials.token_secret,
+        scope=tokens.SESSION_SCOPE,
+        now=now,
+        ttl_s=SESSION_TTL_S,
+    )
+    expires_at = utc_iso(datetime.fromtimestamp(token.expires_at, UTC))
+    return jsonify({"token": token.value, "expiresAt": expires_at})
+
+
+def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """Let the request through only with a valid session bearer token; else 401."""
+
+    @functools.wraps(handler)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        check_bearer()
+        return await handler(*args, **kwargs)
+
+    return wrapper
+
+
+def check_bearer() -> None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    challenge = {"WWW-Authenticate": "Bearer"}
+    if scheme.lower() != "bearer" or not value.strip():
+        raise ApiError(401, "Log in first: this needs a bearer token.", headers=challenge)
+    app_state = state()
+    try:
+        tokens.verify(
+            app_state.credentials.token_secret,
+            value.strip(),
+            scope=tokens.SESSION_SCOPE,
+            now=app_state.now(),
+        )
+    except tokens.TokenExpired:
+        raise ApiError(401, "Your session has expired; log in again.", headers=challenge) from None
+    except tokens.TokenError:
+        raise ApiError(401, "That token is not valid; log in again.", headers=challenge) from None
