@@ -116,9 +116,21 @@ class Supervisor:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._status = {name: ActorStatus() for name in names}
+        self._changed = trio.Event()
 
     def status(self) -> dict[str, ActorStatus]:
         return dict(self._status)
+
+    async def wait_until(self, name: str, predicate: Callable[[ActorStatus], bool]) -> ActorStatus:
+        """Wait until `predicate(status of name)` holds, and return that status."""
+        while not predicate(status := self._status[name]):
+            await self._changed.wait()
+        return status
+
+    def _set_state(self, status: ActorStatus, state: str) -> None:
+        status.state = state
+        self._changed.set()
+        self._changed = trio.Event()
 
     def kill(self, name: str) -> None:
         """Cancel the running incarnation of actor `name` now; the supervisor restarts it.
@@ -149,7 +161,7 @@ class Supervisor:
 
         def on_running() -> None:
             nonlocal started
-            status.state = "running"
+            self._set_state(status, "running")
             if not started:
                 started = True
                 task_status.started()
@@ -169,14 +181,14 @@ class Supervisor:
             LOGGER.warning(
                 "actor=%s %s; restart %d in %.2f s", actor.name, outcome, status.restarts, delay
             )
-            status.state = "restarting"
+            self._set_state(status, "restarting")
             await trio.sleep(delay)
 
     async def _run_once(
         self, actor: Actor, status: ActorStatus, on_running: Callable[[], None]
     ) -> str:
         """Run one incarnation of `actor`; return how it ended, in words for the log."""
-        status.state = "starting"
+        self._set_state(status, "starting")
         with trio.CancelScope() as scope:
             status._scope = scope
             try:
@@ -184,7 +196,7 @@ class Supervisor:
                     await nursery.start(actor.run)
                     on_running()
             except Exception as error:  # a crash: log it and let the loop restart it
-                status.last_error = f"{type(error).__name__}: {error}"
+                status.last_error = _describe(error)
                 LOGGER.error("actor=%s crashed", actor.name, exc_info=error)
                 return f"crashed ({status.last_error})"
             finally:
@@ -202,6 +214,13 @@ class Supervisor:
         while times and times[0] <= now - self._period_s:
             times.popleft()
         if len(times) > self._max_restarts:
-            status.state = "stopped"
+            self._set_state(status, "stopped")
             raise SupervisorGaveUp(name, len(times), self._period_s)
         status.restarts += 1
+
+
+def _describe(error: BaseException) -> str:
+    """Name the error, looking through the single-error groups that nurseries wrap."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return f"{type(error).__name__}: {error}"

@@ -1,0 +1,99 @@
+"""Shared fixtures: a configuration in a temporary data dir, and the real service on port 0."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+from refresher.config import Config
+from refresher.main import RunningService, serve
+
+TEST_PASSWORD = "correct horse battery"
+
+
+class WallClock:
+    """A wall clock the test moves by hand (unix seconds)."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.value = start
+
+    def __call__(self) -> float:
+        return self.value
+
+    def advance(self, seconds: float) -> None:
+        self.value += seconds
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Config:
+    return Config(
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path / "data",
+        auth_password=TEST_PASSWORD,
+        shutdown_grace_s=2.0,
+    )
+
+
+@pytest.fixture
+def wall_clock() -> WallClock:
+    return WallClock()
+
+
+StartService = Callable[..., Awaitable[RunningService]]
+
+
+@pytest.fixture
+async def start_service(
+    nursery: trio.Nursery, config: Config, wall_clock: WallClock
+) -> AsyncIterator[StartService]:
+    """Start the whole service in this test's nursery; `**changes` alter the config."""
+    shutdowns: list[trio.Event] = []
+
+    async def start(**changes: Any) -> RunningService:
+        shutdown = trio.Event()
+        shutdowns.append(shutdown)
+        service: RunningService = await nursery.start(
+            lambda task_status: serve(
+                dataclasses.replace(config, **changes),
+                shutdown=shutdown,
+                now=wall_clock,
+                task_status=task_status,
+            )
+        )
+        return service
+
+    yield start
+    for shutdown in shutdowns:
+        shutdown.set()
+
+
+@pytest.fixture
+async def service(start_service: StartService) -> RunningService:
+    return await start_service()
+
+
+@pytest.fixture
+async def client(service: RunningService) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=service.url, timeout=10) as http:
+        yield http
+
+
+@pytest.fixture
+async def token(client: httpx.AsyncClient) -> str:
+    response = await client.post("/api/auth", json={"password": TEST_PASSWORD})
+    assert response.status_code == 200, response.text
+    value: str = response.json()["token"]
+    return value
+
+
+@pytest.fixture
+async def authed(client: httpx.AsyncClient, token: str) -> httpx.AsyncClient:
+    client.headers["Authorization"] = f"Bearer {token}"
+    return client

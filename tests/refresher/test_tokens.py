@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from refresher import tokens
+
+SECRET = b"k" * 32
+NOW = 1_800_000_000.0
+
+
+def test_issued_token_verifies_until_it_expires() -> None:
+    token = tokens.issue(SECRET, scope="session", now=NOW, ttl_s=24 * 3600)
+    assert token.expires_at == int(NOW) + 86_400
+    verified = tokens.verify(SECRET, token.value, scope="session", now=NOW + 86_399)
+    assert verified == token
+    with pytest.raises(tokens.TokenExpired, match=r"^token expired at 1800086400$"):
+        tokens.verify(SECRET, token.value, scope="session", now=NOW + 86_400)
+
+
+def test_token_from_another_secret_is_rejected() -> None:
+    token = tokens.issue(b"other secret", scope="session", now=NOW, ttl_s=60)
+    with pytest.raises(tokens.TokenError, match=r"^token signature does not match$"):
+        tokens.verify(SECRET, token.value, scope="session", now=NOW)
+
+
+def test_extending_expiry_in_payload_breaks_the_signature() -> None:
+    token = tokens.issue(SECRET, scope="session", now=NOW, ttl_s=60)
+    version, _, signature = token.value.split(".")
+    forged_payload = json.dumps({"scope": "session", "exp": int(NOW) + 10**6}).encode()
+    forged = ".".join(
+        [version, base64.urlsafe_b64encode(forged_payload).decode().rstrip("="), signature]
+    )
+    with pytest.raises(tokens.TokenError, match=r"^token signature does not match$"):
+        tokens.verify(SECRET, forged, scope="session", now=NOW)
+
+
+def test_token_is_bound_to_its_scope() -> None:
+    token = tokens.issue(SECRET, scope="download:job-1", now=NOW, ttl_s=60)
+    assert tokens.verify(SECRET, token.value, scope="download:job-1", now=NOW).scope == (
+        "download:job-1"
+    )
+    with pytest.raises(tokens.TokenError, match=r"^token is not valid for download:job-2$"):
+        tokens.verify(SECRET, token.value, scope="download:job-2", now=NOW)
+    with pytest.raises(tokens.TokenError, match=r"^token is not valid for session$"):
+        tokens.verify(SECRET, token.value, scope="session", now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("", r"^token is malformed$"),
+        ("a.b", r"^token is malformed$"),
+        ("a.b.c.d", r"^token is malformed$"),
+        ("v2.e30.AAAA", r"^token has an unknown version$"),
+        ("v1.e30.!!!!", r"^token signature (is malformed|does not match)$"),
+        ("v1.e30.AAAA", r"^token signature does not match$"),
+    ],
+)
+def test_malformed_tokens_are_rejected(value: str, message: str) -> None:
+    with pytest.raises(tokens.TokenError, match=message):
+        tokens.verify(SECRET, value, scope="session", now=NOW)
+
+
+def test_validly_signed_garbage_payload_is_rejected() -> None:
+    payload = base64.urlsafe_b64encode(b"[1, 2]").decode().rstrip("=")
+    signed_part = f"v1.{payload}"
+    signature = base64.urlsafe_b64encode(tokens._sign(SECRET, signed_part)).decode().rstrip("=")
+    with pytest.raises(tokens.TokenError, match=r"^token payload is malformed$"):
+        tokens.verify(SECRET, f"{signed_part}.{signature}", scope="session", now=NOW)
+
+
+@pytest.mark.parametrize(
+    ("secret", "ttl_s", "message"),
+    [(b"", 60, r"^secret must not be empty$"), (SECRET, 0, r"^ttl_s must be > 0$")],
+)
+def test_issue_checks_its_arguments(secret: bytes, ttl_s: float, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        tokens.issue(secret, scope="session", now=NOW, ttl_s=ttl_s)

@@ -1,0 +1,48 @@
+"""The composed service in-process: actors under the supervisor, escalation, shutdown."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+
+from actors.runtime import MAX_RESTARTS, SupervisorGaveUp
+from refresher.config import Config
+from refresher.main import RunningService, serve
+
+
+async def test_service_stops_when_an_actor_keeps_dying(config: Config) -> None:
+    # Real time: the service runs SQLite in threads, which an autojump clock would skip
+    # past. Backoff 0.1 + 0.2 + 0.4 + 0.8 + 1.6 s, so this takes about 3 s.
+    with (
+        trio.fail_after(30),
+        pytest.RaisesGroup(
+            pytest.RaisesExc(SupervisorGaveUp, match=r"^actor 'janitor' needed"),
+            flatten_subgroups=True,
+        ),
+    ):
+        async with trio.open_nursery() as nursery:
+            service: RunningService = await nursery.start(
+                lambda task_status: serve(config, shutdown=trio.Event(), task_status=task_status)
+            )
+            supervisor = service.state.supervisor
+            # Every kill within the intensity period is a restart; one more is too many.
+            for kills in range(MAX_RESTARTS + 1):
+                await supervisor.wait_until(
+                    "janitor",
+                    lambda status, n=kills: status.restarts == n and status.state == "running",
+                )
+                supervisor.kill("janitor")
+            await trio.sleep_forever()
+
+
+async def test_shutdown_event_stops_everything_and_closes_the_database(config: Config) -> None:
+    shutdown = trio.Event()
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            service: RunningService = await nursery.start(
+                lambda task_status: serve(config, shutdown=shutdown, task_status=task_status)
+            )
+            shutdown.set()
+    assert service.state.stopping
+    with pytest.raises(RuntimeError, match=r"^database is closed$"):
+        await service.state.db.read(lambda conn: None)

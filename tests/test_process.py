@@ -1,0 +1,138 @@
+"""The service as a real process: started as users start it, stopped as Fly stops it."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trio
+
+GRACE_S = 3.0
+
+
+@dataclass
+class ServiceProcess:
+    process: trio.Process
+    url: str
+    password: str
+    output: list[str]
+
+
+@asynccontextmanager
+async def running_service(data_dir: Path, **env: str) -> AsyncIterator[ServiceProcess]:
+    """Start `python -m refresher serve` on a free port; yield once it listens."""
+    environ = {
+        **os.environ,
+        "HOST": "127.0.0.1",
+        "PORT": "0",
+        "DATA_DIR": str(data_dir),
+        "SHUTDOWN_GRACE_S": str(GRACE_S),
+        **env,
+    }
+    environ.pop("AUTH_PASSWORD", None)
+    process = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "refresher", "serve"],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    buffer = b""
+    url = password = None
+    try:
+        with trio.fail_after(30):
+            while url is None:
+                chunk = await process.stdout.receive_some()
+                if not chunk:
+                    raise AssertionError("service exited early:\n" + "".join(output))
+                buffer += chunk
+                *lines, rest = buffer.split(b"\n")
+                buffer = rest
+                for line in lines:
+                    text = line.decode() + "\n"
+                    output.append(text)
+                    if match := re.search(r"login password: (\S+)", text):
+                        password = match.group(1)
+                    if match := re.search(r"listening on (http://\S+?)(,|$)", text.strip()):
+                        url = match.group(1)
+        assert password is not None, "".join(output)
+        yield ServiceProcess(process, url, password, output)
+    finally:
+        if process.returncode is None:
+            process.kill()
+        await process.wait()
+
+
+async def drain(service: ServiceProcess) -> str:
+    assert service.process.stdout is not None
+    rest = b""
+    while chunk := await service.process.stdout.receive_some():
+        rest += chunk
+    return "".join(service.output) + rest.decode()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_the_service_gracefully_with_status_0(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    async with (
+        running_service(tmp_path / "data") as service,
+        httpx.AsyncClient(base_url=service.url) as http,
+    ):
+        health = (await http.get("/api/health")).json()
+        assert set(health["actors"]) == {
+            "events", "download_tracker", "processor", "janitor", "evictor",
+        }  # fmt: skip
+        assert all(actor["state"] == "running" for actor in health["actors"].values())
+        login = await http.post("/api/auth", json={"password": service.password})
+        assert login.status_code == 200
+        # An idle keep-alive connection stays open across the signal.
+        service.process.send_signal(signum)
+        started = trio.current_time()
+        with trio.fail_after(GRACE_S + 10):
+            output = await drain(service)
+            status = await service.process.wait()
+    assert status == 0, output
+    assert trio.current_time() - started < GRACE_S + 5
+    assert f"{signum.name} received" in output
+    assert "stopped" in output
+
+
+async def test_password_and_sessions_survive_a_kill_and_restart(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    async with running_service(data_dir) as first:
+        async with httpx.AsyncClient(base_url=first.url) as http:
+            token = (await http.post("/api/auth", json={"password": first.password})).json()
+        first.process.send_signal(signal.SIGKILL)
+        assert await first.process.wait() == -signal.SIGKILL
+    async with running_service(data_dir) as second:
+        assert second.password == first.password
+        async with httpx.AsyncClient(base_url=second.url) as http:
+            headers = {"Authorization": f"Bearer {token['token']}"}
+            assert (await http.get("/api/jobs", headers=headers)).status_code == 200
+        second.process.send_signal(signal.SIGTERM)
+        assert await second.process.wait() == 0
+
+
+async def test_bad_configuration_exits_with_one_line(tmp_path: Path) -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "refresher", "serve"],
+        env={**os.environ, "DATA_DIR": str(tmp_path), "EVICT_HIGH": "2"},
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.decode() == (
+        "video-refresher: EVICT_HIGH must be a number > 0 and <= 1, got '2'\n"
+    )
