@@ -1,27 +1,153 @@
-"""The download tracker: leases that keep a job's files alive while a download reads them."""
+"""The download tracker: leases that keep a job's files alive while a download reads them.
+
+Every change goes through this actor's inbox and is applied in one database transaction
+(`refresher.leases`), so leases survive a kill and restart of the tracker: the new
+incarnation finds them where the old one left them. Leases of an earlier process are
+dropped when the tracker starts, since their downloads died with that process.
+
+Callers use the public coroutines (`acquire`, `release`, `reserve_for_deletion`,
+`unreserve`); each sends a message and waits for the reply. A request whose reply never
+comes (the tracker was killed while handling it) is sent again; all requests are
+idempotent. If the tracker stays unreachable, `acquire` and `reserve_for_deletion` raise
+`TrackerUnavailable`: the caller refuses the download with 503 or skips the deletion
+until later, so in doubt nothing is deleted.
+"""
 
 from __future__ import annotations
 
 import logging
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
+import outcome
 import trio
 
 from actors.runtime import Mailbox
+from refresher import leases
+from refresher.db import Database
+from refresher.jobstore import iso
+from refresher.leases import Lease, LeaseRefused
 
 LOGGER = logging.getLogger(__name__)
 
-INBOX_SIZE = 64
+# Requests queue here while the tracker restarts; a full inbox makes callers wait.
+INBOX_SIZE = 256
+# A reply normally takes one small SQLite transaction; past this the tracker is presumed
+# to have died with the request, and the request is sent again.
+REPLY_TIMEOUT_S = 2.0
+ATTEMPTS = 5
+
+__all__ = ["DownloadTracker", "Lease", "LeaseRefused", "TrackerUnavailable"]
+
+
+class TrackerUnavailable(RuntimeError):
+    def __init__(self, operation: str) -> None:
+        super().__init__(f"download tracker did not answer {operation} in time")
+
+
+@dataclass(frozen=True)
+class Acquire:
+    lease_id: str
+    job_id: str
+    boot_id: str
+
+
+@dataclass(frozen=True)
+class Release:
+    lease_id: str
+
+
+@dataclass(frozen=True)
+class Reserve:
+    job_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Unreserve:
+    job_id: str
+
+
+Request = Acquire | Release | Reserve | Unreserve
+
+
+@dataclass(frozen=True)
+class _Envelope:
+    request: Request
+    reply: trio.MemorySendChannel[outcome.Outcome[Any]]
+
+
+def _apply(conn: sqlite3.Connection, request: Request, now: str) -> object:
+    match request:
+        case Acquire(lease_id, job_id, boot_id):
+            return leases.acquire(conn, lease_id=lease_id, job_id=job_id, boot_id=boot_id, now=now)
+        case Release(lease_id):
+            leases.release(conn, lease_id)
+        case Reserve(job_id, reason):
+            return leases.reserve_for_deletion(conn, job_id, reason=reason, now=now)
+        case Unreserve(job_id):
+            leases.unreserve(conn, job_id)
+    return None
 
 
 class DownloadTracker:
     name = "download_tracker"
 
-    def __init__(self) -> None:
-        self.inbox: Mailbox[object] = Mailbox(INBOX_SIZE)
+    def __init__(self, db: Database, *, now: Callable[[], float]) -> None:
+        self.db = db
+        self.now = now
+        # One id per process: leases taken by this process carry it.
+        self.boot_id = uuid.uuid4().hex
+        self.inbox: Mailbox[_Envelope] = Mailbox(INBOX_SIZE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve lease requests until cancelled."""
+        """Serve lease requests until cancelled; a request cut off by cancel is retried."""
+        dropped = await self.db.write(lambda conn: leases.drop_other_boots(conn, self.boot_id))
+        if dropped:
+            LOGGER.info("dropped %d leases of an earlier process", dropped)
         task_status.started()
-        async for _message in self.inbox.receive:
-            # TODO(#4): acquire/release leases and reserve jobs for deletion.
-            pass
+        async for envelope in self.inbox.receive:
+            stamp = iso(self.now())
+            result = await outcome.acapture(
+                self.db.write, lambda conn, r=envelope.request, at=stamp: _apply(conn, r, at)
+            )
+            try:
+                envelope.reply.send_nowait(result)
+            except (trio.BrokenResourceError, trio.WouldBlock):
+                LOGGER.debug("reply to %s not wanted any more", envelope.request)
+
+    async def _ask(self, request: Request) -> Any:
+        for _attempt in range(ATTEMPTS):
+            send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
+            async with receive:
+                await self.inbox.send(_Envelope(request, send))
+                with trio.move_on_after(REPLY_TIMEOUT_S):
+                    return (await receive.receive()).unwrap()
+            LOGGER.warning("download tracker did not answer %s; asking again", request)
+        raise TrackerUnavailable(type(request).__name__)
+
+    async def acquire(self, job_id: str) -> Lease:
+        """Lease the job's files for one download; raise `LeaseRefused` if it may not be read."""
+        lease: Lease = await self._ask(Acquire(uuid.uuid4().hex, job_id, self.boot_id))
+        return lease
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease back. Shielded: it runs to the end even in a cancelled task."""
+        with trio.CancelScope(shield=True):
+            try:
+                await self._ask(Release(lease.id))
+            except TrackerUnavailable:
+                # The lease stays and keeps the job from deletion: the safe side. The
+                # next process start drops it.
+                LOGGER.error("lease=%s job=%s could not be released", lease.id, lease.job_id)
+
+    async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:
+        """Reserve the job for deletion if no download holds it; return whether granted."""
+        granted: bool = await self._ask(Reserve(job_id, reason))
+        return granted
+
+    async def unreserve(self, job_id: str) -> None:
+        await self._ask(Unreserve(job_id))

@@ -1,22 +1,39 @@
 """The processor: turns queued jobs into variations with FFmpeg, one job at a time.
 
-The database is the queue; `JobQueued` only rings the bell.
+The database is the queue and the record: `JobQueued` only rings the bell, and every
+finished variation is a row written in the same transaction that counts it. So the
+processor can be killed anywhere: on its next start it kills encoders a dead run left
+behind, puts interrupted jobs back in the queue, and resumes each from its last finished
+variation.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
-from dataclasses import dataclass
+import sqlite3
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import trio
 
+from actors.events import EventHub, JobEvent
 from actors.runtime import Mailbox
+from refresher import effects, jobstore, media, orphans
 from refresher.db import Database
+from refresher.storage import Paths, remove_tree
 
 LOGGER = logging.getLogger(__name__)
 
-# Doorbells only: one pending ring is as good as many.
-INBOX_SIZE = 16
+# Doorbells and cancels; a full inbox already holds a ring that makes the processor look.
+INBOX_SIZE = 64
+# Progress events go to subscribers at every whole percent; the database, which only
+# serves page reloads, at most every few percent.
+EVENT_PROGRESS_STEP = 1.0
+DB_PROGRESS_STEP = 5.0
+THUMBNAIL_NAME = "thumbnail.webp"
 
 
 @dataclass(frozen=True)
@@ -24,16 +41,305 @@ class JobQueued:
     job_id: str
 
 
+@dataclass(frozen=True)
+class CancelJob:
+    """A user cancelled the job; its `cancelled_at` is already in the database."""
+
+    job_id: str
+
+
+@dataclass
+class _FileProgress:
+    """In-memory progress of one source file while its variations encode."""
+
+    total: int
+    done: int
+    running: dict[int, float] = field(default_factory=dict)
+    published: float = -1.0
+    saved: float = 0.0
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    @property
+    def percent(self) -> float:
+        return round(100.0 * (self.done + sum(self.running.values())) / self.total, 1)
+
+
+@dataclass
+class _RunningJob:
+    job_id: str
+    scope: trio.CancelScope
+    file_percent: dict[str, float]
+
+
 class Processor:
     name = "processor"
 
-    def __init__(self, db: Database) -> None:
+    def __init__(
+        self,
+        db: Database,
+        paths: Paths,
+        events: EventHub,
+        *,
+        ffmpeg: str,
+        ttl_s: float,
+        now: Callable[[], float],
+        threads: int | None = None,
+    ) -> None:
         self.db = db
-        self.inbox: Mailbox[JobQueued] = Mailbox(INBOX_SIZE)
+        self.paths = paths
+        self.events = events
+        self.ffmpeg = ffmpeg
+        self.ttl_s = ttl_s
+        self.now = now
+        self.threads = threads
+        self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
+        self._wake = trio.Event()
+        self._current: _RunningJob | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Wait for doorbells and process queued jobs until cancelled."""
+        """Recover from any earlier run, then process queued jobs until cancelled.
+
+        Cancellation stops FFmpeg and removes partial outputs; the job stays in the
+        database as `processing` and is requeued by the next `run()`.
+        """
+        killed = await trio.to_thread.run_sync(orphans.kill_marked, self.paths.root)
+        requeued = await self.db.write(lambda conn: jobstore.requeue_interrupted(conn, self.now()))
+        if killed or requeued:
+            LOGGER.warning("recovered: killed %d encoders, requeued jobs %s", len(killed), requeued)
+        self._current = None
         task_status.started()
-        async for message in self.inbox.receive:
-            # TODO(#3): take queued jobs FIFO from the database and encode them.
-            LOGGER.info("job=%s queued; processing arrives with the upload issue", message.job_id)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._work)
+            async for message in self.inbox.receive:
+                if isinstance(message, CancelJob):
+                    current = self._current
+                    if current is not None and current.job_id == message.job_id:
+                        current.scope.cancel()
+                else:
+                    self._wake.set()
+
+    async def _work(self) -> None:
+        while True:
+            # A fresh event before looking: a ring during the look is not lost.
+            self._wake = trio.Event()
+            job = await self.db.write(lambda conn: jobstore.claim_next(conn, self.now()))
+            if job is None:
+                await self._wake.wait()
+                continue
+            await self._process(job)
+
+    def _publish(self, job_id: str, kind: str, **data: object) -> None:
+        self.events.publish(JobEvent(job_id, kind, dict(data)))
+
+    async def _process(self, job: jobstore.JobRecord) -> None:
+        LOGGER.info("job=%s processing: %d videos", job.id, job.total_videos)
+        self._publish(job.id, "status", status="processing")
+        job_dir = self.paths.job_dir(job.id)
+        await trio.Path(job_dir).mkdir(parents=True, exist_ok=True)
+        await self._make_thumbnail(job)
+        variation_effects = effects.generate(job.seed, job.total_variations)
+        running = _RunningJob(
+            job.id,
+            trio.CancelScope(),
+            {file.id: (100.0 if file.status != "queued" else file.progress) for file in job.files},
+        )
+        self._current = running
+        with running.scope:
+            if await self.db.read(lambda conn: jobstore.cancel_requested(conn, job.id)):
+                running.scope.cancel()
+            for file in job.files:
+                if file.status in ("completed", "failed", "cancelled"):
+                    continue
+                first = file.position * job.variations_per_video
+                await self._process_file(
+                    job, file, variation_effects[first : first + job.variations_per_video]
+                )
+        self._current = None
+        await self._finish(job.id, cancelled=running.scope.cancelled_caught)
+
+    async def _make_thumbnail(self, job: jobstore.JobRecord) -> None:
+        if job.thumbnail_path is not None:
+            return
+        first = job.files[0]
+        if first.upload_path is None:
+            return
+        output = self.paths.job_dir(job.id) / THUMBNAIL_NAME
+        made = await media.make_thumbnail(
+            self.ffmpeg,
+            self.paths.absolute(first.upload_path),
+            output,
+            duration_s=first.duration_s or 0.0,
+        )
+        if made:
+            relative = self.paths.relative(output)
+            await self.db.write(lambda conn: jobstore.set_thumbnail(conn, job.id, relative))
+
+    async def _process_file(
+        self,
+        job: jobstore.JobRecord,
+        file: jobstore.FileRecord,
+        file_effects: list[effects.Effects],
+    ) -> None:
+        assert file.upload_path is not None, "a queued file keeps its upload"
+        source = self.paths.absolute(file.upload_path)
+        done = {output.variation_index for output in file.outputs}
+        await trio.to_thread.run_sync(self._remove_partials, job.id, file.id, done)
+        progress = _FileProgress(total=job.variations_per_video, done=len(done))
+        await self.db.write(
+            lambda conn: jobstore.set_file_state(
+                conn, file.id, status="processing", progress=progress.percent, now=self.now()
+            )
+        )
+        pending = [index for index in range(1, job.variations_per_video + 1) if index not in done]
+        error: str | None = None
+        try:
+            probed = await trio.to_thread.run_sync(media.probe, source)
+            # Decoding once for several variations pays; how many fit in memory depends
+            # on the frame size. A batch's outputs are recorded as soon as it ends, so a
+            # restart resumes after the last finished batch.
+            per_encode = media.variations_per_encode(probed.width, probed.height)
+            batches, start = [], 0
+            for size in media.batch_sizes(len(pending), per_encode):
+                batches.append(pending[start : start + size])
+                start += size
+            async with trio.open_nursery() as watchers:
+                watchers.start_soon(self._report_progress, job.id, file.id, progress)
+                for batch in batches:
+                    await self._encode_batch(
+                        job, file, source, probed, batch, file_effects, progress
+                    )
+                watchers.cancel_scope.cancel()
+        except media.NotAVideo as err:
+            error = f"The file {err.reason}."
+        except (media.MediaError, OSError) as err:
+            error = str(err)
+        if error:
+            LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
+        status = "failed" if error else "completed"
+        percent = 100.0 if status == "completed" else progress.percent
+        await self.db.write(
+            lambda conn: jobstore.set_file_state(
+                conn, file.id, status=status, progress=percent, error=error, now=self.now()
+            )
+        )
+        self._current_percent(file.id, 100.0)
+        self._publish(
+            job.id, "progress", fileId=file.id, progress=percent, status=status,
+            completedVariations=progress.done, overallProgress=self._overall(),
+        )  # fmt: skip
+
+    async def _encode_batch(
+        self,
+        job: jobstore.JobRecord,
+        file: jobstore.FileRecord,
+        source: Path,
+        probed: media.Probe,
+        indices: list[int],
+        file_effects: list[effects.Effects],
+        progress: _FileProgress,
+    ) -> None:
+        if await self.db.read(lambda conn: jobstore.cancel_requested(conn, job.id)):
+            # The doorbell for this cancel was lost (a full inbox, a restart): act on the
+            # database's word.
+            if self._current is not None:
+                self._current.scope.cancel()
+            await trio.lowlevel.checkpoint()
+        key = indices[0]
+
+        def on_progress(fraction: float) -> None:
+            progress.running[key] = fraction * len(indices)
+            progress.changed.set()
+
+        variations = [
+            media.Variation(
+                self.paths.job_dir(job.id) / f"{file.id}_var{index}.mp4", file_effects[index - 1]
+            )
+            for index in indices
+        ]
+        encoded = await media.encode_variations(
+            self.ffmpeg,
+            source,
+            variations,
+            probed=probed,
+            on_progress=on_progress,
+            threads=self.threads,
+            env=orphans.mark_for(self.paths.root),
+        )
+
+        def record(conn: sqlite3.Connection) -> None:
+            for index, variation, output in zip(indices, variations, encoded, strict=True):
+                jobstore.record_output(
+                    conn, output_id=str(uuid.uuid4()), job_id=job.id, file_id=file.id,
+                    variation_index=index, path=self.paths.relative(output.path),
+                    size=output.size, crc32=output.crc32,
+                    effects=variation.effects.as_dict(), now=self.now(),
+                )  # fmt: skip
+
+        with trio.CancelScope(shield=True):
+            # Shielded: the files are complete, so their rows must be written too.
+            await self.db.write(record)
+        progress.running.pop(key, None)
+        progress.done += len(indices)
+        progress.changed.set()
+
+    async def _report_progress(self, job_id: str, file_id: str, progress: _FileProgress) -> None:
+        while True:
+            await progress.changed.wait()
+            progress.changed = trio.Event()
+            percent = progress.percent
+            self._current_percent(file_id, percent)
+            if percent - progress.published >= EVENT_PROGRESS_STEP:
+                progress.published = percent
+                self._publish(
+                    job_id, "progress", fileId=file_id, progress=percent, status="processing",
+                    completedVariations=progress.done, overallProgress=self._overall(),
+                )  # fmt: skip
+            if percent - progress.saved >= DB_PROGRESS_STEP:
+                progress.saved = percent
+                await self.db.write(
+                    functools.partial(
+                        jobstore.set_file_progress, file_id=file_id, progress=percent,
+                        now=self.now(),
+                    )
+                )  # fmt: skip
+
+    def _current_percent(self, file_id: str, percent: float) -> None:
+        if self._current is not None:
+            self._current.file_percent[file_id] = percent
+
+    def _overall(self) -> float:
+        if self._current is None or not self._current.file_percent:
+            return 0.0
+        values = self._current.file_percent.values()
+        return round(sum(values) / len(values), 1)
+
+    def _remove_partials(self, job_id: str, file_id: str, done: set[int]) -> None:
+        """Remove this file's outputs without a row: leftovers of a run that died."""
+        keep = {f"{file_id}_var{index}.mp4" for index in done}
+        for path in self.paths.job_dir(job_id).glob(f"{file_id}_var*"):
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+
+    async def _finish(self, job_id: str, *, cancelled: bool) -> None:
+        with trio.CancelScope(shield=True):
+            job = await self.db.read(lambda conn: jobstore.require_job(conn, job_id))
+            failed = [file for file in job.files if file.status == "failed"]
+            if cancelled:
+                status, error = "cancelled", None
+            elif job.files and len(failed) == len(job.files):
+                status = "failed"
+                error = "Every video failed: " + "; ".join(
+                    f"{file.original_name}: {file.error}" for file in failed
+                )
+            else:
+                status, error = "completed", None
+            await self.db.write(
+                lambda conn: jobstore.finish_job(
+                    conn, job_id, status=status, error=error, now=self.now(), ttl_s=self.ttl_s
+                )
+            )
+            # Files before rows: the uploads go first, then the rows stop naming them.
+            await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(job_id))
+            await self.db.write(lambda conn: jobstore.clear_uploads(conn, job_id))
+        LOGGER.info("job=%s %s", job_id, status)
+        self._publish(job_id, "status", status=status, error=error)

@@ -49,6 +49,9 @@ class Config:
     # Seconds a SIGTERM/SIGINT gives running requests (downloads) to finish. fly.toml's
     # kill_timeout must be longer, or the machine is killed mid-drain.
     shutdown_grace_s: float = 20.0
+    # Seconds a connection may go without the client acknowledging anything (a client that
+    # stopped reading) before it is cut and a download's lease released.
+    download_stall_s: float = 120.0
     # A request header holding the client's address as seen by a trusted proxy in front
     # (Fly's proxy sets `Fly-Client-IP`); empty means use the socket's peer address.
     client_ip_header: str = ""
@@ -144,6 +147,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "ffmpeg_threads": _integer(1, 64),
     "cors_origins": _origins,
     "shutdown_grace_s": _number(0.0),
+    "download_stall_s": _number(0.0, low_open=True),
     "client_ip_header": str.strip,
     "log_level": _log_level,
 }

@@ -91,6 +91,25 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX output_files_job ON output_files (job_id);
     """,
+    """
+    -- A download in flight holds a lease on its job; `boot_id` names the process that
+    -- serves it, so leases of a process that died can be told apart and dropped.
+    CREATE TABLE leases (
+        id                   TEXT PRIMARY KEY,
+        job_id               TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+        boot_id              TEXT NOT NULL,
+        acquired_at          TEXT NOT NULL
+    );
+    CREATE INDEX leases_job ON leases (job_id);
+
+    -- A job granted to the janitor, the evictor or a DELETE for removal: from then on no
+    -- new lease is given.
+    CREATE TABLE deletion_reservations (
+        job_id               TEXT PRIMARY KEY REFERENCES jobs (id) ON DELETE CASCADE,
+        reserved_at          TEXT NOT NULL,
+        reason               TEXT NOT NULL
+    );
+    """,
 )
 
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
 from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
 
 from actors.download_tracker import DownloadTracker
@@ -27,6 +29,7 @@ from actors.janitor import Janitor
 from actors.processor import Processor
 from actors.runtime import Supervisor
 from refresher import credentials as credentials_store
+from refresher import media
 from refresher.config import Config
 from refresher.db import Database
 from refresher.storage import Paths
@@ -35,6 +38,8 @@ from web.state import AppState
 
 LOGGER = logging.getLogger(__name__)
 
+# Linux's socket option number (not in Python's socket module on every build).
+TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 # Closing the database waits for running queries; none takes near this long.
 DB_CLOSE_TIMEOUT_S = 10.0
 
@@ -51,8 +56,32 @@ class RunningService:
         return self.urls[0]
 
 
+class _HypercornConfig(HypercornConfig):
+    """Hypercorn's config, plus a kernel send timeout on every connection it accepts.
+
+    Hypercorn has no send timeout, and it shields its socket writes from cancellation: a
+    client that stops reading would hold its request task (and a download's lease) for
+    ever. TCP_USER_TIMEOUT, set on the listening socket and inherited by each accepted
+    one, makes the kernel drop a connection whose peer acknowledged nothing (a zero
+    window included) for that long; the write then fails, Hypercorn tells the app the
+    client is gone, and the streaming body's `finally` releases the lease.
+    """
+
+    stall_timeout_s: float = 120.0
+
+    def create_sockets(self) -> Sockets:
+        sockets = super().create_sockets()
+        for sock in sockets.insecure_sockets + sockets.secure_sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(self.stall_timeout_s * 1000)
+                )
+        return sockets
+
+
 def _hypercorn_config(config: Config) -> HypercornConfig:
-    hypercorn_config = HypercornConfig()
+    hypercorn_config = _HypercornConfig()
+    hypercorn_config.stall_timeout_s = config.download_stall_s
     host = f"[{config.host}]" if ":" in config.host else config.host
     hypercorn_config.bind = [f"{host}:{config.port}"]
     hypercorn_config.graceful_timeout = config.shutdown_grace_s
@@ -88,14 +117,25 @@ async def serve(
             credentials.password,
             credentials.password_source,
         )
+    ffmpeg = await trio.to_thread.run_sync(media.find_ffmpeg, config.ffmpeg)
+    LOGGER.info("using FFmpeg at %s", ffmpeg)
     db = await Database.open(paths.database)
     try:
         events = EventHub()
-        processor = Processor(db)
+        tracker = DownloadTracker(db, now=now)
+        processor = Processor(
+            db,
+            paths,
+            events,
+            ffmpeg=ffmpeg,
+            ttl_s=config.job_ttl_s,
+            now=now,
+            threads=config.ffmpeg_threads,
+        )
         supervisor = Supervisor(
             [
                 events,
-                DownloadTracker(),
+                tracker,
                 processor,
                 Janitor(db, interval_s=config.janitor_interval_s),
                 Evictor(db),
@@ -108,6 +148,7 @@ async def serve(
             credentials=credentials,
             supervisor=supervisor,
             events=events,
+            tracker=tracker,
             processor_inbox=processor.inbox,
             now=now,
             started_at=trio.current_time(),

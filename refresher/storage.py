@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,23 @@ class Paths:
     def token_secret_file(self) -> Path:
         return self.root / "token_secret"
 
+    def upload_dir(self, job_id: str) -> Path:
+        return self.uploads / job_id
+
+    def job_dir(self, job_id: str) -> Path:
+        return self.jobs / job_id
+
+    def relative(self, path: Path) -> str:
+        """The form a path takes in the database: relative to the data directory."""
+        return path.relative_to(self.root).as_posix()
+
+    def absolute(self, stored: str) -> Path:
+        """The path a database row names, refusing anything outside the data directory."""
+        path = (self.root / stored).resolve()
+        if not path.is_relative_to(self.root.resolve()):
+            raise ValueError(f"stored path {stored!r} leaves the data directory")
+        return path
+
     def create(self) -> None:
         """Make the directories the service writes into (blocking: call from a thread)."""
         for directory in (self.root, self.uploads, self.jobs):
@@ -63,3 +82,9 @@ def volume_free_bytes(path: Path) -> int:
     """Bytes an unprivileged writer can still put on the volume holding `path`."""
     stats = os.statvfs(path)
     return stats.f_bavail * stats.f_frsize
+
+
+def remove_tree(path: Path) -> None:
+    """Delete a directory and everything in it; a missing one is fine (blocking)."""
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(path)

@@ -13,8 +13,29 @@ import trio
 
 from refresher.config import Config
 from refresher.main import RunningService, serve
+from refresher.media import find_ffmpeg
+from tests.media_clips import ClipSpec, make_clip
 
 TEST_PASSWORD = "correct horse battery"
+
+
+@dataclasses.dataclass(frozen=True)
+class Clips:
+    mp4: Path  # 1 s, 320x240, with audio
+    mov: Path  # 1 s QuickTime, with audio
+    long: Path  # 4 s, long enough to act while it encodes
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
+    """Small generated clips carrying source metadata, made once per test session."""
+    directory = tmp_path_factory.mktemp("clips")
+    ffmpeg = find_ffmpeg(None)
+    return Clips(
+        mp4=make_clip(ffmpeg, directory / "creative.mp4", ClipSpec(seconds=1.0)),
+        mov=make_clip(ffmpeg, directory / "spot.mov", ClipSpec(seconds=1.0, container="mov")),
+        long=make_clip(ffmpeg, directory / "long.mp4", ClipSpec(seconds=4.0)),
+    )
 
 
 class WallClock:

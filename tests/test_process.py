@@ -11,10 +11,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
+
+from refresher import orphans
+from tests.web.jobs_helpers import finished, some_variation_done, upload, wait_for_job
 
 GRACE_S = 3.0
 
@@ -136,3 +140,41 @@ async def test_bad_configuration_exits_with_one_line(tmp_path: Path) -> None:
     assert result.stderr.decode() == (
         "video-refresher: EVICT_HIGH must be a number > 0 and <= 1, got '2'\n"
     )
+
+
+@pytest.mark.slow
+async def test_job_resumes_after_the_service_is_killed_mid_encode(
+    tmp_path: Path, clips: Any
+) -> None:
+    data_dir = tmp_path / "data"
+    async with running_service(data_dir) as first:
+        async with httpx.AsyncClient(base_url=first.url, timeout=30) as http:
+            login = await http.post("/api/auth", json={"password": first.password})
+            http.headers["Authorization"] = f"Bearer {login.json()['token']}"
+            job_id = (await upload(http, [clips.long], variations="12")).json()["jobId"]
+            await wait_for_job(http, job_id, some_variation_done)
+        marked = await trio.to_thread.run_sync(orphans.find_marked, data_dir)
+        first.process.send_signal(signal.SIGKILL)
+        await first.process.wait()
+    # kill -9 leaves the encoders running, orphaned; the next start must stop them.
+    assert marked
+    async with running_service(data_dir) as second:
+        async with httpx.AsyncClient(base_url=second.url, timeout=30) as http:
+            login = await http.post("/api/auth", json={"password": second.password})
+            http.headers["Authorization"] = f"Bearer {login.json()['token']}"
+            detail = await wait_for_job(http, job_id, finished, timeout_s=120)
+        assert "killed leftover encoder" in "".join(second.output)
+        second.process.send_signal(signal.SIGTERM)
+        assert await second.process.wait() == 0
+    assert detail["status"] == "completed"
+    assert [out["variationIndex"] for out in detail["files"][0]["outputs"]] == list(range(1, 13))
+    assert all(b"zombie" in _state(pid) for pid in marked)
+    assert await trio.to_thread.run_sync(orphans.find_marked, data_dir) == []
+
+
+def _state(pid: int) -> bytes:
+    """The process's status text; a process that is gone counts as a zombie."""
+    try:
+        return Path(f"/proc/{pid}/status").read_bytes().lower()
+    except OSError:
+        return b"zombie"

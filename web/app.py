@@ -7,12 +7,10 @@ from pathlib import Path
 from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 
-from web import auth, errors, health, jobs
+from web import auth, downloads, errors, events, health, jobs, uploads
 from web.state import EXTENSION_KEY, AppState
 
 STATIC_DIR = Path(__file__).parent / "static"
-# Multipart framing and the `variations` field on top of the files themselves.
-FORM_OVERHEAD_BYTES = 1024 * 1024
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Range, If-Range, If-Match, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
 
@@ -28,13 +26,20 @@ def create_app(app_state: AppState) -> QuartTrio:
         BODY_TIMEOUT=None,
         # Read when the request object is built, so it must be set here, not per route;
         # the per-file limit is enforced while the upload streams.
-        MAX_CONTENT_LENGTH=config.max_files * config.max_upload_bytes + FORM_OVERHEAD_BYTES,
+        MAX_CONTENT_LENGTH=app_state.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = app_state
     errors.register(app)
-    for blueprint in (auth.blueprint, health.blueprint, jobs.blueprint):
+    for blueprint in (
+        auth.blueprint,
+        health.blueprint,
+        jobs.blueprint,
+        uploads.blueprint,
+        events.blueprint,
+        downloads.blueprint,
+    ):
         app.register_blueprint(blueprint)
 
     @app.get("/")

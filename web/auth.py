@@ -22,6 +22,8 @@ SESSION_TTL_S = 24 * 3600
 P = ParamSpec("P")
 R = TypeVar("R")
 
+CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
 blueprint = Blueprint("auth", __name__)
 
 
@@ -76,21 +78,34 @@ def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
     return wrapper
 
 
-def check_bearer() -> None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    challenge = {"WWW-Authenticate": "Bearer"}
-    if scheme.lower() != "bearer" or not value.strip():
-        raise ApiError(401, "Log in first: this needs a bearer token.", headers=challenge)
+def check_bearer(*, also_scope: str | None = None) -> None:
+    """Accept a session bearer token; raise a 401 `ApiError` otherwise.
+
+    With `also_scope`, a `?token=` query parameter is accepted too: a session token (a
+    browser's EventSource or download manager cannot send headers) or a token signed for
+    `also_scope` alone (a job's signed link).
+    """
+    scheme, _, header_token = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and header_token.strip():
+        _verify(header_token.strip(), (tokens.SESSION_SCOPE,))
+    elif also_scope is not None and (query_token := request.args.get("token")):
+        _verify(query_token, (tokens.SESSION_SCOPE, also_scope))
+    else:
+        raise ApiError(401, "Log in first: this needs a bearer token.", headers=CHALLENGE)
+
+
+def _verify(token: str, scopes: tuple[str, ...]) -> None:
     app_state = state()
-    try:
-        tokens.verify(
-            app_state.credentials.token_secret,
-            value.strip(),
-            scope=tokens.SESSION_SCOPE,
-            now=app_state.now(),
-        )
-    except tokens.TokenExpired:
-        raise ApiError(401, "Your session has expired; log in again.", headers=challenge) from None
-    except tokens.TokenError:
-        raise ApiError(401, "That token is not valid; log in again.", headers=challenge) from None
+    for scope in scopes:
+        try:
+            tokens.verify(
+                app_state.credentials.token_secret, token, scope=scope, now=app_state.now()
+            )
+        except tokens.TokenExpired:
+            raise ApiError(
+                401, "Your session has expired; log in again.", headers=CHALLENGE
+            ) from None
+        except tokens.TokenError:
+            continue
+        return
+    raise ApiError(401, "That token is not valid; log in again.", headers=CHALLENGE)

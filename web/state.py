@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 from quart import current_app
 
+from actors.download_tracker import DownloadTracker
 from actors.events import EventHub
-from actors.processor import JobQueued
+from actors.processor import CancelJob, JobQueued
 from actors.runtime import Mailbox, Supervisor
 from refresher.config import Config
 from refresher.credentials import Credentials
@@ -17,6 +18,8 @@ from refresher.storage import Paths
 from web.auth_throttle import LoginThrottle
 
 EXTENSION_KEY = "video_refresher"
+# Multipart framing and the `variations` field on top of the files themselves.
+FORM_OVERHEAD_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -27,13 +30,18 @@ class AppState:
     credentials: Credentials
     supervisor: Supervisor
     events: EventHub
-    processor_inbox: Mailbox[JobQueued]
+    tracker: DownloadTracker
+    processor_inbox: Mailbox[JobQueued | CancelJob]
     # Wall clock (unix seconds); injected so tests can move time.
     now: Callable[[], float]
     # Monotonic time the service started, from trio.current_time().
     started_at: float
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     stopping: bool = False
+
+    @property
+    def max_body_bytes(self) -> int:
+        return self.config.max_files * self.config.max_upload_bytes + FORM_OVERHEAD_BYTES
 
 
 def state() -> AppState:

@@ -1,0 +1,1 @@
+"""Benchmarks for the performance targets in DESIGN.md section 6 (`python -m bench.<name>`)."""

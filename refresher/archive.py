@@ -1,0 +1,117 @@
+"""A job's ZIP: which entries it holds, under which names, and its validators.
+
+`<source name>/<source name>_var<N>.mp4` for every finished variation, plus a first
+`manifest.json` recording each variation's source, name, size and effects. Names are
+made safe for every extractor (no folders of their own, no `..`, no characters Windows
+refuses) and distinct (a second `ad.mp4` gets the folder `ad (2)`). Everything here
+derives from the database rows alone, so the same job always gives the same bytes: the
+ETag is strong and a resumed download continues the very same archive.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import unicodedata
+import zlib
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import PurePosixPath
+
+from refresher.db import parse_utc_iso
+from refresher.jobstore import JobRecord
+from refresher.storage import Paths
+from refresher.zipplan import Member, ZipPlan
+
+MANIFEST_NAME = "manifest.json"
+MAX_STEM_CHARS = 80
+# Characters Windows forbids in names, plus the path separators.
+FORBIDDEN = set('<>:"/\\|?*')
+
+
+@dataclass(frozen=True)
+class JobArchive:
+    plan: ZipPlan
+    etag: str  # strong: quoted, no W/ prefix
+    last_modified: datetime
+    filename: str
+
+    @property
+    def size(self) -> int:
+        return self.plan.size
+
+
+def safe_stem(original_name: str) -> str:
+    """The source's name without extension, safe as a folder name in any extractor."""
+    stem = PurePosixPath(original_name.replace("\\", "/")).name
+    if "." in stem.strip("."):
+        stem = stem.rsplit(".", 1)[0]
+    cleaned = "".join(
+        "_" if ch in FORBIDDEN else ch
+        for ch in unicodedata.normalize("NFC", stem)
+        if unicodedata.category(ch)[0] != "C"
+    )
+    cleaned = cleaned.strip(" .")[:MAX_STEM_CHARS].strip(" .")
+    return cleaned or "video"
+
+
+def folder_names(original_names: list[str]) -> list[str]:
+    """One distinct, safe folder per source, in order; repeats get " (2)", " (3)"..."""
+    taken: set[str] = set()
+    folders = []
+    for name in original_names:
+        stem = safe_stem(name)
+        candidate, number = stem, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = f"{stem} ({number})"
+        taken.add(candidate.casefold())
+        folders.append(candidate)
+    return folders
+
+
+def build(job: JobRecord, paths: Paths) -> JobArchive:
+    """Lay out the job's archive from its rows (no file is read)."""
+    folders = folder_names([file.original_name for file in job.files])
+    entries: list[tuple[str, int, int, str]] = []
+    variations = []
+    for file, folder in zip(job.files, folders, strict=True):
+        for output in file.outputs:
+            name = f"{folder}/{folder}_var{output.variation_index}.mp4"
+            entries.append((name, output.size, output.crc32, output.path))
+            variations.append(
+                {
+                    "source": file.original_name,
+                    "file": name,
+                    "variation": output.variation_index,
+                    "size": output.size,
+                    "effects": output.effects,
+                }
+            )
+    manifest = json.dumps(
+        {
+            "jobId": job.id,
+            "seed": job.seed,
+            "createdAt": job.created_at,
+            "finishedAt": job.finished_at,
+            "variations": variations,
+        },
+        indent=2,
+        sort_keys=True,
+        ensure_ascii=False,
+    ).encode("utf-8")
+    members = [Member(MANIFEST_NAME, len(manifest), zlib.crc32(manifest), manifest)]
+    members += [
+        Member(name, size, crc32, paths.absolute(stored)) for name, size, crc32, stored in entries
+    ]
+    modified = parse_utc_iso(job.finished_at or job.updated_at)
+    plan = ZipPlan(members, modified=modified)
+    digest = hashlib.sha256(job.id.encode())
+    for member in members:
+        digest.update(f"\0{member.name}\0{member.size}\0{member.crc32}".encode())
+    return JobArchive(
+        plan=plan,
+        etag=f'"{digest.hexdigest()[:32]}"',
+        last_modified=modified,
+        filename=f"video-refresher-{job.id[:8]}.zip",
+    )

@@ -1,0 +1,350 @@
+"""Jobs, their source files and their outputs: records and the queries that change them.
+
+Every function takes a `sqlite3.Connection` and runs in a worker thread through
+`Database.read`/`Database.write`; those that change several rows rely on `write`'s one
+transaction. Paths in rows are relative to the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from refresher.db import FINISHED_STATUSES, TOMBSTONE_STATUSES, utc_iso
+
+TERMINAL_STATUSES = FINISHED_STATUSES + TOMBSTONE_STATUSES
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}")
+
+
+class JobAlreadyFinished(RuntimeError):
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id!r} is already {status}")
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    id: str
+    job_file_id: str
+    variation_index: int
+    path: str
+    size: int
+    crc32: int
+    effects: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    position: int
+    original_name: str
+    upload_path: str | None
+    file_size: int
+    status: str
+    progress: float
+    duration_s: float | None
+    completed_variations: int
+    error: str | None
+    outputs: tuple[OutputRecord, ...]
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: str
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    expires_at: str
+    total_videos: int
+    variations_per_video: int
+    total_variations: int
+    seed: int
+    thumbnail_path: str | None
+    error: str | None
+    cancelled_at: str | None
+    deleted_reason: str | None
+    files: tuple[FileRecord, ...]
+
+    @property
+    def outputs(self) -> tuple[OutputRecord, ...]:
+        return tuple(output for file in self.files for output in file.outputs)
+
+    @property
+    def overall_progress(self) -> float:
+        """Percent of the job's work done; a failed or cancelled file counts as done."""
+        if self.status == "completed" or not self.files:
+            return 100.0 if self.status == "completed" else 0.0
+        done = sum(
+            100.0 if file.status in ("completed", "failed") else file.progress
+            for file in self.files
+        )
+        return round(done / len(self.files), 1)
+
+
+@dataclass(frozen=True)
+class NewFile:
+    id: str
+    original_name: str
+    upload_path: str
+    file_size: int
+    duration_s: float
+
+
+def iso(moment: float) -> str:
+    """Unix seconds as the store's timestamp text."""
+    return utc_iso(datetime.fromtimestamp(moment, UTC))
+
+
+def iso_after(moment: float, seconds: float) -> str:
+    return utc_iso(datetime.fromtimestamp(moment, UTC) + timedelta(seconds=seconds))
+
+
+def insert_job(
+    conn: sqlite3.Connection,
+    *,
+    job_id: str,
+    files: list[NewFile],
+    variations_per_video: int,
+    seed: int,
+    now: float,
+    ttl_s: float,
+) -> None:
+    """Record a queued job and its uploaded files (call inside one write transaction)."""
+    created = iso(now)
+    conn.execute(
+        """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
+                             variations_per_video, total_variations, seed)
+           VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            job_id,
+            created,
+            created,
+            iso_after(now, ttl_s),
+            len(files),
+            variations_per_video,
+            len(files) * variations_per_video,
+            seed,
+        ),
+    )
+    conn.executemany(
+        """INSERT INTO job_files (id, job_id, position, original_name, upload_path, file_size,
+                                  status, duration_s, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)""",
+        [
+            (file.id, job_id, position, file.original_name, file.upload_path, file.file_size,
+             file.duration_s, created)
+            for position, file in enumerate(files)
+        ],
+    )  # fmt: skip
+
+
+def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    outputs: dict[str, list[OutputRecord]] = {}
+    for out in conn.execute(
+        "SELECT * FROM output_files WHERE job_id = ? ORDER BY variation_index", (job_id,)
+    ):
+        outputs.setdefault(out["job_file_id"], []).append(
+            OutputRecord(
+                id=out["id"],
+                job_file_id=out["job_file_id"],
+                variation_index=out["variation_index"],
+                path=out["path"],
+                size=out["size"],
+                crc32=out["crc32"],
+                effects=json.loads(out["effects_json"]),
+                created_at=out["created_at"],
+            )
+        )
+    files = tuple(
+        FileRecord(
+            id=file["id"],
+            position=file["position"],
+            original_name=file["original_name"],
+            upload_path=file["upload_path"],
+            file_size=file["file_size"],
+            status=file["status"],
+            progress=file["progress"],
+            duration_s=file["duration_s"],
+            completed_variations=file["completed_variations"],
+            error=file["error"],
+            outputs=tuple(outputs.get(file["id"], ())),
+        )
+        for file in conn.execute(
+            "SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (job_id,)
+        )
+    )
+    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+    return JobRecord(**fields, files=files)
+
+
+def require_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
+    job = load_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def requeue_interrupted(conn: sqlite3.Connection, now: float) -> list[str]:
+    """Put jobs left `processing` by a crash or shutdown back in the queue; return their ids."""
+    ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = 'processing'")]
+    stamp = iso(now)
+    conn.execute(
+        "UPDATE job_files SET status = 'queued', updated_at = ? WHERE status = 'processing'",
+        (stamp,),
+    )
+    conn.execute(
+        "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'processing'", (stamp,)
+    )
+    return ids
+
+
+def claim_next(conn: sqlite3.Connection, now: float) -> JobRecord | None:
+    """Mark the oldest queued job `processing` and return it; None when the queue is empty."""
+    row = conn.execute(
+        "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute(
+        "UPDATE jobs SET status = 'processing', updated_at = ? WHERE id = ?", (iso(now), row[0])
+    )
+    return load_job(conn, row[0])
+
+
+def set_file_state(
+    conn: sqlite3.Connection,
+    file_id: str,
+    *,
+    status: str,
+    progress: float | None = None,
+    error: str | None = None,
+    now: float,
+) -> None:
+    conn.execute(
+        """UPDATE job_files SET status = ?, progress = coalesce(?, progress), error = ?,
+                                updated_at = ?
+           WHERE id = ?""",
+        (status, progress, error, iso(now), file_id),
+    )
+
+
+def set_file_progress(conn: sqlite3.Connection, file_id: str, progress: float, now: float) -> None:
+    conn.execute(
+        "UPDATE job_files SET progress = ?, updated_at = ? WHERE id = ?",
+        (progress, iso(now), file_id),
+    )
+
+
+def record_output(
+    conn: sqlite3.Connection,
+    *,
+    output_id: str,
+    job_id: str,
+    file_id: str,
+    variation_index: int,
+    path: str,
+    size: int,
+    crc32: int,
+    effects: dict[str, Any],
+    now: float,
+) -> int:
+    """Record a finished variation and count it on its file; return the file's count."""
+    stamp = iso(now)
+    conn.execute(
+        """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path, size,
+                                     crc32, effects_json, created_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (output_id, job_id, file_id, variation_index, path, size, crc32,
+         json.dumps(effects, sort_keys=True), stamp),
+    )  # fmt: skip
+    count: int = conn.execute(
+        "SELECT count(*) FROM output_files WHERE job_file_id = ?", (file_id,)
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE job_files SET completed_variations = ?, updated_at = ? WHERE id = ?",
+        (count, stamp, file_id),
+    )
+    return count
+
+
+def cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
+    row = conn.execute("SELECT cancelled_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is None or row[0] is not None
+
+
+def finish_job(
+    conn: sqlite3.Connection,
+    job_id: str,
+    *,
+    status: str,
+    error: str | None,
+    now: float,
+    ttl_s: float,
+) -> None:
+    """End a job: results expire `ttl_s` after now; uploads are no longer referenced.
+
+    Files still queued or processing (a cancelled job) become `cancelled`.
+    """
+    if status not in FINISHED_STATUSES:
+        raise ValueError(f"status must be one of {FINISHED_STATUSES}, got {status!r}")
+    stamp = iso(now)
+    conn.execute(
+        """UPDATE job_files SET status = 'cancelled', updated_at = ?
+           WHERE job_id = ? AND status IN ('queued', 'processing')""",
+        (stamp, job_id),
+    )
+    conn.execute(
+        """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
+                           expires_at = ?, cancelled_at = CASE WHEN ? = 'cancelled'
+                               THEN coalesce(cancelled_at, ?) ELSE cancelled_at END
+           WHERE id = ?""",
+        (status, error, stamp, stamp, iso_after(now, ttl_s), status, stamp, job_id),
+    )
+
+
+def clear_uploads(conn: sqlite3.Connection, job_id: str) -> None:
+    """Forget the job's upload paths (after the files themselves were removed)."""
+    conn.execute("UPDATE job_files SET upload_path = NULL WHERE job_id = ?", (job_id,))
+
+
+def set_thumbnail(conn: sqlite3.Connection, job_id: str, path: str) -> None:
+    conn.execute("UPDATE jobs SET thumbnail_path = ? WHERE id = ?", (path, job_id))
+
+
+def request_cancel(conn: sqlite3.Connection, job_id: str, *, now: float, ttl_s: float) -> str:
+    """Cancel a job: a queued one ends now, a processing one is flagged for the processor.
+
+    Return the job's status afterwards. Raise `JobNotFound`, or `JobAlreadyFinished` for
+    a job that has already ended.
+    """
+    job = require_job(conn, job_id)
+    if job.status in TERMINAL_STATUSES:
+        raise JobAlreadyFinished(job_id, job.status)
+    if job.status == "queued":
+        conn.execute("UPDATE jobs SET cancelled_at = ? WHERE id = ?", (iso(now), job_id))
+        finish_job(conn, job_id, status="cancelled", error=None, now=now, ttl_s=ttl_s)
+        return "cancelled"
+    if job.cancelled_at is None:
+        conn.execute(
+            "UPDATE jobs SET cancelled_at = ?, updated_at = ? WHERE id = ?",
+            (iso(now), iso(now), job_id),
+        )
+    return job.status
+
+
+def delete_job(conn: sqlite3.Connection, job_id: str) -> None:
+    conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

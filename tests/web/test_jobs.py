@@ -1,0 +1,263 @@
+"""Upload and processing end to end, over real HTTP with real FFmpeg on tiny clips."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import av
+import httpx
+import pytest
+import trio
+
+from refresher import effects, orphans
+from refresher.config import Config
+from refresher.main import RunningService
+from tests.conftest import StartService
+from tests.web.jobs_helpers import (
+    collect_events,
+    finished,
+    some_variation_done,
+    upload,
+    wait_for_job,
+)
+
+
+def leftovers(config: Config) -> list[str]:
+    """Everything under uploads/ and jobs/ in the data dir, as relative paths."""
+    root = config.data_dir
+    return sorted(
+        str(path.relative_to(root))
+        for folder in ("uploads", "jobs")
+        for path in (root / folder).rglob("*")
+    )
+
+
+async def test_two_clips_become_six_distinct_clean_variations(
+    service: RunningService, authed: httpx.AsyncClient, token: str, config: Config, clips: Any
+) -> None:
+    response = await upload(authed, [clips.mp4, clips.mov], variations="3")
+    assert response.status_code == 202, response.text
+    created = response.json()
+    job_id = created["jobId"]
+    assert created["status"] == "queued"
+    assert created["variationsPerVideo"] == 3
+    assert created["totalVariations"] == 6
+    assert created["statusUrl"] == f"/api/jobs/{job_id}"
+    assert [f["name"] for f in created["files"]] == [clips.mp4.name, clips.mov.name]
+    assert [f["size"] for f in created["files"]] == [
+        clips.mp4.stat().st_size,
+        clips.mov.stat().st_size,
+    ]
+
+    events: list[tuple[str, Any]] = []
+    with trio.fail_after(120):
+        await collect_events(authed, job_id, token, events)
+
+    detail = (await authed.get(f"/api/jobs/{job_id}")).json()
+    assert detail["status"] == "completed", detail
+    assert detail["overallProgress"] == 100
+    assert detail["error"] is None
+    outputs = [out for file in detail["files"] for out in file["outputs"]]
+    assert len(outputs) == 6
+    assert [file["completedVariations"] for file in detail["files"]] == [3, 3]
+    text = json.dumps(detail)  # no server paths
+    assert str(config.data_dir) not in text
+    assert "uploads/" not in text
+    assert "_var" not in text
+
+    # The event stream showed progress climbing to 100 and then the end.
+    progress = [data["progress"] for kind, data in events if kind == "progress"]
+    assert progress
+    assert max(progress) == 100
+    assert events[-1][0] == "status"
+    assert events[-1][1]["status"] == "completed"
+
+    output_files = sorted((config.data_dir / "jobs" / job_id).glob("*.mp4"))
+    assert len(output_files) == 6
+    digests = {hashlib.sha256(path.read_bytes()).hexdigest() for path in output_files}
+    assert len(digests) == 6
+    for path in output_files:
+        with av.open(str(path)) as container:
+            assert "title" not in container.metadata
+            assert "comment" not in container.metadata
+            video = container.streams.video[0]
+            assert video.codec_context.name == "h264"
+            assert video.codec_context.pix_fmt == "yuv420p"
+    # The sources are gone once the job has finished.
+    assert list((config.data_dir / "uploads").iterdir()) == []
+
+    listing = (await authed.get("/api/jobs")).json()
+    assert [(job["id"], job["status"]) for job in listing] == [(job_id, "completed")]
+    assert listing[0]["fileNames"] == [clips.mp4.name, clips.mov.name]
+    thumbnail = await authed.get(listing[0]["thumbnailUrl"])
+    assert thumbnail.status_code == 200
+    assert thumbnail.headers["content-type"] == "image/webp"
+    assert thumbnail.content[:4] == b"RIFF"
+
+
+async def test_same_seed_gives_the_recorded_effects(
+    service: RunningService, authed: httpx.AsyncClient, clips: Any
+) -> None:
+    job_id = (await upload(authed, [clips.mp4], variations="2")).json()["jobId"]
+    await wait_for_job(authed, job_id, finished)
+    job = await service.state.db.read(
+        lambda conn: conn.execute("SELECT seed FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    )
+    recorded = await service.state.db.read(
+        lambda conn: [
+            row[0]
+            for row in conn.execute(
+                "SELECT effects_json FROM output_files WHERE job_id = ? ORDER BY variation_index",
+                (job_id,),
+            )
+        ]
+    )
+    expected = [variation.as_dict() for variation in effects.generate(job["seed"], 2)]
+    assert [json.loads(text) for text in recorded] == expected
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "message"),
+    [
+        ("no files", 400, r"^Choose at least one video to upload \(field “videos”\)\.$"),
+        ("eleven files", 400, r"^At most 10 videos per job; this upload has more\.$"),
+        ("variations 0", 400, r"^variations must be a whole number from 1 to 20; got “0”\.$"),
+        ("variations 21", 400, r"^variations must be a whole number from 1 to 20; got “21”\.$"),
+        ("variations abc", 400, r"^variations must be a whole number from 1 to 20; got “abc”\.$"),
+        ("oversize", 413, r"^“big\.mp4” is larger than the 200 KiB per-file limit\.$"),
+        ("non-video", 415, r"^“notes\.mp4” is not a video file\. Upload MP4 or MOV videos\.$"),
+        ("truncated", 415, r"^“cut\.mp4” .+\. Upload MP4 or MOV videos\.$"),
+        ("zero bytes", 400, r"^“empty\.mp4” is empty\.$"),
+        ("not multipart", 400, r"^Send the videos as multipart/form-data in the field “videos”\.$"),
+    ],
+)
+async def test_bad_upload_is_refused_and_leaves_nothing(
+    start_service: StartService,
+    config: Config,
+    clips: Any,
+    tmp_path: Path,
+    case: str,
+    status: int,
+    message: str,
+) -> None:
+    service = await start_service(max_upload_bytes=200 * 1024)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        token = (await http.post("/api/auth", json={"password": config.auth_password})).json()
+        http.headers["Authorization"] = f"Bearer {token['token']}"
+        good = clips.mp4
+        text = tmp_path / "notes.mp4"
+        text.write_text("shopping list: eggs, milk\n" * 50)
+        big = tmp_path / "big.mp4"
+        big.write_bytes(good.read_bytes() + bytes(300 * 1024))
+        cut = tmp_path / "cut.mp4"
+        cut.write_bytes(clips.mp4.read_bytes()[: clips.mp4.stat().st_size * 6 // 10])
+        empty = tmp_path / "empty.mp4"
+        empty.write_bytes(b"")
+        if case == "no files":
+            response = await http.post("/api/jobs", files={"variations": (None, "2")})
+        elif case == "eleven files":
+            response = await upload(http, [good] * 11)
+        elif case.startswith("variations "):
+            response = await upload(http, [good], variations=case.split()[1])
+        elif case == "oversize":
+            response = await upload(http, [good, big])
+        elif case == "non-video":
+            response = await upload(http, [good, text])
+        elif case == "truncated":
+            response = await upload(http, [cut])
+        elif case == "zero bytes":
+            response = await upload(http, [empty])
+        else:
+            response = await http.post("/api/jobs", json={"videos": []})
+        assert response.status_code == status, response.text
+        assert response.headers["content-type"] == "application/json"
+        error = response.json()["error"]
+        assert re.match(message, error), error
+        assert (await http.get("/api/jobs")).json() == []
+    assert leftovers(config) == []
+
+
+async def test_upload_needs_login(client: httpx.AsyncClient, clips: Any, config: Config) -> None:
+    response = await upload(client, [clips.mp4])
+    assert response.status_code == 401
+    assert leftovers(config) == []
+
+
+async def test_cancel_mid_encode_keeps_finished_variations(
+    start_service: StartService, config: Config, clips: Any
+) -> None:
+    service = await start_service()
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        token = (await http.post("/api/auth", json={"password": config.auth_password})).json()
+        http.headers["Authorization"] = f"Bearer {token['token']}"
+        job_id = (await upload(http, [clips.long], variations="6")).json()["jobId"]
+        await wait_for_job(http, job_id, some_variation_done)
+        response = await http.post(f"/api/jobs/{job_id}/cancel")
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["status"] == "cancelled"
+        assert body["cancelledAt"] is not None
+        assert 1 <= body["completedVariations"] < 6
+        assert body["totalVariations"] == 6
+        detail = (await http.get(f"/api/jobs/{job_id}")).json()
+        kept = [out for file in detail["files"] for out in file["outputs"]]
+        assert len(kept) == body["completedVariations"]
+        again = await http.post(f"/api/jobs/{job_id}/cancel")
+        assert again.status_code == 409
+        assert again.json() == {"error": "The job has already ended (cancelled)."}
+    job_files = sorted(p.name for p in (config.data_dir / "jobs" / job_id).iterdir())
+    # Only finished variations (and the thumbnail) remain: no partial output.
+    assert [name for name in job_files if name != "thumbnail.webp"] == sorted(
+        f"{detail['files'][0]['id']}_var{out['variationIndex']}.mp4" for out in kept
+    )
+    assert list((config.data_dir / "uploads").iterdir()) == []
+    assert await trio.to_thread.run_sync(orphans.find_marked, config.data_dir) == []
+
+
+async def test_cancel_of_a_queued_job_and_of_unknown_jobs(
+    authed: httpx.AsyncClient, service: RunningService, clips: Any, config: Config
+) -> None:
+    first = (await upload(authed, [clips.long], variations="4")).json()["jobId"]
+    second = (await upload(authed, [clips.mp4], variations="2")).json()["jobId"]
+    response = await authed.post(f"/api/jobs/{second}/cancel")
+    assert response.status_code == 200
+    assert response.json()["status"] == "cancelled"
+    assert response.json()["completedVariations"] == 0
+    assert not (config.data_dir / "uploads" / second).exists()
+    assert (await authed.post("/api/jobs/nope/cancel")).status_code == 404
+    await authed.post(f"/api/jobs/{first}/cancel")
+
+
+async def test_delete_removes_results(
+    authed: httpx.AsyncClient, service: RunningService, clips: Any, config: Config
+) -> None:
+    job_id = (await upload(authed, [clips.mp4], variations="1")).json()["jobId"]
+    await wait_for_job(authed, job_id, finished)
+    assert (config.data_dir / "jobs" / job_id).exists()
+    response = await authed.delete(f"/api/jobs/{job_id}")
+    assert response.status_code == 200
+    assert not (config.data_dir / "jobs" / job_id).exists()
+    assert (await authed.get(f"/api/jobs/{job_id}")).status_code == 404
+    assert (await authed.delete(f"/api/jobs/{job_id}")).status_code == 404
+
+
+async def test_job_resumes_after_the_processor_is_killed_mid_encode(
+    service: RunningService, authed: httpx.AsyncClient, clips: Any, config: Config
+) -> None:
+    # Twelve variations of a 320x240 clip encode in three batches of four.
+    job_id = (await upload(authed, [clips.long], variations="12")).json()["jobId"]
+    await wait_for_job(authed, job_id, some_variation_done)
+    service.state.supervisor.kill("processor")
+    at_kill = (await authed.get(f"/api/jobs/{job_id}")).json()
+    assert at_kill["status"] == "processing"
+    assert 4 <= at_kill["files"][0]["completedVariations"] < 12
+    detail = await wait_for_job(authed, job_id, finished, timeout_s=120)
+    assert detail["status"] == "completed"
+    outputs = detail["files"][0]["outputs"]
+    assert [out["variationIndex"] for out in outputs] == list(range(1, 13))
+    assert service.state.supervisor.status()["processor"].restarts == 1
+    assert await trio.to_thread.run_sync(orphans.find_marked, config.data_dir) == []

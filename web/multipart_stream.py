@@ -1,0 +1,201 @@
+"""Stream a multipart/form-data body to disk, part by part, with bounded memory.
+
+Quart's own form parsing spools files with synchronous writes on the event loop; this
+feeds the raw body to python-multipart (a sans-IO parser) and writes file parts with trio
+file I/O as they arrive, enforcing the per-file size limit while streaming. Field values
+are kept in memory only up to a small limit.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import AsyncIterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import trio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+# Bytes gathered before one write to disk: big writes keep thread hops few (one per MiB).
+WRITE_BUFFER_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 4096
+MAX_NAME_CHARS = 200
+
+
+class FormRejected(Exception):
+    """The form breaks a rule; `status` is the HTTP status, the message is for a person."""
+
+    def __init__(self, status: int, message: str) -> None:
+        self.status = status
+        self.message = message
+        super().__init__(message)
+
+
+@dataclass
+class ReceivedFile:
+    field: str
+    name: str  # display name only, never used as a path
+    path: Path
+    size: int = 0
+
+
+@dataclass
+class ReceivedForm:
+    files: list[ReceivedFile] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+
+
+def display_name(raw: str) -> str:
+    """The name a person gave the file, safe to show: no folders, no control characters."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join(ch for ch in name if unicodedata.category(ch)[0] != "C").strip()
+    name = unicodedata.normalize("NFC", name)[:MAX_NAME_CHARS]
+    return name or "video"
+
+
+def boundary_of(content_type: str) -> bytes | None:
+    mime, options = parse_options_header(content_type)
+    if mime != b"multipart/form-data":
+        return None
+    return options.get(b"boundary") or None
+
+
+class _Events:
+    """Collects the parser's callbacks; the async side replays them after each chunk."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+        self.header_field = b""
+        self.header_value = b""
+        self.finished = False
+
+    def callbacks(self) -> dict[str, object]:
+        def on(kind: str) -> object:
+            return lambda: self.items.append((kind, b""))
+
+        def on_header_field(data: bytes, start: int, end: int) -> None:
+            self.header_field += data[start:end]
+
+        def on_header_value(data: bytes, start: int, end: int) -> None:
+            self.header_value += data[start:end]
+
+        def on_header_end() -> None:
+            name = self.header_field.decode("latin-1").strip().lower()
+            self.items.append(("header:" + name, self.header_value))
+            self.header_field = self.header_value = b""
+
+        def on_part_data(data: bytes, start: int, end: int) -> None:
+            self.items.append(("data", data[start:end]))
+
+        def on_end() -> None:
+            self.finished = True
+
+        return {
+            "on_part_begin": on("begin"),
+            "on_header_field": on_header_field,
+            "on_header_value": on_header_value,
+            "on_header_end": on_header_end,
+            "on_headers_finished": on("headers_done"),
+            "on_part_data": on_part_data,
+            "on_part_end": on("end"),
+            "on_end": on_end,
+        }
+
+
+async def receive_form(
+    body: AsyncIterable[bytes],
+    boundary: bytes,
+    directory: Path,
+    *,
+    file_field: str,
+    max_files: int,
+    max_file_bytes: int,
+    limit_words: str,
+) -> ReceivedForm:
+    """Parse `body`, writing each file part of `file_field` to `directory/<n>.upload`.
+
+    Raise `FormRejected` as soon as a rule breaks (more than `max_files` files, a file
+    over `max_file_bytes`, a file in another field, a malformed or incomplete body). The
+    caller removes `directory` on any exception, including cancellation.
+    """
+    events = _Events()
+    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    form = ReceivedForm()
+    headers: dict[str, bytes] = {}
+    current: ReceivedFile | None = None
+    field_name: str | None = None
+    field_value = bytearray()
+    sink: trio.abc.AsyncResource | None = None
+    pending = bytearray()
+
+    async def flush() -> None:
+        if pending and sink is not None:
+            await sink.write(bytes(pending))  # type: ignore[attr-defined]
+            pending.clear()
+
+    try:
+        async for chunk in body:
+            try:
+                parser.write(chunk)
+            except MultipartParseError:
+                raise FormRejected(400, "The upload is not a well-formed form.") from None
+            items, events.items = events.items, []
+            for kind, data in items:
+                if kind == "begin":
+                    headers = {}
+                elif kind.startswith("header:"):
+                    headers[kind.removeprefix("header:")] = data
+                elif kind == "headers_done":
+                    _, options = parse_options_header(headers.get("content-disposition", b""))
+                    name = options.get(b"name", b"").decode("utf-8", "replace")
+                    filename = options.get(b"filename")
+                    if filename is None:
+                        field_name, field_value = name, bytearray()
+                        continue
+                    if name != file_field:
+                        raise FormRejected(
+                            400, f"Send videos in the field “{file_field}”, not “{name}”."
+                        )
+                    if not filename:
+                        continue  # a browser sends an empty file part when none was chosen
+                    if len(form.files) >= max_files:
+                        raise FormRejected(
+                            400, f"At most {max_files} videos per job; this upload has more."
+                        )
+                    current = ReceivedFile(
+                        field=name,
+                        name=display_name(filename.decode("utf-8", "replace")),
+                        path=directory / f"{len(form.files)}.upload",
+                    )
+                    form.files.append(current)
+                    sink = await trio.open_file(current.path, "xb")
+                elif kind == "data":
+                    if current is not None:
+                        current.size += len(data)
+                        if current.size > max_file_bytes:
+                            raise FormRejected(
+                                413, f"“{current.name}” is larger than the {limit_words} limit."
+                            )
+                        pending.extend(data)
+                        if len(pending) >= WRITE_BUFFER_BYTES:
+                            await flush()
+                    elif field_name is not None:
+                        field_value.extend(data)
+                        if len(field_value) > MAX_FIELD_BYTES:
+                            raise FormRejected(400, f"The field “{field_name}” is too long.")
+                elif kind == "end":
+                    if current is not None and sink is not None:
+                        await flush()
+                        await sink.aclose()
+                        sink, current = None, None
+                    elif field_name is not None:
+                        form.fields[field_name] = field_value.decode("utf-8", "replace")
+                        field_name = None
+        if not events.finished:
+            raise FormRejected(400, "The upload ended before it was complete; try again.")
+        return form
+    finally:
+        if sink is not None:
+            with trio.CancelScope(shield=True):
+                await sink.aclose()
