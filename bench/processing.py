@@ -67,7 +67,8 @@ def make_source(ffmpeg: str, path: Path, seconds: float, grain: int) -> None:
     subprocess.run(
         [
             ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y",
-            "-filter_complex", SOURCE_GRAPH.format(grain=grain), "-map", "[video]", "-map", "[audio]",
+            "-filter_complex", SOURCE_GRAPH.format(grain=grain),
+            "-map", "[video]", "-map", "[audio]",
             "-t", str(seconds), "-c:v", "libx264", "-preset", "veryfast", "-crf", "20",
             "-c:a", "aac", "-b:a", "128k", "-movflags", "+faststart", str(path),
         ],

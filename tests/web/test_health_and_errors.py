@@ -56,6 +56,7 @@ async def test_page_is_served(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200
     assert "<title>Video Refresher</title>" in page.text
+    assert 'id="upload"' in page.text
     script = await client.get("/static/app.js")
     assert script.status_code == 200
     assert "javascript" in script.headers["content-type"]
