@@ -180,8 +180,6 @@ class Processor:
         file: jobstore.FileRecord,
         file_effects: list[effects.Effects],
     ) -> None:
-        assert file.upload_path is not None, "a queued file keeps its upload"
-        source = self.paths.absolute(file.upload_path)
         done = {output.variation_index for output in file.outputs}
         await trio.to_thread.run_sync(self._remove_partials, job.id, file.id, done)
         progress = _FileProgress(total=job.variations_per_video, done=len(done))
@@ -191,28 +189,11 @@ class Processor:
             )
         )
         pending = [index for index in range(1, job.variations_per_video + 1) if index not in done]
-        error: str | None = None
-        try:
-            probed = await trio.to_thread.run_sync(media.probe, source)
-            # Decoding once for several variations pays; how many fit in memory depends
-            # on the frame size. A batch's outputs are recorded as soon as it ends, so a
-            # restart resumes after the last finished batch.
-            per_encode = media.variations_per_encode(probed.width, probed.height)
-            batches, start = [], 0
-            for size in media.batch_sizes(len(pending), per_encode):
-                batches.append(pending[start : start + size])
-                start += size
-            async with trio.open_nursery() as watchers:
-                watchers.start_soon(self._report_progress, job.id, file.id, progress)
-                for batch in batches:
-                    await self._encode_batch(
-                        job, file, source, probed, batch, file_effects, progress
-                    )
-                watchers.cancel_scope.cancel()
-        except media.NotAVideo as err:
-            error = f"The file {err.reason}."
-        except (media.MediaError, OSError) as err:
-            error = str(err)
+        if file.upload_path is None:
+            error: str | None = "The upload is gone; upload the video again."
+        else:
+            source = self.paths.absolute(file.upload_path)
+            error = await self._encode_pending(job, file, source, pending, file_effects, progress)
         if error:
             LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
         status = "failed" if error else "completed"
@@ -227,6 +208,43 @@ class Processor:
             job.id, "progress", fileId=file.id, progress=percent, status=status,
             completedVariations=progress.done, overallProgress=self._overall(),
         )  # fmt: skip
+
+    async def _encode_pending(
+        self,
+        job: jobstore.JobRecord,
+        file: jobstore.FileRecord,
+        source: Path,
+        pending: list[int],
+        file_effects: list[effects.Effects],
+        progress: _FileProgress,
+    ) -> str | None:
+        """Encode the file's `pending` variations; return why the file failed, or None."""
+        try:
+            probed = await trio.to_thread.run_sync(media.probe, source)
+        except media.NotAVideo as err:
+            return f"The file {err.reason}."
+        except OSError as err:
+            return f"The upload could not be read: {err.strerror or err}."
+        # Decoding once for several variations pays; how many fit in memory depends on the
+        # frame size. A batch's outputs are recorded as soon as it ends, so a restart
+        # resumes after the last finished batch.
+        per_encode = media.variations_per_encode(probed.width, probed.height)
+        batches, start = [], 0
+        for size in media.batch_sizes(len(pending), per_encode):
+            batches.append(pending[start : start + size])
+            start += size
+        error: str | None = None
+        async with trio.open_nursery() as watchers:
+            watchers.start_soon(self._report_progress, job.id, file.id, progress)
+            try:
+                for batch in batches:
+                    await self._encode_batch(
+                        job, file, source, probed, batch, file_effects, progress
+                    )
+            except (media.MediaError, OSError) as err:
+                error = str(err)
+            watchers.cancel_scope.cancel()
+        return error
 
     async def _encode_batch(
         self,

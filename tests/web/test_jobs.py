@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ import httpx
 import pytest
 import trio
 
-from refresher import effects, orphans
+from actors.processor import JobQueued
+from refresher import effects, jobstore, orphans
 from refresher.config import Config
 from refresher.main import RunningService
 from tests.conftest import StartService
@@ -261,3 +264,59 @@ async def test_job_resumes_after_the_processor_is_killed_mid_encode(
     assert [out["variationIndex"] for out in outputs] == list(range(1, 13))
     assert service.state.supervisor.status()["processor"].restarts == 1
     assert await trio.to_thread.run_sync(orphans.find_marked, config.data_dir) == []
+
+
+async def queue_job_from_disk(service: RunningService, sources: list[Path], variations: int) -> str:
+    """Queue a job whose uploads are `sources` as they are on disk, skipping upload checks
+    (as if a file was damaged on disk after it was accepted)."""
+    job_id = str(uuid.uuid4())
+    upload_dir = service.state.paths.upload_dir(job_id)
+    upload_dir.mkdir(parents=True)
+    files = []
+    for number, source in enumerate(sources):
+        target = upload_dir / f"{number}.upload"
+        shutil.copyfile(source, target)
+        files.append(
+            jobstore.NewFile(
+                str(uuid.uuid4()), source.name, service.state.paths.relative(target),
+                target.stat().st_size, 1.0,
+            )
+        )  # fmt: skip
+    await service.state.db.write(
+        lambda conn: jobstore.insert_job(
+            conn, job_id=job_id, files=files, variations_per_video=variations, seed=5,
+            now=service.state.now(), ttl_s=3600,
+        )
+    )  # fmt: skip
+    service.state.processor_inbox.post(JobQueued(job_id))
+    return job_id
+
+
+async def test_a_failing_source_does_not_fail_the_others(
+    service: RunningService, authed: httpx.AsyncClient, clips: Any, tmp_path: Path
+) -> None:
+    damaged = tmp_path / "damaged.mp4"
+    damaged.write_bytes(clips.mp4.read_bytes()[:2000])
+    job_id = await queue_job_from_disk(service, [clips.mp4, damaged], variations=2)
+    detail = await wait_for_job(authed, job_id, finished)
+    assert detail["status"] == "completed"
+    good, bad = detail["files"]
+    assert (good["status"], good["completedVariations"]) == ("completed", 2)
+    assert bad["status"] == "failed"
+    assert bad["error"].startswith("The file ")
+    assert detail["downloadUrl"] is not None
+    assert service.state.supervisor.status()["processor"].restarts == 0
+
+
+async def test_a_job_whose_every_source_fails_is_failed_with_the_reasons(
+    service: RunningService, authed: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.mp4"
+    notes.write_text("not a video")
+    job_id = await queue_job_from_disk(service, [notes], variations=2)
+    detail = await wait_for_job(authed, job_id, finished)
+    assert detail["status"] == "failed"
+    assert detail["error"].startswith("Every video failed: notes.mp4: The file ")
+    assert detail["downloadUrl"] is None
+    assert not service.state.paths.upload_dir(job_id).exists()
+    assert service.state.supervisor.status()["processor"].restarts == 0
