@@ -260,7 +260,9 @@ def _rotation_margin(width: int, height: int) -> int:
     return margin + margin % 2  # even, for 4:2:0 chroma
 
 
-def _variation_filter(effects: Effects, probed: Probe, margin: int) -> str:
+def _variation_filter(variation: Variation, probed: Probe, margin: int) -> str:
+    """The filter graph of one variation: pad with edge pixels, rotate, adjust colour."""
+    effects = variation.effects
     out_w, out_h = probed.width - probed.width % 2, probed.height - probed.height % 2
     padded_w, padded_h = probed.width + 2 * margin, probed.height + 2 * margin
 
@@ -272,6 +274,8 @@ def _variation_filter(effects: Effects, probed: Probe, margin: int) -> str:
     # v360's roll turns counter-clockwise; Effects (like FFmpeg's rotate) clockwise.
     roll_deg = -math.degrees(effects.rotation_rad)
     return (
+        f"format=yuv420p,pad=iw+{2 * margin}:ih+{2 * margin}:{margin}:{margin},"
+        f"fillborders=left={margin}:right={margin}:top={margin}:bottom={margin}:mode=smear,"
         "v360=input=flat:output=flat:interp=near"
         f":ih_fov={fov_deg(padded_w)}:iv_fov={fov_deg(padded_h)}"
         f":h_fov=90:v_fov={fov_deg(out_h)}:w={out_w}:h={out_h}"
@@ -288,34 +292,29 @@ def encode_args(
 ) -> list[str]:
     """Return FFmpeg's arguments (without the executable) to write each variation.
 
-    The source is decoded once and split; each output gets its own filter chain and x264
-    encoder (H.264, yuv420p). The audio, when there is any, is encoded to AAC once and
-    muxed into every output by the `tee` muxer. Outputs are MP4 with `+faststart` and
-    none of the source's metadata, chapters or other streams. `threads` (FFMPEG_THREADS)
-    goes to the decoder, the filters and each encoder; by default each runs on one.
+    The source is decoded once; each variation gets the decoded frames through a filter
+    graph and an x264 encoder of its own (H.264, yuv420p). The audio, if any, is encoded
+    to AAC once and muxed into every output by the `tee` muxer. Outputs are MP4 with
+    `+faststart` and none of the source's metadata, chapters or other streams.
+    `threads` (FFMPEG_THREADS) goes to the decoder, each filter graph and each encoder;
+    by default each runs on one thread, and FFmpeg runs them all side by side.
     """
     if not variations:
         raise ValueError("variations must not be empty")
     stage_threads = str(threads or 1)
     margin = _rotation_margin(probed.width, probed.height)
-    count = len(variations)
-    shared = (
-        f"[0:v:0]format=yuv420p,pad=iw+{2 * margin}:ih+{2 * margin}:{margin}:{margin},"
-        f"fillborders=left={margin}:right={margin}:top={margin}:bottom={margin}:mode=smear"
-    )
-    if count == 1:
-        graph = [f"{shared},{_variation_filter(variations[0].effects, probed, margin)}[v0]"]
-    else:
-        graph = [shared + f",split={count}" + "".join(f"[s{i}]" for i in range(count))]
-        graph += [
-            f"[s{i}]{_variation_filter(variation.effects, probed, margin)}[v{i}]"
-            for i, variation in enumerate(variations)
-        ]
     args = ["-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
-    args += ["-threads", stage_threads, "-i", str(source)]
-    args += ["-filter_threads", stage_threads, "-filter_complex", ";".join(graph)]
-    for index in range(count):
-        args += ["-map", f"[v{index}]"]
+    args += ["-threads", stage_threads, "-i", str(source), "-filter_threads", stage_threads]
+    # One graph per output rather than `split` in one graph: a single graph thread feeds
+    # every encoder in lockstep, and the encoders idle while it works (measured, five
+    # outputs: 1.87 of 2 cores busy against 1.95, 6 % more wall time per variation).
+    for index, variation in enumerate(variations):
+        args += [
+            "-map",
+            "0:v:0",
+            f"-filter:v:{index}",
+            _variation_filter(variation, probed, margin),
+        ]
     args += [
         "-c:v", "libx264", "-preset", X264_PRESET, "-x264-params", X264_PARAMS,
         "-crf", str(X264_CRF), "-maxrate", VIDEO_MAXRATE, "-bufsize", VIDEO_BUFSIZE,

@@ -25,6 +25,11 @@ class ClipSpec:
     video: bool = True
     container: str = "mp4"  # an FFmpeg muxer name: mp4, mov, matroska, ipod
     faststart: bool = True
+    # `testsrc2` makes 4:2:0 frames (even sizes only); `testsrc` RGB frames of any size.
+    pattern: str = "testsrc2"
+    pix_fmt: str = "yuv420p"
+    # Degrees in the display matrix (as phones record portrait video); 0 for none.
+    display_rotation: int = 0
 
 
 def make_clip(ffmpeg: str, path: Path, spec: ClipSpec = ClipSpec()) -> Path:
@@ -35,7 +40,8 @@ def make_clip(ffmpeg: str, path: Path, spec: ClipSpec = ClipSpec()) -> Path:
             "-f",
             "lavfi",
             "-i",
-            f"testsrc2=size={spec.width}x{spec.height}:rate={spec.rate}:duration={spec.seconds}",
+            f"{spec.pattern}=size={spec.width}x{spec.height}:rate={spec.rate}"
+            f":duration={spec.seconds}",
         ]
     if spec.audio:
         args += [
@@ -45,7 +51,7 @@ def make_clip(ffmpeg: str, path: Path, spec: ClipSpec = ClipSpec()) -> Path:
             f"sine=frequency=440:sample_rate=48000:duration={spec.seconds}",
         ]
     if spec.video:
-        args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+        args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", spec.pix_fmt]
         args += ["-metadata:s:v:0", f"handler_name={SECRET}-video-handler"]
     if spec.audio:
         args += ["-c:a", "aac", "-b:a", "64k"]
@@ -55,8 +61,15 @@ def make_clip(ffmpeg: str, path: Path, spec: ClipSpec = ClipSpec()) -> Path:
     args += ["-metadata", "creation_time=2001-02-03T04:05:06Z"]
     if spec.faststart and spec.container in ("mp4", "mov", "ipod"):
         args += ["-movflags", "+faststart"]
-    args += ["-f", spec.container, str(path)]
+    written = path.with_name(f"unrotated-{path.name}") if spec.display_rotation else path
+    args += ["-f", spec.container, str(written)]
     subprocess.run(args, check=True, capture_output=True, timeout=60)
+    if spec.display_rotation:
+        rotate = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-y"]
+        rotate += ["-display_rotation", str(spec.display_rotation), "-i", str(written)]
+        rotate += ["-c", "copy", "-f", spec.container, str(path)]
+        subprocess.run(rotate, check=True, capture_output=True, timeout=60)
+        written.unlink()
     return path
 
 

@@ -28,8 +28,9 @@ from web.state import AppState, state
 
 LOGGER = logging.getLogger(__name__)
 
-# Large reads keep thread hops and sends few: 1 MiB chunks ran ~8x faster than 64 KiB.
-CHUNK_BYTES = 1024 * 1024
+# Large reads keep thread hops and sends few (measured, 2 GiB job: 1 MiB ~1.3-1.9 GB/s,
+# 2 MiB ~2.4 GB/s, 4 MiB ~2.4 GB/s); memory is about two chunks per download in flight.
+CHUNK_BYTES = 2 * 1024 * 1024
 # Files up to this size are read whole and sent together with the headers around them.
 SMALL_PIECE_BYTES = 256 * 1024
 
