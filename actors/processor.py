@@ -13,7 +13,7 @@ import functools
 import logging
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +46,14 @@ class CancelJob:
     """A user cancelled the job; its `cancelled_at` is already in the database."""
 
     job_id: str
+
+
+class NoRoom(media.MediaError):
+    def __init__(self, nbytes: int) -> None:
+        super().__init__(
+            f"There was no room to store {nbytes / 1e6:.0f} MB of variations: the storage "
+            "is full even after removing older results."
+        )
 
 
 @dataclass
@@ -84,6 +92,7 @@ class Processor:
         ttl_s: float,
         now: Callable[[], float],
         threads: int | None = None,
+        request_room: Callable[[int], Awaitable[bool]] | None = None,
     ) -> None:
         self.db = db
         self.paths = paths
@@ -92,6 +101,7 @@ class Processor:
         self.ttl_s = ttl_s
         self.now = now
         self.threads = threads
+        self.request_room = request_room
         self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
         self._wake = trio.Event()
         self._current: _RunningJob | None = None
@@ -262,6 +272,11 @@ class Processor:
             if self._current is not None:
                 self._current.scope.cancel()
             await trio.lowlevel.checkpoint()
+        # Outputs come out about the size of their source; ask for that much room first,
+        # rather than write until the disk is full.
+        needed = file.file_size * len(indices)
+        if self.request_room is not None and not await self.request_room(needed):
+            raise NoRoom(needed)
         key = indices[0]
 
         def on_progress(fraction: float) -> None:

@@ -1,12 +1,13 @@
 """The random mix of effects that makes one variation of a video distinct.
 
 Every effect is small enough that people see the same ad: a real rotation of 0.001 to
-0.01 rad (0.06 to 0.57 degrees) either way, and brightness, contrast and saturation nudged
-by up to 5 %. `generate` draws them from a seed, so a job that resumes after
-a restart draws the same list again and the variations it already made stay valid.
+0.01 rad (0.06 to 0.57 degrees) either way, and brightness, contrast and saturation
+nudged by up to 5 %. `generate` draws them from a seed, so a job that resumes after a
+restart draws the same list again and the variations it already made stay valid.
 
-Values are rounded when drawn, to the decimals `refresher.media` writes into FFmpeg's filter
-graph, so two sets that differ here also differ in the graph (and in the manifest).
+Values are rounded when drawn to the decimals FFmpeg is given, and no two sets in a list
+share brightness, contrast and saturation: so any two variations differ in FFmpeg's
+filter graph, even where two rotations come out as the same whole-pixel shifts.
 
 Left out on purpose (measured on a 10 s 720p clip): a zoom/crop of even 1 % costs more
 SSIM to the source (-0.035) than the largest rotation; FFmpeg's `hue` filter costs 10 %
@@ -26,12 +27,12 @@ MAX_ROTATION_RAD = 0.01
 MAX_BRIGHTNESS = 0.05
 MIN_CONTRAST, MAX_CONTRAST = 0.95, 1.05
 MIN_SATURATION, MAX_SATURATION = 0.95, 1.05
-# More variations than a job can ask for (MAX_VARIATIONS is 20); a bound keeps a bad
-# argument from drawing forever.
+# More variations than a job can hold (10 videos x 20); a bound keeps a bad argument
+# from drawing forever.
 MAX_COUNT = 1000
 
 # Decimals kept per field: the filter graph's precision. 1e-5 rad moves a corner of a
-# 4K frame by 0.02 px, finer than any encoder keeps.
+# 4K frame by 0.02 px, finer than the whole-pixel shifts it becomes.
 DECIMALS = {
     "rotation_rad": 5,
     "brightness": 3,
@@ -120,10 +121,12 @@ def generate(seed: int, count: int) -> list[Effects]:
         raise ValueError(f"count must be from 1 to {MAX_COUNT}, got {count}")
     rng = random.Random(seed)
     drawn: list[Effects] = []
-    seen: set[Effects] = set()
+    colours: set[tuple[float, float, float]] = set()
     while len(drawn) < count:
         effects = _draw(rng)
-        if effects not in seen:  # a repeat is astronomically rare; draw again
-            seen.add(effects)
+        colour = (effects.brightness, effects.contrast, effects.saturation)
+        # One in a million per pair (101³ colours); 1000 sets repeat one about half the time.
+        if colour not in colours:
+            colours.add(colour)
             drawn.append(effects)
     return drawn

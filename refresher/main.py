@@ -123,6 +123,15 @@ async def serve(
     try:
         events = EventHub()
         tracker = DownloadTracker(db, now=now)
+        evictor = Evictor(
+            db,
+            paths,
+            tracker,
+            quota_bytes=config.storage_quota_bytes,
+            high=config.evict_high,
+            low=config.evict_low,
+            now=now,
+        )
         processor = Processor(
             db,
             paths,
@@ -131,14 +140,15 @@ async def serve(
             ttl_s=config.job_ttl_s,
             now=now,
             threads=config.ffmpeg_threads,
+            request_room=evictor.request_room,
         )
         supervisor = Supervisor(
             [
                 events,
                 tracker,
                 processor,
-                Janitor(db, interval_s=config.janitor_interval_s),
-                Evictor(db),
+                Janitor(db, paths, tracker, interval_s=config.janitor_interval_s, now=now),
+                evictor,
             ]
         )
         app_state = AppState(
@@ -149,6 +159,7 @@ async def serve(
             supervisor=supervisor,
             events=events,
             tracker=tracker,
+            evictor=evictor,
             processor_inbox=processor.inbox,
             now=now,
             started_at=trio.current_time(),

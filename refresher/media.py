@@ -1,25 +1,26 @@
-"""Probe uploads with PyAV, and make variations and thumbnails with FFmpeg.
+"""Probe uploads with PyAV; make variations and thumbnails with FFmpeg.
 
-Where the time goes (10 s 720p H.264 clip, 2 cores, FFmpeg 9; CPU seconds per variation):
-decoding 0.94, the original's `rotate` (bilinear) 2.4, x264 `ultrafast` 0.7, AAC 0.1.
-So this module
+Where a variation's time went in the original (10 s 720p H.264 clip, 2 cores, FFmpeg 9,
+CPU seconds): decoding 1.0, `rotate` (bilinear) 2.4, x264 `ultrafast` 0.9, AAC 0.1. Here:
 
-- rotates with `v360` (flat in, flat out, `roll`): the same rigid rotation as `rotate`,
-  but from a table computed once, nearest-neighbour with AVX2 gathers: 0.37 s instead
-  of 2.4 s (bilinear `v360` is 1.2 s: its tables are 24 bytes a pixel, memory-bound).
-  The source is padded with its own edge pixels first, so the corners a rotation uncovers
-  repeat the picture's edge instead of turning black (the original's SSIM lost more to
-  its black corners than ours loses to nearest-neighbour sampling);
-- decodes once for several variations (`split`), one x264 thread each: FFmpeg runs each
-  encoder in its own thread, so one process keeps both cores busy without the
-  synchronisation of sliced or frame threads.
+- The rotation is two shear passes built from `crop` and `vstack`/`hstack` (see
+  `_rotation_filter`): 0.09 s. `v360` (flat to flat, `roll`, nearest) did the same
+  rotation in 0.31 s, `rotate` without bilinear in 0.98 s. The frame is first padded
+  with its own edge pixels, so the corners a rotation uncovers continue the picture
+  instead of turning black as in the original; that gains more SSIM to the source than
+  nearest-neighbour sampling loses against the original's bilinear.
+- One FFmpeg decodes the source once for several variations, each with its own filter
+  graph and single-threaded x264. FFmpeg runs every graph and encoder in a thread of its
+  own, so one process keeps both cores busy. The audio is encoded once and muxed into
+  every output by the `tee` muxer.
 
-`bench/processing.py` measures the result against the original's method.
+`bench/processing.py` compares the result with the original's method.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
 import os
@@ -42,30 +43,31 @@ MP4_MOV_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"
 MAX_DURATION_S = 3 * 3600.0
 
 # One FFmpeg at a time: a process that decodes once and encodes up to
-# MAX_VARIATIONS_PER_ENCODE outputs keeps both cores busy on its own (FFmpeg runs the
-# decoder, the filter graph and every encoder in threads of their own). Two at once were
+# MAX_VARIATIONS_PER_ENCODE outputs keeps both cores busy on its own. Two at once were
 # slower (cache and memory bandwidth) and need twice the memory.
 PARALLEL_ENCODES = 1
-# Variations per FFmpeg, measured at 720p (wall s per variation): 1 → 1.50, 2 → 1.14,
-# 4 → 1.04, 5 → 0.97, 6 → 0.97. Five is also the default variations per video.
+# Variations per FFmpeg, measured at 720p (wall s per variation): 1 → 1.60, 2 → 1.15,
+# 5 → 0.75, 6 → 0.70. Each output adds ~30 MB at 720p, so the gain past 5 is not worth
+# the memory; 5 is also the default number of variations per video.
 MAX_VARIATIONS_PER_ENCODE = 5
 # What one FFmpeg may use on a 512 MB machine, beside the service and the page cache.
-# Peak RSS measured: 720p 83 MB for one output, +29 MB per output; 1080p 128 MB, +55 MB.
+# Peak RSS measured: 720p 84 MB for one output, +30 MB per output; 1080p 128 MB, +62 MB.
 # The model below rounds those up: 40 MiB + 16 B/pixel + 32 B/pixel per output.
 ENCODE_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024
 _MEMORY_FIXED_BYTES = 40 * 1024 * 1024
 _MEMORY_BYTES_PER_PIXEL = 16
 _MEMORY_BYTES_PER_PIXEL_PER_OUTPUT = 32
 
-# x264: the cheapest preset, plus its deblocking filter and a wider dead zone (measured,
-# 720p at the original's bitrate cap: +0.019 SSIM to the source for +3 % CPU; CABAC gave
-# +0.005 for +12 %, adaptive quantisation +0.016 for +7 %, 2 B-frames +0.010 for +25 %).
-# The bitrate cap is the original's, so a variation is no larger than before.
+# x264: the cheapest preset plus its deblocking filter and a wider dead zone. Measured at
+# 720p under the original's bitrate cap (which binds): +0.004 to +0.019 SSIM to the source
+# for ~3 % more CPU; CABAC gave +0.005 for +9 %, adaptive quantisation +0.02 for +7-11 %,
+# two B-frames +0.01 for +25 %. The bitrate hardly changes x264's CPU time, so the cap and
+# buffer stay the original's (its -b:v is overridden by its -crf anyway).
 X264_PRESET = "ultrafast"
 X264_PARAMS = "deblock=1:deadzone-inter=28:deadzone-intra=20"
 X264_CRF = 23
 VIDEO_MAXRATE = "2500k"
-VIDEO_BUFSIZE = "5000k"
+VIDEO_BUFSIZE = "4000k"
 AUDIO_BITRATE = "128k"
 
 # FFmpeg runs below the web server and the database threads.
@@ -101,13 +103,16 @@ class NotAVideo(MediaError):
 
 
 class EncodeFailed(MediaError):
-    """FFmpeg did not make the variation; the message ends with FFmpeg's last words."""
+    """FFmpeg did not make the variations; the message says why, in FFmpeg's last words
+    when it ran (`returncode` is then its exit status, else None)."""
 
-    def __init__(self, returncode: int | None, stderr_tail: str) -> None:
+    def __init__(self, returncode: int | None, detail: str) -> None:
         self.returncode = returncode
-        self.stderr_tail = stderr_tail
-        status = "could not start" if returncode is None else f"exited with status {returncode}"
-        super().__init__(f"FFmpeg {status}: {stderr_tail or 'no error output'}")
+        self.detail = detail
+        if returncode is None:
+            super().__init__(detail)
+        else:
+            super().__init__(f"FFmpeg exited with status {returncode}: {detail or 'no output'}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,7 +172,8 @@ _ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
 def probe(path: Path) -> Probe:
     """Read `path`'s streams and decode its first frame (blocking: call from a thread).
 
-    Raise `NotAVideo` for anything but a whole MP4/MOV with a decodable video stream.
+    Raise `NotAVideo` for anything but a whole MP4/MOV with a decodable video stream
+    (and OSError if the file cannot be read at all).
     """
     size = path.stat().st_size
     if size == 0:
@@ -197,7 +203,9 @@ def probe(path: Path) -> Probe:
             if any(entry.pos + entry.size > size for entry in stream.index_entries):
                 raise NotAVideo("is truncated or damaged")
         duration_s = _duration_s(container, video)
-        if not 0 < duration_s <= MAX_DURATION_S:
+        if duration_s > MAX_DURATION_S:
+            raise NotAVideo(f"is longer than {MAX_DURATION_S / 3600:g} hours")
+        if duration_s <= 0:
             raise NotAVideo("is truncated or damaged")
         try:
             frame = next(container.decode(video), None)
@@ -260,27 +268,75 @@ def _rotation_margin(width: int, height: int) -> int:
     return margin + margin % 2  # even, for 4:2:0 chroma
 
 
-def _variation_filter(variation: Variation, probed: Probe, margin: int) -> str:
+def _bands(length: int, shift: Callable[[int], int]) -> list[tuple[int, int, int]]:
+    """Split 0..length-1 into runs of one `shift` each: (start, size, shift) triples.
+
+    Run boundaries are rounded to even positions, so every run but the last has a whole
+    number of 4:2:0 chroma samples; the pixel beside a moved boundary is off by one.
+    """
+    boundaries = [0]
+    for position in range(1, length):
+        if shift(position) != shift(position - 1):
+            even = position + position % 2
+            if boundaries[-1] < even < length:
+                boundaries.append(even)
+    boundaries.append(length)
+    return [
+        (start, end - start, shift((start + end) // 2))
+        for start, end in itertools.pairwise(boundaries)
+    ]
+
+
+def _stack(pieces: list[str], direction: str) -> str:
+    """Filter graph text that crops each piece out of one input and stacks them."""
+    if len(pieces) == 1:
+        return pieces[0]
+    fan_out = f"split={len(pieces)}" + "".join(f"[{direction}{i}]" for i in range(len(pieces)))
+    crops = [f"[{direction}{i}]{piece}[{direction}p{i}]" for i, piece in enumerate(pieces)]
+    gathered = "".join(f"[{direction}p{i}]" for i in range(len(pieces)))
+    return ";".join([fan_out, *crops, f"{gathered}{direction}stack=inputs={len(pieces)}"])
+
+
+def _rotation_filter(probed: Probe, margin: int, rotation_rad: float) -> str:
+    """Rotate the padded frame clockwise by `rotation_rad`, in two shear passes.
+
+    Pass one shifts each row sideways by round(a·y), pass two each column up or down by
+    round(a·x), with a = sin(rotation) and x, y from the centre: together the rotation
+    matrix but for terms in a² (at most 5e-5: 0.04 px at a 720p corner, 0.11 px at 4K),
+    sampled nearest-neighbour like `v360`'s `interp=near`. Each pass is `crop`s of one
+    frame (no copying) and one `vstack`/`hstack` (one copy): 0.09 CPU s a 720p variation
+    against 0.31 s for `v360` and 2.4 s for the original's `rotate`.
+    """
+    out_w, out_h = probed.width - probed.width % 2, probed.height - probed.height % 2
+    padded_h = probed.height + 2 * margin
+    a = math.sin(rotation_rad)
+
+    def row_shift(row: int) -> int:
+        return math.floor(a * (row + 0.5 - padded_h / 2) + 0.5)
+
+    def column_shift(column: int) -> int:
+        return math.floor(a * (column + 0.5 - out_w / 2) + 0.5)
+
+    rows = [
+        f"crop=w={out_w}:h={size}:x={margin + shift}:y={start}:exact=1"
+        for start, size, shift in _bands(padded_h, row_shift)
+    ]
+    columns = [
+        f"crop=w={size}:h={out_h}:x={start}:y={margin - shift}:exact=1"
+        for start, size, shift in _bands(out_w, column_shift)
+    ]
+    return _stack(rows, "v") + "," + _stack(columns, "h")
+
+
+def _variation_filter(variation: Variation, probed: Probe) -> str:
     """The filter graph of one variation: pad with edge pixels, rotate, adjust colour."""
     effects = variation.effects
-    out_w, out_h = probed.width - probed.width % 2, probed.height - probed.height % 2
-    padded_w, padded_h = probed.width + 2 * margin, probed.height + 2 * margin
-
-    def fov_deg(extent: float) -> str:
-        # Flat projections with one pixel pitch in and out: a 90° output field spans
-        # out_w pixels, so `extent` pixels span 2·atan(extent / out_w).
-        return f"{2 * math.degrees(math.atan(extent / out_w)):.9f}"
-
-    # v360's roll turns counter-clockwise; Effects (like FFmpeg's rotate) clockwise.
-    roll_deg = -math.degrees(effects.rotation_rad)
+    margin = _rotation_margin(probed.width, probed.height)
     return (
         f"format=yuv420p,pad=iw+{2 * margin}:ih+{2 * margin}:{margin}:{margin},"
         f"fillborders=left={margin}:right={margin}:top={margin}:bottom={margin}:mode=smear,"
-        "v360=input=flat:output=flat:interp=near"
-        f":ih_fov={fov_deg(padded_w)}:iv_fov={fov_deg(padded_h)}"
-        f":h_fov=90:v_fov={fov_deg(out_h)}:w={out_w}:h={out_h}"
-        f":roll={roll_deg:.{DECIMALS['rotation_rad'] + 2}f},"
-        f"eq=brightness={effects.brightness:.{DECIMALS['brightness']}f}"
+        + _rotation_filter(probed, margin, effects.rotation_rad)
+        + f",eq=brightness={effects.brightness:.{DECIMALS['brightness']}f}"
         f":contrast={effects.contrast:.{DECIMALS['contrast']}f}"
         f":saturation={effects.saturation:.{DECIMALS['saturation']}f},"
         "format=yuv420p"
@@ -302,7 +358,6 @@ def encode_args(
     if not variations:
         raise ValueError("variations must not be empty")
     stage_threads = str(threads or 1)
-    margin = _rotation_margin(probed.width, probed.height)
     args = ["-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
     args += ["-threads", stage_threads, "-i", str(source), "-filter_threads", stage_threads]
     # One graph per output rather than `split` in one graph: a single graph thread feeds
@@ -313,7 +368,7 @@ def encode_args(
             "-map",
             "0:v:0",
             f"-filter:v:{index}",
-            _variation_filter(variation, probed, margin),
+            _variation_filter(variation, probed),
         ]
     args += [
         "-c:v", "libx264", "-preset", X264_PRESET, "-x264-params", X264_PARAMS,
@@ -360,10 +415,12 @@ async def encode_variations(
     Each output is written under `partial_path(output)` and renamed into place only when
     FFmpeg succeeded; its size and CRC-32 are read back from the finished file.
     `on_progress` gets 0..1 (steps of at least PROGRESS_STEP, then exactly 1.0 once);
-    `on_started` gets FFmpeg's PID, to record so a crash of the service can reap it.
+    `on_started` gets FFmpeg's PID; `env` adds variables to FFmpeg's environment. Either
+    lets the service find an FFmpeg that outlived a crash of its own.
 
-    On failure raise `EncodeFailed`. On cancellation FFmpeg is stopped (`q`, then
-    SIGTERM, then SIGKILL) and reaped, and no partial file is left.
+    On failure raise `EncodeFailed`. On cancellation FFmpeg is stopped (`q`; after
+    QUIT_WAIT_S SIGTERM; after TERM_WAIT_S more SIGKILL) and reaped, no partial file is
+    left, and then Cancelled propagates.
     """
     partials = [Variation(partial_path(v.output), v.effects) for v in variations]
     command = [ffmpeg, *encode_args(source, partials, probed=probed, threads=threads)]
@@ -375,12 +432,11 @@ async def encode_variations(
         )
         if returncode != 0:
             raise EncodeFailed(returncode, stderr_tail)
-        outputs = [
-            await trio.to_thread.run_sync(_measure, partial.output, variation.output)
-            for partial, variation in zip(partials, variations, strict=True)
-        ]
-        for partial, output in zip(partials, outputs, strict=True):
-            os.replace(partial.output, output.path)
+        pairs = [(p.output, v.output) for p, v in zip(partials, variations, strict=True)]
+        try:
+            outputs = await trio.to_thread.run_sync(_publish, pairs)
+        except OSError as err:
+            raise EncodeFailed(None, f"FFmpeg's output could not be kept: {err}") from err
         done = True
     finally:
         if not done:
@@ -427,40 +483,52 @@ async def encode_variation(
     return encoded
 
 
-async def make_thumbnail(ffmpeg: str, source: Path, output: Path, *, duration_s: float) -> bool:
+async def make_thumbnail(
+    ffmpeg: str,
+    source: Path,
+    output: Path,
+    *,
+    duration_s: float,
+    env: Mapping[str, str] | None = None,
+) -> bool:
     """Write a WebP still of `source`, THUMBNAIL_WIDTH wide, to `output`; False on failure.
 
-    Best effort: a thumbnail is never worth failing a job for. Cancellation still
-    propagates (after FFmpeg is stopped and the partial file removed).
+    Best effort: a thumbnail is never worth failing a job for, so every failure is
+    logged and answered with False. Cancellation still propagates (after FFmpeg is
+    stopped and the partial file removed).
     """
     partial = partial_path(output)
-    # Input seeking lands on the nearest frame before the time; 10 % in is always
-    # inside the clip, unlike a fixed offset (the original's -ss 2 gave 0 bytes < 2 s).
-    at_s = max(0.0, duration_s * THUMBNAIL_AT)
-    command = [
-        ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats",
-        "-ss", f"{at_s:.3f}", "-i", str(source),
-        "-map", "0:v:0", "-frames:v", "1", "-vf", f"scale={THUMBNAIL_WIDTH}:-2",
-        "-map_metadata", "-1", "-fflags", "+bitexact",
-        "-c:v", "libwebp", "-quality", "75", "-f", "webp", "-y", str(partial),
-    ]  # fmt: skip
-    done = False
+    # 10 % in, where a fade from black is over; input seeking never passes the end of
+    # the clip then (the original's fixed -ss 2 gave 0 bytes for clips under 2 s). If
+    # the duration was wrong and no frame came, the first frame will do.
+    times_s = [duration_s * THUMBNAIL_AT] if duration_s > 0 else []
+    problem = "no frame"
     try:
-        with trio.move_on_after(THUMBNAIL_TIMEOUT_S):
-            returncode, stderr_tail = await _run_ffmpeg(command)
-            size = (await trio.Path(partial).stat()).st_size if returncode == 0 else 0
-            if size > 0:
-                os.replace(partial, output)
-                done = True
-            else:
-                LOGGER.warning("no thumbnail for %s: %s", source.name, stderr_tail or "empty")
-    except OSError as err:
-        LOGGER.warning("no thumbnail for %s: %s", source.name, err)
+        for at_s in [*times_s, 0.0]:
+            command = [
+                ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats",
+                "-ss", f"{at_s:.3f}", "-i", str(source), "-map", "0:v:0", "-frames:v", "1",
+                "-vf", f"scale={THUMBNAIL_WIDTH}:-2", "-map_metadata", "-1",
+                "-fflags", "+bitexact", "-c:v", "libwebp", "-quality", "75",
+                "-f", "webp", "-y", str(partial),
+            ]  # fmt: skip
+            with trio.move_on_after(THUMBNAIL_TIMEOUT_S) as deadline:
+                returncode, stderr_tail = await _run_ffmpeg(command, env=env)
+            if deadline.cancelled_caught:
+                problem = f"FFmpeg took longer than {THUMBNAIL_TIMEOUT_S:g} s"
+                break
+            if returncode != 0:
+                problem = stderr_tail or f"FFmpeg exited with status {returncode}"
+                break
+            if await trio.to_thread.run_sync(_publish_if_not_empty, partial, output):
+                return True
+    except (OSError, MediaError) as err:
+        problem = str(err)
     finally:
-        if not done:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(_remove_all, [partial])
-    return done
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(_remove_all, [partial])
+    LOGGER.warning("no thumbnail of %s: %s", source.name, problem)
+    return False
 
 
 # --- running FFmpeg ----------------------------------------------------------------------
@@ -512,7 +580,7 @@ async def _run_ffmpeg(
             env={**os.environ, **env} if env else None,
         )
     except OSError as err:
-        raise EncodeFailed(None, str(err)) from err
+        raise EncodeFailed(None, f"FFmpeg could not start: {err}") from err
     tail = bytearray()
     try:
         if on_started is not None:
@@ -577,12 +645,34 @@ async def _read_tail(stream: trio.abc.ReceiveStream, tail: bytearray) -> None:
         del tail[:-STDERR_TAIL_BYTES]
 
 
-def _measure(partial: Path, final: Path) -> EncodedOutput:
-    crc = 0
-    with partial.open("rb") as file:
-        while chunk := file.read(CRC_CHUNK_BYTES):
-            crc = zlib.crc32(chunk, crc)
-    return EncodedOutput(path=final, size=partial.stat().st_size, crc32=crc)
+def _publish(pairs: Sequence[tuple[Path, Path]]) -> list[EncodedOutput]:
+    """Measure each finished (partial, final) file, then rename all into place (blocking).
+
+    If a rename fails, the ones already done are removed: all the outputs or none.
+    """
+    measured = []
+    for partial, final in pairs:
+        crc = 0
+        with partial.open("rb") as file:
+            while chunk := file.read(CRC_CHUNK_BYTES):
+                crc = zlib.crc32(chunk, crc)
+        measured.append(EncodedOutput(path=final, size=partial.stat().st_size, crc32=crc))
+    renamed: list[Path] = []
+    try:
+        for partial, final in pairs:
+            os.replace(partial, final)
+            renamed.append(final)
+    except OSError:
+        _remove_all(renamed)
+        raise
+    return measured
+
+
+def _publish_if_not_empty(partial: Path, final: Path) -> bool:
+    if not partial.exists() or partial.stat().st_size == 0:
+        return False
+    os.replace(partial, final)
+    return True
 
 
 def _remove_all(paths: Sequence[Path]) -> None:

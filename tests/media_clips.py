@@ -30,6 +30,8 @@ class ClipSpec:
     pix_fmt: str = "yuv420p"
     # Degrees in the display matrix (as phones record portrait video); 0 for none.
     display_rotation: int = 0
+    # Drawn over the pattern, e.g. `drawbox=...` lines whose slope a test can measure.
+    video_filter: str = ""
 
 
 def make_clip(ffmpeg: str, path: Path, spec: ClipSpec = ClipSpec()) -> Path:
@@ -50,6 +52,8 @@ def make_clip(ffmpeg: str, path: Path, spec: ClipSpec = ClipSpec()) -> Path:
             "-i",
             f"sine=frequency=440:sample_rate=48000:duration={spec.seconds}",
         ]
+    if spec.video and spec.video_filter:
+        args += ["-vf", spec.video_filter]
     if spec.video:
         args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", spec.pix_fmt]
         args += ["-metadata:s:v:0", f"handler_name={SECRET}-video-handler"]

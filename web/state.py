@@ -9,6 +9,7 @@ from quart import current_app
 
 from actors.download_tracker import DownloadTracker
 from actors.events import EventHub
+from actors.evictor import Evictor
 from actors.processor import CancelJob, JobQueued
 from actors.runtime import Mailbox, Supervisor
 from refresher.config import Config
@@ -31,6 +32,7 @@ class AppState:
     supervisor: Supervisor
     events: EventHub
     tracker: DownloadTracker
+    evictor: Evictor
     processor_inbox: Mailbox[JobQueued | CancelJob]
     # Wall clock (unix seconds); injected so tests can move time.
     now: Callable[[], float]

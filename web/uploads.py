@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import secrets
 import uuid
+from collections.abc import AsyncIterable, AsyncIterator
 
 import trio
 from quart import Blueprint, Response, jsonify, request
 
+from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
 from refresher import jobstore, media
 from refresher.storage import remove_tree
 from web.auth import require_login
 from web.errors import ApiError
 from web.multipart_stream import FormRejected, ReceivedFile, boundary_of, receive_form
-from web.state import state
+from web.state import AppState, state
 
 LOGGER = logging.getLogger(__name__)
 
 FILE_FIELD = "videos"
+# A body of unknown length asks the evictor for room in steps of this size.
+ROOM_STEP_BYTES = 64 * 1024 * 1024
+NO_ROOM = (
+    "There is no room for this upload right now: the storage is full even after removing "
+    "older results. Try fewer or smaller videos, or try again later."
+)
 DEFAULT_VARIATIONS = 5
 
 blueprint = Blueprint("uploads", __name__)
@@ -54,6 +63,30 @@ async def probe_upload(upload: ReceivedFile) -> media.Probe:
         raise ApiError(415, f"“{upload.name}” {err.reason}. Upload MP4 or MOV videos.") from None
 
 
+async def _ask_for_room(app_state: AppState, nbytes: int) -> None:
+    try:
+        granted = await app_state.evictor.request_room(nbytes)
+    except EvictorUnavailable:
+        raise ApiError(503, "Uploads are briefly unavailable; try again in a moment.") from None
+    if not granted:
+        raise ApiError(507, NO_ROOM)
+
+
+async def _room_checked(
+    app_state: AppState, body: AsyncIterable[bytes], granted: int
+) -> AsyncIterator[bytes]:
+    """Pass the body through, asking the evictor for more room whenever the bytes received
+    pass what was granted (a body without Content-Length, or one longer than declared)."""
+    received = 0
+    async for chunk in body:
+        received += len(chunk)
+        if received > granted:
+            step = max(ROOM_STEP_BYTES, received - granted)
+            await _ask_for_room(app_state, step)
+            granted += step
+        yield chunk
+
+
 @blueprint.post("/api/jobs")
 @require_login
 async def create_job() -> tuple[Response, int]:
@@ -69,13 +102,14 @@ async def create_job() -> tuple[Response, int]:
             f"The upload is larger than {config.max_files} videos of "
             f"{byte_words(config.max_upload_bytes)} each.",
         )
+    await _ask_for_room(app_state, declared or 0)
     job_id = str(uuid.uuid4())
     directory = app_state.paths.upload_dir(job_id)
     await trio.Path(directory).mkdir(parents=True)
     try:
         try:
             form = await receive_form(
-                request.body,
+                _room_checked(app_state, request.body, declared or 0),
                 boundary,
                 directory,
                 file_field=FILE_FIELD,
@@ -85,6 +119,10 @@ async def create_job() -> tuple[Response, int]:
             )
         except FormRejected as err:
             raise ApiError(err.status, err.message) from None
+        except OSError as err:
+            if err.errno != errno.ENOSPC:
+                raise
+            raise ApiError(507, NO_ROOM) from None
         variations = parse_variations(form.fields.get("variations"), config.max_variations)
         if not form.files:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")

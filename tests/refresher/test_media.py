@@ -7,7 +7,7 @@ import os
 import stat
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import av
@@ -41,6 +41,13 @@ def clips(ffmpeg: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Pa
         "index_last": ClipSpec(faststart=False),
         "odd": ClipSpec(audio=False, pattern="testsrc", pix_fmt="yuv444p", width=321, height=241),
         "portrait": ClipSpec(audio=False, display_rotation=90),
+        # A 4 px white cross through the centre, to measure a rotation by.
+        "cross": ClipSpec(
+            audio=False,
+            pattern="color",
+            video_filter="drawbox=x=0:y=118:w=iw:h=4:color=white:t=fill,"
+            "drawbox=x=158:y=0:w=4:h=ih:color=white:t=fill",
+        ),
         # Long and large enough that FFmpeg reports progress before it ends.
         "long": ClipSpec(seconds=4, width=1280, height=720, rate=30),
     }
@@ -65,11 +72,36 @@ def _variations(out_dir: Path, count: int, seed: int = 1) -> list[Variation]:
     ]
 
 
-def _all_metadata(path: Path) -> Iterator[str]:
+def _files(folder: Path) -> list[Path]:
+    return sorted(folder.iterdir())
+
+
+def _cross_slopes(path: Path) -> tuple[float, float]:
+    """How far the cross's arms move across the frame: (horizontal arm's rise between
+    columns 60 and 260, vertical arm's shift between rows 20 and 220), in pixels, from
+    the brightness-weighted centre of each arm."""
     with av.open(str(path)) as container:
-        yield from container.metadata.values()
-        for stream in container.streams:
-            yield from stream.metadata.values()
+        frame = next(container.decode(video=0))
+    luma, stride = bytes(frame.planes[0]), frame.planes[0].line_size
+
+    def centre(values: list[int]) -> float:
+        weights = [max(0, value - 64) for value in values]
+        return sum(i * w for i, w in enumerate(weights)) / sum(weights)
+
+    def row_of_arm(column: int) -> float:
+        return centre([luma[row * stride + column] for row in range(60, 180)])
+
+    def column_of_arm(row: int) -> float:
+        return centre(list(luma[row * stride + 80 : row * stride + 240]))
+
+    return row_of_arm(260) - row_of_arm(60), column_of_arm(220) - column_of_arm(20)
+
+
+def _all_metadata(path: Path) -> Iterator[str]:
+    """Every `key=value` of the container's and its streams' metadata."""
+    with av.open(str(path)) as container:
+        for metadata in [container.metadata, *(stream.metadata for stream in container.streams)]:
+            yield from (f"{key}={value}" for key, value in metadata.items())
 
 
 # --- find_ffmpeg -------------------------------------------------------------------------
@@ -90,8 +122,18 @@ def test_find_ffmpeg_refuses_a_configured_path_that_cannot_run(tmp_path: Path) -
             media.find_ffmpeg(configured)
 
 
-def test_find_ffmpeg_falls_back_to_an_executable(ffmpeg: str) -> None:
-    assert os.access(ffmpeg, os.X_OK)
+def test_find_ffmpeg_prefers_path_then_the_bundled_binary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    on_path = tmp_path / "ffmpeg"
+    on_path.write_text("#!/bin/sh\n")
+    on_path.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert media.find_ffmpeg(None) == str(on_path)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    bundled = media.find_ffmpeg(None)
+    assert "imageio_ffmpeg" in bundled
+    assert os.access(bundled, os.X_OK)
 
 
 # --- probe -------------------------------------------------------------------------------
@@ -138,10 +180,13 @@ def test_probe_gives_the_displayed_size_of_a_rotated_clip(clips: dict[str, Path]
     ids=["text", "zero-bytes", "truncated", "truncated-index-last", "audio-only", "mkv"],
 )
 def test_probe_rejects_what_is_not_a_whole_mp4_or_mov_video(
-    clips: dict[str, Path], tmp_path: Path, make: object, reason: str
+    clips: dict[str, Path],
+    tmp_path: Path,
+    make: Callable[[dict[str, Path], Path], object],
+    reason: str,
 ) -> None:
     upload = tmp_path / "upload.mp4"
-    make(clips, upload)  # type: ignore[operator]
+    make(clips, upload)
     with pytest.raises(NotAVideo, match=rf"^{reason}$"):
         media.probe(upload)
 
@@ -166,7 +211,7 @@ async def test_variations_are_clean_distinct_h264_mp4s(
         )
 
     assert [output.path for output in encoded] == [v.output for v in variations]
-    assert sorted(out_dir.iterdir()) == [v.output for v in variations]  # no partial files
+    assert _files(out_dir) == [v.output for v in variations]  # no partial files
     for output in encoded:
         data = output.path.read_bytes()
         assert (output.size, output.crc32) == (len(data), zlib.crc32(data))
@@ -182,8 +227,10 @@ async def test_variations_are_clean_distinct_h264_mp4s(
             assert container.streams.video[0].codec_context.pix_fmt == "yuv420p"
             assert container.streams.audio[0].codec_context.name == "aac"
             assert len(container.streams) == 2
-        assert not [value for value in _all_metadata(output.path) if SECRET in value]
-        assert b"2001-02-03" not in data  # nor the source's creation time, in any form
+        # Nothing of the source's title, comment, artist, handler names or creation time.
+        leaks = [item for item in _all_metadata(output.path) if SECRET in item or "2001" in item]
+        assert leaks == []
+        assert data.index(b"moov") < data.index(b"mdat")  # +faststart
     assert encoded[0].crc32 != encoded[1].crc32
     assert len(pids) == 1
     assert progress[-1] == 1.0
@@ -228,6 +275,32 @@ async def test_outputs_have_even_sizes_and_keep_a_rotated_clip_upright(
     assert sizes == {"odd": (320, 240, 0), "portrait": (240, 320, 0)}
 
 
+async def test_rotation_turns_the_picture_like_ffmpegs_rotate_filter(
+    ffmpeg: str, clips: dict[str, Path], out_dir: Path
+) -> None:
+    turned = effects.Effects(rotation_rad=0.01, brightness=0.0, contrast=1.0, saturation=1.0)
+    reference = out_dir / "rotate.mp4"
+    with trio.fail_after(TIMEOUT_S):
+        [ours] = await media.encode_variations(
+            ffmpeg,
+            clips["cross"],
+            [Variation(out_dir / "ours.mp4", turned)],
+            probed=media.probe(clips["cross"]),
+            on_progress=lambda fraction: None,
+        )
+        rotate = ["-vf", "rotate=0.01", "-c:v", "libx264", "-crf", "10", str(reference)]
+        await trio.run_process([ffmpeg, "-v", "error", "-i", str(clips["cross"]), *rotate])
+    # Clockwise by 0.01 rad: 200 px right along the horizontal arm it is 0.01 x 200 px
+    # lower; 200 px down the vertical arm it is 2 px further left. (Whole pixels, so
+    # nearest-neighbour sampling measures them exactly, as bilinear `rotate` does.)
+    rise, shift = _cross_slopes(ours.path)
+    assert rise == pytest.approx(2.0, abs=0.5)
+    assert shift == pytest.approx(-2.0, abs=0.5)
+    reference_rise, reference_shift = _cross_slopes(reference)
+    assert rise == pytest.approx(reference_rise, abs=0.5)
+    assert shift == pytest.approx(reference_shift, abs=0.5)
+
+
 async def test_an_output_name_with_tee_special_characters_is_written(
     ffmpeg: str, clips: dict[str, Path], out_dir: Path
 ) -> None:
@@ -241,7 +314,7 @@ async def test_an_output_name_with_tee_special_characters_is_written(
             duration_s=1.0,
             on_progress=lambda fraction: None,
         )
-    assert list(out_dir.iterdir()) == [output]
+    assert _files(out_dir) == [output]
     assert media.probe(output).has_audio
 
 
@@ -288,7 +361,7 @@ async def test_cancelling_mid_encode_stops_ffmpeg_and_leaves_nothing(
     [pid] = pids
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # reaped: not even a zombie is left
-    assert list(out_dir.iterdir()) == []
+    assert _files(out_dir) == []
 
 
 async def test_cancelling_escalates_to_kill_for_an_ffmpeg_that_ignores_q_and_term(
@@ -322,7 +395,7 @@ async def test_cancelling_escalates_to_kill_for_an_ffmpeg_that_ignores_q_and_ter
     assert scope.cancelled_caught
     with pytest.raises(ProcessLookupError):
         os.kill(pids[0], 0)
-    assert list(out_dir.iterdir()) == []
+    assert _files(out_dir) == []
 
 
 async def test_a_deleted_source_fails_with_ffmpegs_reason(
@@ -335,9 +408,13 @@ async def test_a_deleted_source_fails_with_ffmpegs_reason(
         pytest.raises(EncodeFailed, match=r"^FFmpeg exited with status \d+: .*No such file"),
     ):
         await media.encode_variations(
-            ffmpeg, source, _variations(out_dir, 2), probed=probed, on_progress=print
+            ffmpeg,
+            source,
+            _variations(out_dir, 2),
+            probed=probed,
+            on_progress=lambda fraction: None,
         )
-    assert list(out_dir.iterdir()) == []
+    assert _files(out_dir) == []
 
 
 async def test_a_source_that_is_not_a_video_fails(
@@ -351,20 +428,32 @@ async def test_a_source_that_is_not_a_video_fails(
         pytest.raises(EncodeFailed, match=r"^FFmpeg exited with status \d+: .*Invalid data"),
     ):
         await media.encode_variations(
-            ffmpeg, source, _variations(out_dir, 1), probed=probed, on_progress=print
+            ffmpeg,
+            source,
+            _variations(out_dir, 1),
+            probed=probed,
+            on_progress=lambda fraction: None,
         )
-    with pytest.raises(
-        EncodeFailed, match=r"^FFmpeg could not start: cannot read the source: is not a video"
-    ):
+    with pytest.raises(EncodeFailed, match=r"^cannot read the source: is not a video file$"):
         await media.encode_variation(
             ffmpeg,
             source,
             out_dir / "var1.mp4",
             effects.generate(1, 1)[0],
             duration_s=1.0,
-            on_progress=print,
+            on_progress=lambda fraction: None,
         )
-    assert list(out_dir.iterdir()) == []
+    assert _files(out_dir) == []
+
+
+def test_progress_is_reported_in_steps_of_a_percent_and_ends_once_at_one() -> None:
+    reported: list[float] = []
+    reporter = media._ProgressReporter(10.0, reported.append)
+    for out_time_us in (0, 50_000, 100_000, 150_000, 200_000, 190_000, 30_000_000):
+        reporter.out_time_us(out_time_us)
+    reporter.finish()
+    # 0.5 % and 1.5 % are too small a step; FFmpeg's clock past the end stays below 1.0.
+    assert reported == [0.01, 0.02, 0.99, 1.0]
 
 
 # --- planning ----------------------------------------------------------------------------
@@ -398,11 +487,11 @@ async def test_thumbnail_of_a_one_second_clip_is_a_128_wide_webp(
     with trio.fail_after(TIMEOUT_S):
         assert await media.make_thumbnail(ffmpeg, clips["mp4"], thumbnail, duration_s=1.0)
     data = thumbnail.read_bytes()
-    assert data[:4] == b"RIFF" and data[8:12] == b"WEBP"
+    assert (data[:4], data[8:12]) == (b"RIFF", b"WEBP")
     with av.open(str(thumbnail)) as container:
         frame = next(container.decode(video=0))
     assert (frame.width, frame.height) == (128, 96)
-    assert list(out_dir.iterdir()) == [thumbnail]
+    assert _files(out_dir) == [thumbnail]
 
 
 async def test_thumbnail_of_a_broken_source_is_false_and_leaves_nothing(
@@ -413,4 +502,15 @@ async def test_thumbnail_of_a_broken_source_is_false_and_leaves_nothing(
     with trio.fail_after(TIMEOUT_S):
         made = await media.make_thumbnail(ffmpeg, source, out_dir / "t.webp", duration_s=5.0)
     assert made is False
-    assert list(out_dir.iterdir()) == []
+    assert _files(out_dir) == []
+
+
+async def test_thumbnail_falls_back_to_the_first_frame_when_the_duration_is_wrong(
+    ffmpeg: str, clips: dict[str, Path], out_dir: Path
+) -> None:
+    # 10 % of a claimed 100 s is past the end of the 1 s clip: FFmpeg writes 0 bytes.
+    thumbnail = out_dir / "thumbnail.webp"
+    with trio.fail_after(TIMEOUT_S):
+        assert await media.make_thumbnail(ffmpeg, clips["mp4"], thumbnail, duration_s=100.0)
+    assert _files(out_dir) == [thumbnail]
+    assert thumbnail.stat().st_size > 0

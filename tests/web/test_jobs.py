@@ -320,3 +320,36 @@ async def test_a_job_whose_every_source_fails_is_failed_with_the_reasons(
     assert detail["downloadUrl"] is None
     assert not service.state.paths.upload_dir(job_id).exists()
     assert service.state.supervisor.status()["processor"].restarts == 0
+
+
+async def test_upload_without_room_is_507_and_leaves_nothing(
+    start_service: StartService, config: Config, clips: Any
+) -> None:
+    # A quota smaller than the upload itself: nothing could ever make room.
+    service = await start_service(storage_quota_bytes=clips.mp4.stat().st_size // 2)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        token = (await http.post("/api/auth", json={"password": config.auth_password})).json()
+        http.headers["Authorization"] = f"Bearer {token['token']}"
+        response = await upload(http, [clips.mp4])
+        assert response.status_code == 507
+        assert response.json()["error"].startswith("There is no room for this upload right now")
+        assert (await http.get("/api/jobs")).json() == []
+    assert leftovers(config) == []
+
+
+async def test_processor_fails_a_file_rather_than_fill_the_disk(
+    start_service: StartService, config: Config, clips: Any
+) -> None:
+    # Room for the upload (and its form framing) under the 85 % mark, but not for the
+    # four variations of a batch on top of it.
+    size = clips.mp4.stat().st_size
+    service = await start_service(storage_quota_bytes=int((size + 4096) / 0.85) + size)
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        token = (await http.post("/api/auth", json={"password": config.auth_password})).json()
+        http.headers["Authorization"] = f"Bearer {token['token']}"
+        response = await upload(http, [clips.mp4], variations="4")
+        assert response.status_code == 202, response.text
+        detail = await wait_for_job(http, response.json()["jobId"], finished)
+    assert detail["status"] == "failed"
+    assert "There was no room to store" in detail["files"][0]["error"]
+    assert list((config.data_dir / "jobs" / detail["jobId"]).glob("*.mp4")) == []

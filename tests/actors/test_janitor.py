@@ -1,0 +1,484 @@
+"""The janitor: expiry on the wall clock, stale queued jobs, tombstones, orphans, kills.
+
+Passes are driven by calling `sweep()` with a wall clock the test moves by hand, except
+where the periodic loop itself is under test: there virtual time jumps only after real
+idleness, since SQLite runs in threads during which trio sees every task blocked.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sqlite3
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from actors.download_tracker import DownloadTracker, LeaseRefused
+from actors.janitor import Janitor
+from actors.runtime import Supervisor
+from refresher import jobstore, lifecycle
+from refresher.db import Database
+from refresher.jobstore import iso
+from refresher.storage import Paths
+from tests.conftest import WallClock
+from tests.job_factory import NOW, make_finished_job
+
+HOUR_S = 3600.0
+DAY_S = 24 * HOUR_S
+INTERVAL_S = 300.0
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "db.sqlite3")
+    yield database
+    await database.aclose()
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    data = Paths(tmp_path / "data")
+    data.create()
+    return data
+
+
+@pytest.fixture
+def idle_jump_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 50 ms of real idleness (see module docstring)."""
+    return trio.testing.MockClock(autojump_threshold=0.05)
+
+
+@pytest.fixture
+async def tracker(nursery: trio.Nursery, db: Database, wall_clock: WallClock) -> DownloadTracker:
+    running = DownloadTracker(db, now=wall_clock)
+    await nursery.start(Supervisor([running]).run)
+    return running
+
+
+def make_janitor(
+    db: Database, paths: Paths, tracker: DownloadTracker, clock: Callable[[], float]
+) -> Janitor:
+    return Janitor(db, paths, tracker, interval_s=INTERVAL_S, now=clock)
+
+
+async def job(db: Database, job_id: str) -> jobstore.JobRecord:
+    return await db.read(lambda conn: jobstore.require_job(conn, job_id))
+
+
+async def expired(db: Database, job_id: str) -> bool:
+    return (await job(db, job_id)).status == "expired"
+
+
+async def job_exists(db: Database, job_id: str) -> bool:
+    return await db.read(lambda conn: jobstore.load_job(conn, job_id)) is not None
+
+
+async def make_queued_job(
+    db: Database, paths: Paths, *, now: float = NOW, ttl_s: float = DAY_S, claim: bool = False
+) -> str:
+    """A queued job (or, with `claim`, the processing one) whose upload is on disk."""
+    job_id = str(uuid.uuid4())
+    upload = paths.upload_dir(job_id) / "0.upload"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"v" * 10)
+    new_file = jobstore.NewFile(str(uuid.uuid4()), "ad.mp4", paths.relative(upload), 10, 1.0)
+
+    def record(conn: sqlite3.Connection) -> None:
+        jobstore.insert_job(
+            conn, job_id=job_id, files=[new_file], variations_per_video=2, seed=1, now=now,
+            ttl_s=ttl_s,
+        )  # fmt: skip
+        if claim:
+            claimed = jobstore.claim_next(conn, now)
+            assert claimed is not None
+            assert claimed.id == job_id
+
+    await db.write(record)
+    return job_id
+
+
+def files_on_disk(paths: Paths) -> set[str]:
+    return {
+        paths.relative(Path(directory) / name)
+        for directory, _dirs, names in os.walk(paths.root)
+        for name in names
+    } | {
+        paths.relative(Path(directory) / name) + "/"
+        for directory, dirs, _names in os.walk(paths.root)
+        for name in dirs
+    }
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[bool]], *, polls: int = 2000, step_s: float = 0.01
+) -> None:
+    """Poll `check` until true: the actor's work shows only in the store, written from
+    threads, so there is no event to wait on. Under a mock clock the steps are virtual."""
+    for _poll in range(polls):
+        if await check():
+            return
+        await trio.sleep(step_s)
+    raise AssertionError(f"{check} still false after {polls} polls")
+
+
+async def test_finished_job_is_downloadable_until_24_hours_after_it_finished(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    job_id = await make_finished_job(db, paths, now=NOW)
+    janitor = make_janitor(db, paths, tracker, wall_clock)
+    wall_clock.value = NOW + DAY_S - 60
+    report = await janitor.sweep()
+    assert report.expired == 0
+    await tracker.release(await tracker.acquire(job_id))
+    assert len(list(paths.job_dir(job_id).glob("*.mp4"))) == 2
+
+    wall_clock.value = NOW + DAY_S
+    report = await janitor.sweep()
+    assert report.expired == 1
+    expired = await job(db, job_id)
+    assert expired.status == "expired"
+    assert expired.deleted_reason == "Results expired 24 hours after the job finished."
+    assert expired.outputs == ()
+    assert [file.original_name for file in expired.files] == ["ad.mp4"]
+    assert not paths.job_dir(job_id).exists()
+    with pytest.raises(LeaseRefused, match=r": gone$"):
+        await tracker.acquire(job_id)
+
+
+async def test_run_makes_a_pass_on_start_and_then_every_interval(
+    nursery: trio.Nursery, db: Database, paths: Paths, idle_jump_clock: trio.testing.MockClock
+) -> None:
+    def wall() -> float:
+        return NOW + trio.current_time()
+
+    already_expired = await make_finished_job(db, paths, now=NOW - DAY_S - HOUR_S)
+    # Finishes at NOW and is kept 10 minutes; passes every minute from NOW: the pass at
+    # NOW + 600 s (the 11th) is the first to find it expired.
+    expiring = await make_finished_job(db, paths, now=NOW, ttl_s=600)
+    tracker = DownloadTracker(db, now=wall)
+    janitor = Janitor(db, paths, tracker, interval_s=60, now=wall)
+    with trio.fail_after(3600):
+        await nursery.start(Supervisor([tracker, janitor]).run)
+        await wait_for(lambda: expired(db, already_expired), step_s=1)
+        assert trio.current_time() < 60
+        await trio.sleep(599 - trio.current_time())
+        assert (await job(db, expiring)).status == "completed"
+        await wait_for(lambda: expired(db, expiring), step_s=1)
+    tombstone = await job(db, expiring)
+    assert iso(NOW + 600) <= tombstone.updated_at < iso(NOW + 660)
+    assert tombstone.deleted_reason == "Results expired 10 minutes after the job finished."
+
+
+async def test_a_pass_logs_one_summary_line(
+    db: Database,
+    paths: Paths,
+    tracker: DownloadTracker,
+    wall_clock: WallClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await make_finished_job(db, paths, now=NOW - DAY_S)
+    janitor = make_janitor(db, paths, tracker, wall_clock)
+    with caplog.at_level(logging.INFO, logger="actors.janitor"):
+        await janitor.sweep()
+    lines = [record.getMessage() for record in caplog.records if record.name == "actors.janitor"]
+    assert len(lines) == 1
+    assert re.fullmatch(
+        r"janitor pass in \d+\.\d{3} s: expired=1 failed_queued=0 purged=0 lost=0 "
+        r"forgotten_outputs=0 orphans=0 ended_uploads=0 partials=0 busy=0",
+        lines[0],
+    ), lines[0]
+
+
+async def test_queued_job_past_expiry_fails_and_its_upload_goes(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    processing = await make_queued_job(db, paths, claim=True)
+    stale = await make_queued_job(db, paths, now=NOW + 1)
+    fresh = await make_queued_job(db, paths, now=NOW + HOUR_S)
+    janitor = make_janitor(db, paths, tracker, wall_clock)
+    wall_clock.value = NOW + DAY_S + 1
+    report = await janitor.sweep()
+    assert (report.failed_queued, report.ended_uploads, report.expired) == (1, 1, 0)
+
+    failed = await job(db, stale)
+    assert failed.status == "failed"
+    assert failed.error == (
+        "The job waited in the queue for more than 24 hours without starting; "
+        "upload the videos again."
+    )
+    assert [(file.status, file.error, file.upload_path) for file in failed.files] == [
+        ("failed", failed.error, None)
+    ]
+    assert failed.finished_at == iso(NOW + DAY_S + 1)
+    # Shown as failed for as long as any finished job's results would be.
+    assert failed.expires_at == iso(NOW + 2 * DAY_S + 1)
+    assert not paths.upload_dir(stale).exists()
+    # Processing jobs never expire by age; a queued job within its TTL stays queued.
+    for job_id, status in ((processing, "processing"), (fresh, "queued")):
+        survivor = await job(db, job_id)
+        assert survivor.status == status
+        assert survivor.files[0].upload_path is not None
+        assert paths.absolute(survivor.files[0].upload_path).exists()
+
+
+async def test_tombstone_is_purged_after_the_retention(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    job_id = await make_finished_job(db, paths, now=NOW)
+    janitor = make_janitor(db, paths, tracker, wall_clock)
+    wall_clock.value = NOW + DAY_S
+    await janitor.sweep()
+    assert await expired(db, job_id)
+    # Retention (7 days) counts from the moment the job became a tombstone.
+    wall_clock.value = NOW + DAY_S + 7 * DAY_S - 1
+    assert (await janitor.sweep()).purged == 0
+    assert await job_exists(db, job_id)
+    wall_clock.value = NOW + DAY_S + 7 * DAY_S
+    assert (await janitor.sweep()).purged == 1
+    assert not await job_exists(db, job_id)
+    assert (
+        await db.read(lambda conn: conn.execute("SELECT count(*) FROM job_files").fetchone()[0])
+        == 0
+    )
+
+
+async def test_leased_job_is_skipped_and_expired_on_the_pass_after_release(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    job_id = await make_finished_job(db, paths, now=NOW)
+    lease = await tracker.acquire(job_id)
+    janitor = make_janitor(db, paths, tracker, wall_clock)
+    wall_clock.value = NOW + DAY_S + INTERVAL_S
+    report = await janitor.sweep()
+    assert (report.busy, report.expired) == (1, 0)
+    assert (await job(db, job_id)).status == "completed"
+    assert len(list(paths.job_dir(job_id).glob("*.mp4"))) == 2
+
+    await tracker.release(lease)
+    wall_clock.advance(INTERVAL_S)
+    report = await janitor.sweep()
+    assert (report.busy, report.expired) == (0, 1)
+    assert await expired(db, job_id)
+    assert not paths.job_dir(job_id).exists()
+
+
+def age(path: Path, seconds: float) -> None:
+    """Make `path` and what is in it look last written `seconds` ago (OS clock)."""
+    stamp = time.time() - seconds
+    for entry in [path, *path.iterdir()] if path.is_dir() else [path]:
+        os.utime(entry, (stamp, stamp))
+
+
+async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    intact = await make_finished_job(db, paths)
+    processing = await make_queued_job(db, paths, claim=True)
+    queued = await make_queued_job(db, paths, now=NOW + 1)
+    for busy in (queued, processing):  # an interrupted run's partial file, the processor's
+        paths.job_dir(busy).mkdir()
+        (paths.job_dir(busy) / "f_var1.mp4.part").write_bytes(b"p")
+    uploading = paths.upload_dir(str(uuid.uuid4()))  # an upload in progress: no row yet
+    uploading.mkdir()
+    (uploading / "0.upload").write_bytes(b"u")
+    being_made = paths.job_dir(str(uuid.uuid4()))  # files just written, row not yet
+    being_made.mkdir()
+    (being_made / "x_var1.mp4").write_bytes(b"x")
+
+    planted: set[str] = set()
+    no_row_job_dir = paths.job_dir(str(uuid.uuid4()))
+    no_row_job_dir.mkdir()
+    (no_row_job_dir / "x_var1.mp4").write_bytes(b"x")
+    age(no_row_job_dir, 2 * HOUR_S)
+    planted |= {"jobs/" + no_row_job_dir.name + "/", "jobs/" + no_row_job_dir.name + "/x_var1.mp4"}
+    (paths.jobs / "stray.tmp").write_bytes(b"s")
+    age(paths.jobs / "stray.tmp", 2 * HOUR_S)
+    planted.add("jobs/stray.tmp")
+    dead_upload = paths.upload_dir(str(uuid.uuid4()))
+    dead_upload.mkdir()
+    (dead_upload / "0.upload").write_bytes(b"d")
+    age(dead_upload, 2 * HOUR_S)
+    planted |= {f"uploads/{dead_upload.name}/", f"uploads/{dead_upload.name}/0.upload"}
+
+    ended = await make_finished_job(db, paths, seed=2)  # its upload outlived it
+    (paths.upload_dir(ended)).mkdir()
+    (paths.upload_dir(ended) / "0.upload").write_bytes(b"e")
+    await db.write(
+        lambda conn: conn.execute(
+            "UPDATE job_files SET upload_path = ? WHERE job_id = ?",
+            (f"uploads/{ended}/0.upload", ended),
+        )
+    )
+    planted |= {f"uploads/{ended}/", f"uploads/{ended}/0.upload"}
+
+    with_partial = await make_finished_job(db, paths, seed=3)
+    (paths.job_dir(with_partial) / "f_var3.mp4.part").write_bytes(b"p")
+    planted.add(f"jobs/{with_partial}/f_var3.mp4.part")
+
+    half_gone = await make_finished_job(db, paths, seed=4)
+    vanished = sorted(paths.job_dir(half_gone).glob("*.mp4"))[0]
+    vanished.unlink()
+
+    all_gone = await make_finished_job(db, paths, seed=5)
+    for output in paths.job_dir(all_gone).iterdir():
+        output.unlink()
+    planted.add(f"jobs/{all_gone}/")
+
+    tombstone = await make_finished_job(db, paths, seed=6)
+    await db.write(
+        lambda conn: conn.execute("UPDATE jobs SET status = 'evicted' WHERE id = ?", (tombstone,))
+    )
+    planted |= {f"jobs/{tombstone}/"} | {
+        f"jobs/{tombstone}/{output.name}" for output in paths.job_dir(tombstone).iterdir()
+    }
+
+    before_disk = files_on_disk(paths)
+    untouched = [intact, queued, processing, with_partial]
+    before_rows = [await job(db, job_id) for job_id in untouched]
+    report = await make_janitor(db, paths, tracker, wall_clock).sweep()
+
+    assert (report.orphans, report.ended_uploads, report.partials) == (4, 1, 1)
+    assert (report.forgotten_outputs, report.lost, report.expired) == (1, 1, 0)
+    assert files_on_disk(paths) == before_disk - planted
+    assert [await job(db, job_id) for job_id in untouched] == before_rows
+    assert all(file.upload_path is None for file in (await job(db, ended)).files)
+    survivor = await job(db, half_gone)
+    assert survivor.status == "completed"
+    assert [paths.absolute(output.path).name for output in survivor.outputs] == [
+        name for name in sorted(p.name for p in paths.job_dir(half_gone).glob("*.mp4"))
+    ]
+    assert survivor.files[0].completed_variations == 1
+    lost = await job(db, all_gone)
+    assert (lost.status, lost.deleted_reason, lost.outputs) == (
+        "expired",
+        lifecycle.LOST_REASON,
+        (),
+    )
+    # A second pass finds nothing more to do.
+    again = await make_janitor(db, paths, tracker, wall_clock).sweep()
+    assert again.summary() == (
+        "expired=0 failed_queued=0 purged=0 lost=0 forgotten_outputs=0 orphans=0 "
+        "ended_uploads=0 partials=0 busy=0"
+    )
+
+
+async def test_without_the_tracker_nothing_needing_a_reservation_is_deleted(
+    db: Database, paths: Paths, idle_jump_clock: trio.testing.MockClock, wall_clock: WallClock
+) -> None:
+    expiring = await make_finished_job(db, paths, now=NOW - DAY_S)
+    all_gone = await make_finished_job(db, paths, seed=2)
+    for output in paths.job_dir(all_gone).iterdir():
+        output.unlink()
+    orphan = paths.job_dir(str(uuid.uuid4()))
+    orphan.mkdir()
+    age(orphan, 2 * HOUR_S)
+    silent = DownloadTracker(db, now=wall_clock)  # never started: it answers nothing
+    with trio.fail_after(120):
+        report = await make_janitor(db, paths, silent, wall_clock).sweep()
+    assert report.skipped_deletions == "download tracker did not answer Reserve in time"
+    assert (report.expired, report.lost, report.orphans) == (0, 0, 1)
+    assert (await job(db, expiring)).status == "completed"
+    assert len(list(paths.job_dir(expiring).glob("*.mp4"))) == 2
+    assert len((await job(db, all_gone)).outputs) == 2
+    assert not orphan.exists()
+
+
+class GatedTracker(DownloadTracker):
+    """A tracker whose `hold_call`-th reservation waits until `gate` is set."""
+
+    def __init__(self, db: Database, *, now: Callable[[], float], hold_call: int) -> None:
+        super().__init__(db, now=now)
+        self.gate = trio.Event()
+        self.hold_call = hold_call
+        self.calls = 0
+
+    async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:
+        self.calls += 1
+        if self.calls == self.hold_call:
+            await self.gate.wait()
+        return await super().reserve_for_deletion(job_id, reason=reason)
+
+
+async def test_killing_the_janitor_mid_pass_is_harmless(
+    nursery: trio.Nursery, db: Database, paths: Paths, wall_clock: WallClock
+) -> None:
+    # Expiry order: `earlier` is reserved first, then the pass waits on `later`'s
+    # reservation, with `earlier` reserved but its files still there.
+    earlier = await make_finished_job(db, paths, now=NOW - DAY_S - 1)
+    later = await make_finished_job(db, paths, now=NOW - DAY_S, seed=2)
+    tracker = GatedTracker(db, now=wall_clock, hold_call=2)
+    janitor = make_janitor(db, paths, tracker, wall_clock)
+    supervisor = Supervisor([tracker, janitor])
+    with trio.fail_after(20):
+        await nursery.start(supervisor.run)
+
+        async def holding() -> bool:
+            return tracker.calls >= 2
+
+        await wait_for(holding)
+        reserved = await db.read(
+            lambda conn: conn.execute("SELECT job_id FROM deletion_reservations").fetchall()
+        )
+        assert [row[0] for row in reserved] == [earlier]
+        assert len(list(paths.job_dir(earlier).glob("*.mp4"))) == 2
+        supervisor.kill("janitor")
+        await supervisor.wait_until("janitor", lambda status: status.restarts == 1)
+        tracker.gate.set()
+        await wait_for(lambda: expired(db, earlier))
+        await wait_for(lambda: expired(db, later))
+    for job_id in (earlier, later):
+        assert not paths.job_dir(job_id).exists()
+    reservations = await db.read(
+        lambda conn: conn.execute("SELECT count(*) FROM deletion_reservations").fetchone()[0]
+    )
+    assert reservations == 0
+    assert supervisor.status()["janitor"].state == "running"
+
+
+async def test_removals_a_kill_cut_short_are_finished_and_evictions_left_alone(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    # Killed after the files went, before the row changed.
+    files_gone = await make_finished_job(db, paths, now=NOW - DAY_S)
+    assert await tracker.reserve_for_deletion(files_gone, reason=lifecycle.RESERVED_EXPIRED)
+    for output in paths.job_dir(files_gone).iterdir():
+        output.unlink()
+    # Killed after reserving a job whose files were lost, before removing anything.
+    judged_lost = await make_finished_job(db, paths, seed=2)
+    assert await tracker.reserve_for_deletion(judged_lost, reason=lifecycle.RESERVED_LOST)
+    # Expired, but the evictor has it: its own restart finishes it.
+    evicting = await make_finished_job(db, paths, now=NOW - DAY_S, seed=3)
+    assert await tracker.reserve_for_deletion(evicting, reason=lifecycle.RESERVED_EVICTED)
+
+    report = await make_janitor(db, paths, tracker, wall_clock).sweep()
+    assert (report.expired, report.lost) == (1, 1)
+    assert (await job(db, files_gone)).deleted_reason == (
+        "Results expired 24 hours after the job finished."
+    )
+    assert (await job(db, judged_lost)).deleted_reason == lifecycle.LOST_REASON
+    assert not paths.job_dir(judged_lost).exists()
+    assert (await job(db, evicting)).status == "completed"
+    assert len(list(paths.job_dir(evicting).glob("*.mp4"))) == 2
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"interval_s": 0}, r"^interval_s must be > 0$"),
+        ({"tombstone_retention_s": -1}, r"^tombstone_retention_s must be >= 0$"),
+        ({"orphan_grace_s": -1}, r"^orphan_grace_s must be >= 0$"),
+    ],
+)
+def test_janitor_refuses_bad_settings(
+    paths: Paths, changes: dict[str, float], message: str
+) -> None:
+    settings: dict[str, float] = {"interval_s": 1.0, **changes}
+    with pytest.raises(ValueError, match=message):
+        Janitor(None, paths, None, now=time.time, **settings)  # type: ignore[arg-type]
