@@ -179,6 +179,7 @@ class Processor:
             self.paths.absolute(first.upload_path),
             output,
             duration_s=first.duration_s or 0.0,
+            env=orphans.mark_for(self.paths.root),
         )
         if made:
             relative = self.paths.relative(output)
