@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import trio
+import trio.testing
+
+from web.backpressure import HIGH_WATER_BYTES, BoundedBody
+
+
+async def test_receive_loop_waits_for_a_streaming_reader() -> None:
+    body = BoundedBody(None, None)
+    chunk = b"x" * (HIGH_WATER_BYTES // 2)
+    # Before the handler streams, nothing waits (a body read whole must still complete).
+    body.append(chunk)
+    body.append(chunk)
+    await body.wait_drained()
+    assert len(await body.__anext__()) == HIGH_WATER_BYTES  # now it streams
+    body.append(chunk)
+    await body.wait_drained()  # below the mark: no wait
+    body.append(chunk)  # at the mark: the receive loop must wait
+    waited = trio.Event()
+
+    async def receive_loop() -> None:
+        await body.wait_drained()
+        waited.set()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(receive_loop)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not waited.is_set()
+        assert len(await body.__anext__()) == HIGH_WATER_BYTES
+        await trio.testing.wait_all_tasks_blocked()
+        assert waited.is_set()
