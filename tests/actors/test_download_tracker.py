@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import trio
 
@@ -11,18 +9,6 @@ from refresher import jobstore
 from refresher.db import Database
 from refresher.storage import Paths
 from tests.job_factory import NOW, make_finished_job
-
-
-@pytest.fixture
-async def db(tmp_path: Path):  # type: ignore[no-untyped-def]
-    database = await Database.open(tmp_path / "db.sqlite3")
-    yield database
-    await database.aclose()
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    return Paths(tmp_path)
 
 
 async def start(nursery: trio.Nursery, tracker: DownloadTracker) -> Supervisor:

@@ -13,7 +13,7 @@ import os
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,20 +31,6 @@ from tests.job_factory import NOW, make_finished_job
 
 JOB_BYTES = 2000
 GIB = 1024**3
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "db.sqlite3")
-    yield database
-    await database.aclose()
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    data = Paths(tmp_path / "data")
-    data.create()
-    return data
 
 
 class FakeVolume:

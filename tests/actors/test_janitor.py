@@ -13,7 +13,7 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -33,20 +33,6 @@ from tests.job_factory import NOW, make_finished_job
 HOUR_S = 3600.0
 DAY_S = 24 * HOUR_S
 INTERVAL_S = 300.0
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "db.sqlite3")
-    yield database
-    await database.aclose()
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    data = Paths(tmp_path / "data")
-    data.create()
-    return data
 
 
 @pytest.fixture

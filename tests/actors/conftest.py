@@ -1,0 +1,25 @@
+"""Fixtures for actor tests: a real database and data directory in a temporary folder."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from refresher.db import Database
+from refresher.storage import Paths
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = await Database.open(tmp_path / "db.sqlite3")
+    yield database
+    await database.aclose()
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    data = Paths(tmp_path / "data")
+    data.create()
+    return data
