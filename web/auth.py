@@ -19,6 +19,8 @@ from web.state import state
 LOGGER = logging.getLogger(__name__)
 
 SESSION_TTL_S = 24 * 3600
+# A password in JSON is tiny; refuse large bodies before Quart buffers them whole.
+MAX_LOGIN_BODY_BYTES = 4096
 P = ParamSpec("P")
 R = TypeVar("R")
 
@@ -48,6 +50,8 @@ async def login() -> Response:
             f"Too many wrong passwords; try again in {math.ceil(wait_s)} seconds.",
             headers={"Retry-After": str(math.ceil(wait_s))},
         )
+    if (request.content_length or 0) > MAX_LOGIN_BODY_BYTES:
+        raise ApiError(413, "A login request is a small JSON object; this one is too large.")
     body = await request.get_json(force=True, silent=True)
     password = body.get("password") if isinstance(body, dict) else None
     if not isinstance(password, str) or not password:

@@ -130,3 +130,11 @@ def test_throttle_memory_is_bounded() -> None:
     # The newest clients are the ones remembered.
     throttle.record_failure("client-999", 1)
     assert throttle.retry_after_s("client-999", 1) > 0
+
+
+async def test_oversized_login_body_is_413(client: httpx.AsyncClient) -> None:
+    response = await client.post("/api/auth", json={"password": "x" * 10_000})
+    assert response.status_code == 413
+    assert response.json() == {
+        "error": "A login request is a small JSON object; this one is too large."
+    }
