@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import uuid
 import zlib
-from pathlib import Path
 
 from refresher import jobstore
 from refresher.db import Database
@@ -66,8 +65,3 @@ async def make_finished_job(
 
 def output_bytes(paths: Paths, job_id: str) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(paths.job_dir(job_id).glob("*.mp4"))}
-
-
-def ensure_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    return path
