@@ -26,6 +26,7 @@ from actors.runtime import Supervisor
 from refresher import jobstore, lifecycle
 from refresher.db import Database, stored_bytes
 from refresher.storage import Paths
+from tests.actors.fakes import GatedTracker
 from tests.conftest import WallClock
 from tests.job_factory import NOW, make_finished_job
 
@@ -348,22 +349,6 @@ async def test_the_evictor_looks_every_interval(
     assert await statuses(db, jobs) == ["evicted", "evicted", "completed"]
 
 
-class GatedTracker(DownloadTracker):
-    """A tracker whose `hold_call`-th reservation waits until `gate` is set."""
-
-    def __init__(self, db: Database, *, hold_call: int) -> None:
-        super().__init__(db, now=WallClock())
-        self.gate = trio.Event()
-        self.hold_call = hold_call
-        self.calls = 0
-
-    async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:
-        self.calls += 1
-        if self.calls == self.hold_call:
-            await self.gate.wait()
-        return await super().reserve_for_deletion(job_id, reason=reason)
-
-
 async def reservations(db: Database) -> list[str]:
     rows = await db.read(
         lambda conn: conn.execute("SELECT job_id FROM deletion_reservations").fetchall()
@@ -375,7 +360,7 @@ async def test_killing_the_evictor_mid_eviction_is_harmless(
     nursery: trio.Nursery, db: Database, paths: Paths
 ) -> None:
     jobs = await make_jobs(db, paths, 5)
-    tracker = GatedTracker(db, hold_call=2)
+    tracker = GatedTracker(db, now=WallClock(), hold_call=2)
 
     async def holding() -> bool:
         return tracker.calls >= 2
@@ -406,7 +391,7 @@ async def test_a_request_cut_off_by_a_kill_is_answered_by_the_next_run(
     nursery: trio.Nursery, db: Database, paths: Paths
 ) -> None:
     jobs = await make_jobs(db, paths, 3)
-    tracker = GatedTracker(db, hold_call=1)
+    tracker = GatedTracker(db, now=WallClock(), hold_call=1)
     answers: list[bool] = []
     with trio.fail_after(10):
         evictor, _tracker, supervisor = await start(

@@ -27,6 +27,7 @@ from refresher import jobstore, lifecycle
 from refresher.db import Database
 from refresher.jobstore import iso
 from refresher.storage import Paths
+from tests.actors.fakes import GatedTracker
 from tests.conftest import WallClock
 from tests.job_factory import NOW, make_finished_job
 
@@ -374,22 +375,6 @@ async def test_without_the_tracker_nothing_needing_a_reservation_is_deleted(
     assert len(list(paths.job_dir(expiring).glob("*.mp4"))) == 2
     assert len((await job(db, all_gone)).outputs) == 2
     assert not orphan.exists()
-
-
-class GatedTracker(DownloadTracker):
-    """A tracker whose `hold_call`-th reservation waits until `gate` is set."""
-
-    def __init__(self, db: Database, *, now: Callable[[], float], hold_call: int) -> None:
-        super().__init__(db, now=now)
-        self.gate = trio.Event()
-        self.hold_call = hold_call
-        self.calls = 0
-
-    async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:
-        self.calls += 1
-        if self.calls == self.hold_call:
-            await self.gate.wait()
-        return await super().reserve_for_deletion(job_id, reason=reason)
 
 
 async def test_killing_the_janitor_mid_pass_is_harmless(
