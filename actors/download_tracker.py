@@ -15,6 +15,8 @@ until later, so in doubt nothing is deleted.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import sqlite3
 import uuid
@@ -25,7 +27,7 @@ from typing import Any
 import outcome
 import trio
 
-from actors.runtime import Mailbox
+from actors.runtime import Mailbox, NoReply
 from refresher import leases
 from refresher.db import Database
 from refresher.jobstore import iso
@@ -35,9 +37,10 @@ LOGGER = logging.getLogger(__name__)
 
 # Requests queue here while the tracker restarts; a full inbox makes callers wait.
 INBOX_SIZE = 256
-# A reply normally takes one small SQLite transaction; past this the tracker is presumed
-# to have died with the request, and the request is sent again.
-REPLY_TIMEOUT_S = 2.0
+# A reply normally takes one small SQLite transaction; a request cut off by a kill of the
+# tracker is sent again (at most ATTEMPTS times), and past this the tracker is presumed
+# unreachable.
+REPLY_TIMEOUT_S = 10.0
 ATTEMPTS = 5
 
 __all__ = ["DownloadTracker", "Lease", "LeaseRefused", "TrackerUnavailable"]
@@ -110,23 +113,21 @@ class DownloadTracker:
             LOGGER.info("dropped %d leases of an earlier process", dropped)
         task_status.started()
         async for envelope in self.inbox.receive:
-            stamp = iso(self.now())
-            result = await outcome.acapture(
-                self.db.write, lambda conn, r=envelope.request, at=stamp: _apply(conn, r, at)
-            )
-            try:
-                envelope.reply.send_nowait(result)
-            except (trio.BrokenResourceError, trio.WouldBlock):
-                LOGGER.debug("reply to %s not wanted any more", envelope.request)
+            # Closed however this ends, so a caller never waits on a killed run.
+            with envelope.reply:
+                stamp = iso(self.now())
+                result = await outcome.acapture(
+                    self.db.write, lambda conn, r=envelope.request, at=stamp: _apply(conn, r, at)
+                )
+                try:
+                    envelope.reply.send_nowait(result)
+                except trio.BrokenResourceError:
+                    LOGGER.debug("reply to %s not wanted any more", envelope.request)
 
     async def _ask(self, request: Request) -> Any:
-        for _attempt in range(ATTEMPTS):
-            send, receive = trio.open_memory_channel[outcome.Outcome[Any]](1)
-            async with receive:
-                await self.inbox.send(_Envelope(request, send))
-                with trio.move_on_after(REPLY_TIMEOUT_S):
-                    return (await receive.receive()).unwrap()
-            LOGGER.warning("download tracker did not answer %s; asking again", request)
+        with trio.move_on_after(REPLY_TIMEOUT_S), contextlib.suppress(NoReply):
+            result = await self.inbox.ask(functools.partial(_Envelope, request), attempts=ATTEMPTS)
+            return result.unwrap()
         raise TrackerUnavailable(type(request).__name__)
 
     async def acquire(self, job_id: str) -> Lease:

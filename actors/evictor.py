@@ -16,6 +16,8 @@ before anything else.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pathlib import Path
 import trio
 
 from actors.download_tracker import DownloadTracker, TrackerUnavailable
-from actors.runtime import Mailbox
+from actors.runtime import Mailbox, NoReply
 from refresher import lifecycle
 from refresher.db import Database, stored_bytes
 from refresher.storage import Paths
@@ -128,15 +130,11 @@ class Evictor:
         """
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
-        with trio.move_on_after(ROOM_TIMEOUT_S):
-            for _attempt in range(ATTEMPTS):
-                send, receive = trio.open_memory_channel[bool](1)
-                async with receive:
-                    await self.inbox.send(RoomRequest(nbytes, send))
-                    try:
-                        return await receive.receive()
-                    except trio.EndOfChannel:
-                        LOGGER.warning("evictor stopped while answering; asking again")
+        with trio.move_on_after(ROOM_TIMEOUT_S), contextlib.suppress(NoReply):
+            granted: bool = await self.inbox.ask(
+                functools.partial(RoomRequest, nbytes), attempts=ATTEMPTS
+            )
+            return granted
         raise EvictorUnavailable(nbytes)
 
     async def usage(self) -> lifecycle.Usage:

@@ -29,6 +29,7 @@ import trio
 LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 # First restart after this long: quick enough that a user never notices, slow enough that
 # a crash loop does not spin the CPU.
@@ -72,6 +73,32 @@ class Mailbox(Generic[T]):
     async def send(self, message: T) -> None:
         """Put `message` in the inbox, waiting for room."""
         await self._send.send(message)
+
+    async def ask(
+        self, make_request: Callable[[trio.MemorySendChannel[R]], T], *, attempts: int
+    ) -> R:
+        """Send a request carrying a reply channel, and return the reply.
+
+        The actor answers on the channel and closes it when done with the request
+        (`with request.reply:`), also when it is killed mid-way: the caller then sends
+        the request again, so requests must be idempotent. Raise `NoReply` after
+        `attempts` requests went unanswered. Bound the wait with a cancel scope: a
+        request still queued while the actor is down waits for its restart.
+        """
+        for _attempt in range(attempts):
+            send, receive = trio.open_memory_channel[R](1)
+            async with receive:
+                await self.send(make_request(send))
+                try:
+                    return await receive.receive()
+                except trio.EndOfChannel:
+                    LOGGER.warning("request %s ended unanswered; asking again", make_request)
+        raise NoReply(attempts)
+
+
+class NoReply(RuntimeError):
+    def __init__(self, attempts: int) -> None:
+        super().__init__(f"no reply after {attempts} requests")
 
 
 class SupervisorGaveUp(RuntimeError):

@@ -4,7 +4,7 @@ import pytest
 import trio
 import trio.testing
 
-from actors.runtime import Mailbox, Supervisor, SupervisorGaveUp
+from actors.runtime import Mailbox, NoReply, Supervisor, SupervisorGaveUp
 
 
 class Worker:
@@ -147,3 +147,31 @@ def test_kill_of_unknown_actor_names_it() -> None:
 def test_full_mailbox_refuses_a_post_without_blocking() -> None:
     mailbox: Mailbox[int] = Mailbox(2)
     assert [mailbox.post(number) for number in range(3)] == [True, True, False]
+
+
+async def test_ask_sends_again_when_a_request_ends_unanswered(nursery: trio.Nursery) -> None:
+    mailbox: Mailbox[tuple[int, trio.MemorySendChannel[str]]] = Mailbox(4)
+    seen: list[int] = []
+
+    async def responder() -> None:
+        async for number, reply in mailbox.receive:
+            seen.append(number)
+            with reply:  # the first request dies unanswered, as in a killed actor
+                if len(seen) > 1:
+                    reply.send_nowait(f"answer to {number}")
+
+    nursery.start_soon(responder)
+    assert await mailbox.ask(lambda reply: (7, reply), attempts=3) == "answer to 7"
+    assert seen == [7, 7]
+
+
+async def test_ask_gives_up_after_its_attempts(nursery: trio.Nursery) -> None:
+    mailbox: Mailbox[trio.MemorySendChannel[str]] = Mailbox(4)
+
+    async def silent() -> None:
+        async for reply in mailbox.receive:
+            reply.close()
+
+    nursery.start_soon(silent)
+    with pytest.raises(NoReply, match=r"^no reply after 2 requests$"):
+        await mailbox.ask(lambda reply: reply, attempts=2)
