@@ -30,8 +30,9 @@ import trio
 from actors.runtime import Mailbox, NoReply
 from refresher import leases
 from refresher.db import Database
-from refresher.jobstore import iso
 from refresher.leases import Lease, LeaseRefused
+from refresher.removal import ReservationUnavailable
+from refresher.timestamps import iso
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ ATTEMPTS = 5
 __all__ = ["DownloadTracker", "Lease", "LeaseRefused", "TrackerUnavailable"]
 
 
-class TrackerUnavailable(RuntimeError):
+class TrackerUnavailable(ReservationUnavailable):
     def __init__(self, operation: str) -> None:
         super().__init__(f"download tracker did not answer {operation} in time")
 

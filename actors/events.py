@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
-from typing import Any
 
 import trio
 
 from actors.runtime import Mailbox
+from refresher.job_events import JobEvent
 
 LOGGER = logging.getLogger(__name__)
 
@@ -25,15 +24,6 @@ LOGGER = logging.getLogger(__name__)
 INBOX_SIZE = 1024
 # Events one subscriber may lag behind before it is dropped.
 SUBSCRIBER_BUFFER = 64
-
-
-@dataclass(frozen=True)
-class JobEvent:
-    """Something happened to a job: `kind` is "status" or "progress"; `data` is JSON-ready."""
-
-    job_id: str
-    kind: str
-    data: dict[str, Any]
 
 
 class EventHub:
@@ -67,10 +57,6 @@ class EventHub:
         finally:
             self._subscribers.pop(send, None)
             send.close()
-
-    @property
-    def subscriber_count(self) -> int:
-        return len(self._subscribers)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Fan events out until cancelled."""

@@ -2,16 +2,16 @@
 
 Usage is the fuller of two fractions: the bytes this service stores (outputs and uploads,
 as the store records them) over its quota, and the used part of the volume holding the
-data directory. Above `high`, the oldest finished jobs (by finish time) are evicted until
-usage is under `low`; queued and processing jobs never are. Each eviction is reserved
-with the download tracker first (a job being downloaded is skipped for the next oldest),
-then the job's files are removed, then its row becomes an `evicted` tombstone.
+data directory (`refresher.usage`). Above `high`, the oldest finished jobs (by finish
+time) are evicted until usage is under `low`; queued and processing jobs never are. Each
+eviction takes the one removal flow (`refresher.removal`): reserved with the download
+tracker first (a job being downloaded is skipped for the next oldest), then the job's
+files are removed, then its row becomes an `evicted` tombstone.
 
 `request_room(nbytes)` answers whether `nbytes` more fit under `high`, evicting first
 when that makes room. Requests go through the inbox, so evictions never run two at a
-time; the evictor also looks on start, every `interval_s`, and at each `UsageChanged`.
-A run killed mid-eviction leaves jobs reserved as "evicted": the next run finishes them
-before anything else.
+time; the evictor also looks on start and every `interval_s`. A run killed mid-eviction
+leaves jobs reserved as "evicted": the next run finishes them before anything else.
 """
 
 from __future__ import annotations
@@ -25,16 +25,16 @@ from pathlib import Path
 
 import trio
 
-from actors.download_tracker import DownloadTracker, TrackerUnavailable
 from actors.runtime import Mailbox, NoReply
-from refresher import lifecycle
-from refresher.db import Database, stored_bytes
+from refresher import removal
+from refresher.db import Database
+from refresher.removal import RemovalReason, Reserver
 from refresher.storage import Paths
+from refresher.usage import Usage, eviction_candidates, read_volume, stored_bytes
 
 LOGGER = logging.getLogger(__name__)
 
-# Doorbells coalesce (any one makes the evictor look) and requests for room wait for a
-# free slot, so a small inbox loses nothing.
+# Requests for room wait for a free slot, so a small inbox loses nothing.
 INBOX_SIZE = 16
 INTERVAL_S = 60.0
 # An answer takes a few queries, or a few seconds when many jobs must go first. Past
@@ -48,11 +48,6 @@ class EvictorUnavailable(RuntimeError):
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
         super().__init__(f"evictor did not answer a request for room for {nbytes} bytes")
-
-
-@dataclass(frozen=True)
-class UsageChanged:
-    """Something wrote or removed files; look at usage again."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +66,7 @@ class Evictor:
         self,
         db: Database,
         paths: Paths,
-        tracker: DownloadTracker,
+        reserver: Reserver,
         *,
         quota_bytes: int,
         high: float,
@@ -90,15 +85,15 @@ class Evictor:
             raise ValueError("interval_s must be > 0")
         self.db = db
         self.paths = paths
-        self.tracker = tracker
+        self.reserver = reserver
         self.quota_bytes = quota_bytes
         self.high = high
         self.low = low
         self.now = now
         self.interval_s = interval_s
         # (used bytes, usable bytes) of the volume holding a path; blocking.
-        self.volume_usage = volume_usage or lifecycle.statvfs_usage
-        self.inbox: Mailbox[UsageChanged | RoomRequest] = Mailbox(INBOX_SIZE)
+        self.volume_usage = volume_usage or read_volume
+        self.inbox: Mailbox[RoomRequest] = Mailbox(INBOX_SIZE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep usage under the high watermark and answer requests for room, until cancelled.
@@ -108,12 +103,12 @@ class Evictor:
         task_status.started()
         next_check = trio.current_time()
         while True:
-            message: UsageChanged | RoomRequest | None = None
+            request: RoomRequest | None = None
             with trio.move_on_at(next_check):
-                message = await self.inbox.receive.receive()
-            if isinstance(message, RoomRequest):
-                await self._answer(message)
-            else:  # a doorbell, or time for the periodic look
+                request = await self.inbox.receive.receive()
+            if request is not None:
+                await self._answer(request)
+            else:  # time for the periodic look
                 await self._make_room(None)
                 next_check = trio.current_time() + self.interval_s
 
@@ -137,11 +132,11 @@ class Evictor:
             return granted
         raise EvictorUnavailable(nbytes)
 
-    async def usage(self) -> lifecycle.Usage:
+    async def usage(self) -> Usage:
         """Read stored bytes and the volume's reading now."""
         stored = await self.db.read(stored_bytes)
         used, total = await trio.to_thread.run_sync(self.volume_usage, self.paths.root)
-        return lifecycle.Usage(stored, self.quota_bytes, used, total)
+        return Usage(stored, self.quota_bytes, used, total)
 
     async def _answer(self, request: RoomRequest) -> None:
         # Closed on the way out whatever happens: a caller never waits on a dead run.
@@ -154,18 +149,13 @@ class Evictor:
 
     async def _make_room(self, nbytes: int | None) -> bool:
         """Evict down to `low` if over `high`, and enough for `nbytes` if given; say if it fits."""
-        interrupted = await self.db.read(
-            lambda conn: lifecycle.reserved_unfinished(conn, (lifecycle.RESERVED_EVICTED,))
-        )
-        if interrupted:
-            LOGGER.warning("finishing %d evictions an earlier run left", len(interrupted))
-            await self._evict(interrupted)
+        await removal.resume(self.db, self.paths, [RemovalReason.EVICTED], now=self.now)
         usage = await self.usage()
         over = usage.fraction() > self.high
         short = nbytes is not None and not usage.has_room(nbytes, self.high)
         if not over and not short:
             return True
-        candidates = await self.db.read(lifecycle.eviction_candidates)
+        candidates = await self.db.read(eviction_candidates)
         feasible = True
         if nbytes is not None and short:
             evictable = sum(candidate.nbytes for candidate in candidates)
@@ -178,49 +168,25 @@ class Evictor:
                 return False
             return nbytes is None or not short or usage.has_room(nbytes, self.high, freed)
 
-        reserved: dict[str, int] = {}
-        reserved_bytes = 0
-        for candidate in candidates:
-            if enough(reserved_bytes):
-                break
-            try:
-                granted = await self.tracker.reserve_for_deletion(
-                    candidate.job_id, reason=lifecycle.RESERVED_EVICTED
-                )
-            except TrackerUnavailable as err:
-                LOGGER.warning("evicting nothing more for now: %s", err)
-                break
-            if granted:
-                reserved[candidate.job_id] = candidate.nbytes
-                reserved_bytes += candidate.nbytes
-            else:
-                LOGGER.info("job=%s is being downloaded; evicting a newer job", candidate.job_id)
-        evicted = await self._evict(list(reserved))
-        freed = sum(reserved[job_id] for job_id in evicted)
+        nbytes_of = {candidate.job_id: candidate.nbytes for candidate in candidates}
+        outcome = await removal.remove(
+            self.db,
+            self.paths,
+            self.reserver,
+            RemovalReason.EVICTED,
+            dict.fromkeys(nbytes_of, removal.EVICTED_MESSAGE),
+            now=self.now,
+            enough=lambda granted: enough(sum(nbytes_of[job_id] for job_id in granted)),
+        )
+        for job_id in outcome.busy:
+            LOGGER.info("job=%s is being downloaded; evicting a newer job", job_id)
+        for job_id in outcome.retired:
+            LOGGER.info("job=%s evicted", job_id)
+        freed = sum(nbytes_of[job_id] for job_id in outcome.retired)
         if over:
             LOGGER.info(
                 "evicted %d jobs (%d bytes): usage %.1f%% -> %.1f%% (low mark %.1f%%)",
-                len(evicted), freed, 100 * usage.fraction(), 100 * usage.fraction(freed),
+                len(outcome.retired), freed, 100 * usage.fraction(), 100 * usage.fraction(freed),
                 100 * self.low,
             )  # fmt: skip
         return nbytes is None or (feasible and usage.has_room(nbytes, self.high, freed))
-
-    async def _evict(self, job_ids: list[str]) -> list[str]:
-        """Remove the files of reserved jobs, then make them tombstones; return those done."""
-        if not job_ids:
-            return []
-        removed = await trio.to_thread.run_sync(lifecycle.remove_job_files, self.paths, job_ids)
-        reasons = dict.fromkeys(removed, lifecycle.EVICTED_REASON)
-        now = self.now()
-        evicted = await self.db.write(
-            lambda conn: lifecycle.tombstone(
-                conn,
-                reasons,
-                status="evicted",
-                reserved_as=(lifecycle.RESERVED_EVICTED,),
-                now=now,
-            )
-        )
-        for job_id in evicted:
-            LOGGER.info("job=%s evicted", job_id)
-        return evicted

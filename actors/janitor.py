@@ -4,9 +4,9 @@ One pass, on start and every `interval_s`:
 
 - purges tombstones older than the retention;
 - fails queued jobs past `expires_at` (they never started);
-- turns finished jobs past `expires_at` into `expired` tombstones: each is reserved with
-  the download tracker first (a job being downloaded is skipped until a later pass),
-  then its files are removed, then its row changes;
+- finishes removals a kill cut short (any but evictions, which the evictor finishes);
+- turns finished jobs past `expires_at` into `expired` tombstones through
+  `refresher.removal` (a job being downloaded is skipped until a later pass);
 - reconciles the disk with the store: entries with no job are removed (once nothing
   has written to them for `orphan_grace_s`), so are uploads of jobs that ended and
   FFmpeg's partial files in finished jobs' directories; outputs
@@ -30,9 +30,9 @@ from dataclasses import dataclass, fields
 
 import trio
 
-from actors.download_tracker import DownloadTracker, TrackerUnavailable
-from refresher import lifecycle
+from refresher import expiry, reconcile, removal
 from refresher.db import Database
+from refresher.removal import RemovalReason, Reserver
 from refresher.storage import Paths
 
 LOGGER = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ TOMBSTONE_RETENTION_S = 7 * 24 * 3600.0
 # a live upload streams, writing far more often than that; one idle this long died with
 # its process.
 ORPHAN_GRACE_S = 3600.0
+# The removals the janitor finishes after a kill: all but evictions, the evictor's own.
+RESUMED = (RemovalReason.EXPIRED, RemovalReason.LOST, RemovalReason.DELETED)
 
 
 @dataclass
@@ -80,7 +82,7 @@ class Janitor:
         self,
         db: Database,
         paths: Paths,
-        tracker: DownloadTracker,
+        reserver: Reserver,
         *,
         interval_s: float,
         now: Callable[[], float],
@@ -95,7 +97,7 @@ class Janitor:
             raise ValueError("orphan_grace_s must be >= 0")
         self.db = db
         self.paths = paths
-        self.tracker = tracker
+        self.reserver = reserver
         self.interval_s = interval_s
         self.now = now
         self.tombstone_retention_s = tombstone_retention_s
@@ -122,8 +124,8 @@ class Janitor:
         report = SweepReport()
         now = self.now()
         before = now - self.tombstone_retention_s
-        report.purged = await self.db.write(lambda conn: lifecycle.purge_tombstones(conn, before))
-        failed = await self.db.write(lambda conn: lifecycle.fail_stale_queued(conn, now))
+        report.purged = await self.db.write(lambda conn: expiry.purge_tombstones(conn, before))
+        failed = await self.db.write(lambda conn: expiry.fail_stale_queued(conn, now))
         report.failed_queued = len(failed)
         for job_id in failed:
             LOGGER.debug("job=%s failed: queued past its expiry", job_id)
@@ -133,30 +135,22 @@ class Janitor:
         return report
 
     async def _expire(self, report: SweepReport, now: float) -> None:
-        # A "lost" removal a kill cut short is finished here; an expired one is found
-        # again by its expiry.
-        def find(conn: sqlite3.Connection) -> dict[str, str]:
-            reasons = dict.fromkeys(
-                lifecycle.reserved_unfinished(conn, (lifecycle.RESERVED_LOST,)),
-                lifecycle.LOST_REASON,
-            )
-            reasons.update((job.id, job.reason) for job in lifecycle.expired_jobs(conn, now))
-            return reasons
-
-        reasons = await self.db.read(find)
-        for job_id in await self._remove(reasons, lifecycle.RESERVED_EXPIRED, report):
-            if reasons[job_id] == lifecycle.LOST_REASON:
-                report.lost += 1
-            else:
-                report.expired += 1
+        resumed = await removal.resume(self.db, self.paths, RESUMED, now=self.now)
+        report.expired += len(resumed.get(RemovalReason.EXPIRED, []))
+        report.lost += len(resumed.get(RemovalReason.LOST, []))
+        for job_id in resumed.get(RemovalReason.DELETED, []):
+            LOGGER.info("job=%s deleted: a DELETE cut short was finished", job_id)
+        expired = await self.db.read(lambda conn: expiry.expired_jobs(conn, now))
+        messages = {job.id: job.message for job in expired}
+        report.expired += len(await self._remove(messages, RemovalReason.EXPIRED, report))
 
     async def _reconcile(self, report: SweepReport) -> None:
-        # The listing before the snapshot: see `lifecycle.plan_reconciliation`.
-        listing = await trio.to_thread.run_sync(lifecycle.list_disk, self.paths)
-        snapshot = await self.db.read(lifecycle.store_snapshot)
+        # The listing before the snapshot: see `reconcile.plan_reconciliation`.
+        listing = await trio.to_thread.run_sync(reconcile.list_disk, self.paths)
+        snapshot = await self.db.read(reconcile.store_snapshot)
         findings = await trio.to_thread.run_sync(
             functools.partial(
-                lifecycle.plan_reconciliation,
+                reconcile.plan_reconciliation,
                 self.paths,
                 listing,
                 snapshot,
@@ -167,9 +161,9 @@ class Janitor:
 
         def remove_strays() -> tuple[int, int, int]:
             return (
-                lifecycle.remove_paths(findings.orphans),
-                lifecycle.remove_paths(findings.ended_uploads),
-                lifecycle.remove_paths(findings.partials),
+                reconcile.remove_paths(findings.orphans),
+                reconcile.remove_paths(findings.ended_uploads),
+                reconcile.remove_paths(findings.partials),
             )
 
         report.orphans, report.ended_uploads, report.partials = await trio.to_thread.run_sync(
@@ -180,49 +174,30 @@ class Janitor:
 
         # Files before rows: the uploads are gone, now the rows stop naming them.
         def forget(conn: sqlite3.Connection) -> int:
-            lifecycle.clear_ended_uploads(conn)
-            return lifecycle.forget_outputs(conn, findings.missing_outputs)
+            reconcile.clear_ended_uploads(conn)
+            return reconcile.forget_outputs(conn, findings.missing_outputs)
 
         report.forgotten_outputs = await self.db.write(forget)
         for job_id, output_ids in findings.missing_outputs.items():
             LOGGER.warning("job=%s %d output files vanished from disk", job_id, len(output_ids))
-        reasons = dict.fromkeys(findings.lost, lifecycle.LOST_REASON)
-        report.lost += len(await self._remove(reasons, lifecycle.RESERVED_LOST, report))
+        messages = dict.fromkeys(findings.lost, removal.LOST_MESSAGE)
+        report.lost += len(await self._remove(messages, RemovalReason.LOST, report))
 
     async def _remove(
-        self, reasons: dict[str, str], reservation: str, report: SweepReport
+        self, messages: dict[str, str], reason: RemovalReason, report: SweepReport
     ) -> list[str]:
-        """Reserve, remove the files of, then tombstone each job; return the ids tombstoned."""
-        granted: dict[str, str] = {}
-        for job_id, reason in reasons.items():
-            if report.skipped_deletions:
-                break
-            try:
-                reserved = await self.tracker.reserve_for_deletion(job_id, reason=reservation)
-            except TrackerUnavailable as err:
-                # In doubt nothing is deleted; the next pass finds these jobs again.
-                report.skipped_deletions = str(err)
-                LOGGER.warning("janitor deletes nothing more this pass: %s", err)
-                break
-            if reserved:
-                granted[job_id] = reason
-            else:
-                report.busy += 1
-                LOGGER.debug("job=%s is being downloaded; removing it on a later pass", job_id)
-        if not granted:
+        """Remove the jobs' results (see `refresher.removal`); return the ids retired."""
+        if report.skipped_deletions or not messages:
             return []
-        removed = await trio.to_thread.run_sync(lifecycle.remove_job_files, self.paths, granted)
-        tombstones = {job_id: granted[job_id] for job_id in removed}
-        now = self.now()
-        changed = await self.db.write(
-            lambda conn: lifecycle.tombstone(
-                conn,
-                tombstones,
-                status="expired",
-                reserved_as=lifecycle.JANITOR_RESERVATIONS,
-                now=now,
-            )
+        outcome = await removal.remove(
+            self.db, self.paths, self.reserver, reason, messages, now=self.now
         )
-        for job_id in changed:
-            LOGGER.debug("job=%s expired: %s", job_id, granted[job_id])
-        return changed
+        if outcome.unavailable is not None:
+            # In doubt nothing is deleted; the next pass finds these jobs again.
+            report.skipped_deletions = str(outcome.unavailable)
+        report.busy += len(outcome.busy)
+        for job_id in outcome.busy:
+            LOGGER.debug("job=%s is being downloaded; removing it on a later pass", job_id)
+        for job_id in outcome.retired:
+            LOGGER.debug("job=%s expired: %s", job_id, messages[job_id])
+        return outcome.retired

@@ -19,10 +19,13 @@ from pathlib import Path
 
 import trio
 
-from actors.events import EventHub, JobEvent
 from actors.runtime import Mailbox
-from refresher import effects, jobstore, media, orphans
+from refresher import effects, encoding, jobstore, thumbnails
 from refresher.db import Database
+from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders
+from refresher.job_events import JobEvent
+from refresher.probe import NotAVideo, Probe, probe
+from refresher.status import FINISHED, JobStatus
 from refresher.storage import Paths, remove_tree
 
 LOGGER = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ class CancelJob:
     job_id: str
 
 
-class NoRoom(media.MediaError):
+class NoRoom(MediaError):
     def __init__(self, nbytes: int) -> None:
         super().__init__(
             f"There was no room to store {nbytes / 1e6:.0f} MB of variations: the storage "
@@ -76,7 +79,8 @@ class _FileProgress:
 class _RunningJob:
     job_id: str
     scope: trio.CancelScope
-    file_percent: dict[str, float]
+    # Each file's (status, percent) as it stands now, for the job's overall progress.
+    files: dict[str, tuple[JobStatus, float]]
 
 
 class Processor:
@@ -86,7 +90,7 @@ class Processor:
         self,
         db: Database,
         paths: Paths,
-        events: EventHub,
+        publish: Callable[[JobEvent], None],
         *,
         ffmpeg: str,
         ttl_s: float,
@@ -96,7 +100,7 @@ class Processor:
     ) -> None:
         self.db = db
         self.paths = paths
-        self.events = events
+        self.publish = publish
         self.ffmpeg = ffmpeg
         self.ttl_s = ttl_s
         self.now = now
@@ -112,7 +116,7 @@ class Processor:
         Cancellation stops FFmpeg and removes partial outputs; the job stays in the
         database as `processing` and is requeued by the next `run()`.
         """
-        killed = await trio.to_thread.run_sync(orphans.kill_marked, self.paths.root)
+        killed = await trio.to_thread.run_sync(kill_leftover_encoders, self.paths.root)
         requeued = await self.db.write(lambda conn: jobstore.requeue_interrupted(conn, self.now()))
         if killed or requeued:
             LOGGER.warning("recovered: killed %d encoders, requeued jobs %s", len(killed), requeued)
@@ -139,11 +143,11 @@ class Processor:
             await self._process(job)
 
     def _publish(self, job_id: str, kind: str, **data: object) -> None:
-        self.events.publish(JobEvent(job_id, kind, dict(data)))
+        self.publish(JobEvent(job_id, kind, dict(data)))
 
     async def _process(self, job: jobstore.JobRecord) -> None:
         LOGGER.info("job=%s processing: %d videos", job.id, job.total_videos)
-        self._publish(job.id, "status", status="processing")
+        self._publish(job.id, "status", status=JobStatus.PROCESSING)
         job_dir = self.paths.job_dir(job.id)
         await trio.Path(job_dir).mkdir(parents=True, exist_ok=True)
         await self._make_thumbnail(job)
@@ -151,14 +155,14 @@ class Processor:
         running = _RunningJob(
             job.id,
             trio.CancelScope(),
-            {file.id: (100.0 if file.status != "queued" else file.progress) for file in job.files},
+            {file.id: (file.status, file.progress) for file in job.files},
         )
         self._current = running
         with running.scope:
             if await self.db.read(lambda conn: jobstore.cancel_requested(conn, job.id)):
                 running.scope.cancel()
             for file in job.files:
-                if file.status in ("completed", "failed", "cancelled"):
+                if file.status in FINISHED:
                     continue
                 first = file.position * job.variations_per_video
                 await self._process_file(
@@ -174,12 +178,12 @@ class Processor:
         if first.upload_path is None:
             return
         output = self.paths.job_dir(job.id) / THUMBNAIL_NAME
-        made = await media.make_thumbnail(
+        made = await thumbnails.make_thumbnail(
             self.ffmpeg,
             self.paths.absolute(first.upload_path),
             output,
             duration_s=first.duration_s or 0.0,
-            env=orphans.mark_for(self.paths.root),
+            env=encoder_mark(self.paths.root),
         )
         if made:
             relative = self.paths.relative(output)
@@ -196,9 +200,14 @@ class Processor:
         progress = _FileProgress(total=job.variations_per_video, done=len(done))
         await self.db.write(
             lambda conn: jobstore.set_file_state(
-                conn, file.id, status="processing", progress=progress.percent, now=self.now()
+                conn,
+                file.id,
+                status=JobStatus.PROCESSING,
+                progress=progress.percent,
+                now=self.now(),
             )
         )
+        self._track(file.id, JobStatus.PROCESSING, progress.percent)
         pending = [index for index in range(1, job.variations_per_video + 1) if index not in done]
         if file.upload_path is None:
             error: str | None = "The upload is gone; upload the video again."
@@ -207,14 +216,14 @@ class Processor:
             error = await self._encode_pending(job, file, source, pending, file_effects, progress)
         if error:
             LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
-        status = "failed" if error else "completed"
-        percent = 100.0 if status == "completed" else progress.percent
+        status = JobStatus.FAILED if error else JobStatus.COMPLETED
+        percent = 100.0 if status == JobStatus.COMPLETED else progress.percent
         await self.db.write(
             lambda conn: jobstore.set_file_state(
                 conn, file.id, status=status, progress=percent, error=error, now=self.now()
             )
         )
-        self._current_percent(file.id, 100.0)
+        self._track(file.id, status, percent)
         self._publish(
             job.id, "progress", fileId=file.id, progress=percent, status=status,
             completedVariations=progress.done, overallProgress=self._overall(),
@@ -231,17 +240,17 @@ class Processor:
     ) -> str | None:
         """Encode the file's `pending` variations; return why the file failed, or None."""
         try:
-            probed = await trio.to_thread.run_sync(media.probe, source)
-        except media.NotAVideo as err:
+            probed = await trio.to_thread.run_sync(probe, source)
+        except NotAVideo as err:
             return f"The file {err.reason}."
         except OSError as err:
             return f"The upload could not be read: {err.strerror or err}."
         # Decoding once for several variations pays; how many fit in memory depends on the
         # frame size. A batch's outputs are recorded as soon as it ends, so a restart
         # resumes after the last finished batch.
-        per_encode = media.variations_per_encode(probed.width, probed.height)
+        per_encode = encoding.variations_per_encode(probed.width, probed.height)
         batches, start = [], 0
-        for size in media.batch_sizes(len(pending), per_encode):
+        for size in encoding.batch_sizes(len(pending), per_encode):
             batches.append(pending[start : start + size])
             start += size
         error: str | None = None
@@ -252,7 +261,7 @@ class Processor:
                     await self._encode_batch(
                         job, file, source, probed, batch, file_effects, progress
                     )
-            except (media.MediaError, OSError) as err:
+            except (MediaError, OSError) as err:
                 error = str(err)
             watchers.cancel_scope.cancel()
         return error
@@ -262,7 +271,7 @@ class Processor:
         job: jobstore.JobRecord,
         file: jobstore.FileRecord,
         source: Path,
-        probed: media.Probe,
+        probed: Probe,
         indices: list[int],
         file_effects: list[effects.Effects],
         progress: _FileProgress,
@@ -285,19 +294,19 @@ class Processor:
             progress.changed.set()
 
         variations = [
-            media.Variation(
+            encoding.Variation(
                 self.paths.job_dir(job.id) / f"{file.id}_var{index}.mp4", file_effects[index - 1]
             )
             for index in indices
         ]
-        encoded = await media.encode_variations(
+        encoded = await encoding.encode_variations(
             self.ffmpeg,
             source,
             variations,
             probed=probed,
             on_progress=on_progress,
             threads=self.threads,
-            env=orphans.mark_for(self.paths.root),
+            env=encoder_mark(self.paths.root),
         )
 
         def record(conn: sqlite3.Connection) -> None:
@@ -321,11 +330,12 @@ class Processor:
             await progress.changed.wait()
             progress.changed = trio.Event()
             percent = progress.percent
-            self._current_percent(file_id, percent)
+            self._track(file_id, JobStatus.PROCESSING, percent)
             if percent - progress.published >= EVENT_PROGRESS_STEP:
                 progress.published = percent
                 self._publish(
-                    job_id, "progress", fileId=file_id, progress=percent, status="processing",
+                    job_id, "progress", fileId=file_id, progress=percent,
+                    status=JobStatus.PROCESSING,
                     completedVariations=progress.done, overallProgress=self._overall(),
                 )  # fmt: skip
             if percent - progress.saved >= DB_PROGRESS_STEP:
@@ -337,15 +347,14 @@ class Processor:
                     )
                 )  # fmt: skip
 
-    def _current_percent(self, file_id: str, percent: float) -> None:
+    def _track(self, file_id: str, status: JobStatus, percent: float) -> None:
         if self._current is not None:
-            self._current.file_percent[file_id] = percent
+            self._current.files[file_id] = (status, percent)
 
     def _overall(self) -> float:
-        if self._current is None or not self._current.file_percent:
+        if self._current is None:
             return 0.0
-        values = self._current.file_percent.values()
-        return round(sum(values) / len(values), 1)
+        return jobstore.overall_progress(JobStatus.PROCESSING, self._current.files.values())
 
     def _remove_partials(self, job_id: str, file_id: str, done: set[int]) -> None:
         """Remove this file's outputs without a row: leftovers of a run that died."""
@@ -357,16 +366,16 @@ class Processor:
     async def _finish(self, job_id: str, *, cancelled: bool) -> None:
         with trio.CancelScope(shield=True):
             job = await self.db.read(lambda conn: jobstore.require_job(conn, job_id))
-            failed = [file for file in job.files if file.status == "failed"]
+            failed = [file for file in job.files if file.status == JobStatus.FAILED]
             if cancelled:
-                status, error = "cancelled", None
+                status, error = JobStatus.CANCELLED, None
             elif job.files and len(failed) == len(job.files):
-                status = "failed"
+                status = JobStatus.FAILED
                 error = "Every video failed: " + "; ".join(
                     f"{file.original_name}: {file.error}" for file in failed
                 )
             else:
-                status, error = "completed", None
+                status, error = JobStatus.COMPLETED, None
             await self.db.write(
                 lambda conn: jobstore.finish_job(
                     conn, job_id, status=status, error=error, now=self.now(), ttl_s=self.ttl_s

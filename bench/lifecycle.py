@@ -38,9 +38,10 @@ from actors.download_tracker import DownloadTracker
 from actors.evictor import Evictor
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
-from refresher.db import Database, connect, migrate, stored_bytes
-from refresher.jobstore import iso
+from refresher.db import Database, connect, migrate
 from refresher.storage import Paths
+from refresher.timestamps import iso
+from refresher.usage import stored_bytes
 
 TARGET_S = 0.5
 HOUR_S = 3600.0

@@ -6,7 +6,7 @@ Generates a 720p clip with audio (cloud-like Perlin texture over moving colour
 gradients, a Game of Life panel, a test card with text, light film grain), then makes
 the same `--variations` effect sets twice: the original's way (one FFmpeg per variation,
 one after another, `rotate`+`eq`, its exact x264 arguments) and ours
-(`refresher.media.encode_variations`, batched and run `PARALLEL_ENCODES` at a time, under
+(`refresher.encoding.encode_variations`, batched and run `PARALLEL_ENCODES` at a time, under
 trio), the two taking turns so that load from elsewhere falls on both. Prints wall time,
 variations per minute, CPU seconds, SSIM of every output against the source (FFmpeg's
 `ssim` filter, "All") and the peak RSS of any one FFmpeg, then the ratio and the rules
@@ -29,7 +29,9 @@ from pathlib import Path
 
 import trio
 
-from refresher import effects, media
+from refresher import effects, encoding
+from refresher.ffmpeg import find_ffmpeg
+from refresher.probe import Probe, probe
 
 SEED = 20240601
 TARGET_RATIO = 3.0
@@ -140,21 +142,21 @@ async def run_ours(
     source: Path,
     out_dir: Path,
     batches: list[list[tuple[int, effects.Effects]]],
-    probed: media.Probe,
+    probed: Probe,
 ) -> Result:
     """Make `batches` with `encode_variations`, PARALLEL_ENCODES batches at a time."""
     result = Result("ours")
     cpu_before, started = _children_cpu_s(), time.monotonic()
-    limiter = trio.CapacityLimiter(media.PARALLEL_ENCODES)
+    limiter = trio.CapacityLimiter(encoding.PARALLEL_ENCODES)
     async with trio.open_nursery() as nursery:
 
         async def encode(batch: list[tuple[int, effects.Effects]]) -> None:
             variations = [
-                media.Variation(out_dir / f"ours_var{index}.mp4", variation)
+                encoding.Variation(out_dir / f"ours_var{index}.mp4", variation)
                 for index, variation in batch
             ]
             async with limiter:
-                encoded = await media.encode_variations(
+                encoded = await encoding.encode_variations(
                     ffmpeg,
                     source,
                     variations,
@@ -191,16 +193,18 @@ async def compare(
     the original's way, then ours, so a burst of load from elsewhere on the machine
     falls on both methods instead of deciding the ratio.
     """
-    probed = await trio.to_thread.run_sync(media.probe, source)
-    sizes = media.batch_sizes(len(chosen), media.variations_per_encode(probed.width, probed.height))
+    probed = await trio.to_thread.run_sync(probe, source)
+    sizes = encoding.batch_sizes(
+        len(chosen), encoding.variations_per_encode(probed.width, probed.height)
+    )
     numbered = list(enumerate(chosen, start=1))
     batches = []
     for size in sizes:
         batches.append(numbered[:size])
         numbered = numbered[size:]
     originals, ours = [], []
-    for turn in range(0, len(batches), media.PARALLEL_ENCODES):
-        in_turn = batches[turn : turn + media.PARALLEL_ENCODES]
+    for turn in range(0, len(batches), encoding.PARALLEL_ENCODES):
+        in_turn = batches[turn : turn + encoding.PARALLEL_ENCODES]
         print(f"  turn {turn + 1}: {sum(map(len, in_turn))} variations each way", flush=True)
         originals.append(
             await run_original(ffmpeg, source, out_dir, [v for b in in_turn for v in b])
@@ -227,7 +231,7 @@ async def ssim(ffmpeg: str, output: Path, source: Path, width: int, height: int)
 
 
 async def measure_ssim(ffmpeg: str, source: Path, results: list[Result]) -> None:
-    probed = await trio.to_thread.run_sync(media.probe, source)
+    probed = await trio.to_thread.run_sync(probe, source)
     limiter = trio.CapacityLimiter(SSIM_CONCURRENCY)
     for result in results:
         result.ssim = [0.0] * len(result.outputs)
@@ -273,7 +277,7 @@ def report(results: list[Result], count: int, print_line: Callable[[str], None] 
 
 
 async def run(count: int, seconds: float, grain: int, work_dir: Path) -> bool:
-    ffmpeg = media.find_ffmpeg(None)
+    ffmpeg = find_ffmpeg(None)
     source = work_dir / "source.mp4"
     print(f"ffmpeg: {ffmpeg}")
     print(f"generating a {seconds:g} s 1280x720 source ...", flush=True)

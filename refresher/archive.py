@@ -14,14 +14,18 @@ import hashlib
 import json
 import unicodedata
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from refresher.db import parse_utc_iso
-from refresher.jobstore import JobRecord
-from refresher.storage import Paths
+from refresher import timestamps
 from refresher.zipplan import Member, ZipPlan
+
+if TYPE_CHECKING:  # jobstore keeps each finished job's archive size, so it imports this
+    from refresher.jobstore import JobRecord
+    from refresher.storage import Paths
 
 MANIFEST_NAME = "manifest.json"
 MAX_STEM_CHARS = 80
@@ -72,6 +76,27 @@ def folder_names(original_names: list[str]) -> list[str]:
 
 def build(job: JobRecord, paths: Paths) -> JobArchive:
     """Lay out the job's archive from its rows (no file is read)."""
+    members = _members(job, paths.absolute)
+    modified = timestamps.parse(job.finished_at or job.updated_at)
+    digest = hashlib.sha256(job.id.encode())
+    for member in members:
+        digest.update(f"\0{member.name}\0{member.size}\0{member.crc32}".encode())
+    return JobArchive(
+        plan=ZipPlan(members, modified=modified),
+        etag=f'"{digest.hexdigest()[:32]}"',
+        last_modified=modified,
+        filename=f"video-refresher-{job.id[:8]}.zip",
+    )
+
+
+def size_of(job: JobRecord) -> int:
+    """The size of the job's archive in bytes, from its rows alone (no path is touched)."""
+    modified = timestamps.parse(job.finished_at or job.updated_at)
+    return ZipPlan(_members(job, Path), modified=modified).size
+
+
+def _members(job: JobRecord, locate: Callable[[str], Path]) -> list[Member]:
+    """The manifest, then every output under its archive name; `locate` maps stored paths."""
     folders = folder_names([file.original_name for file in job.files])
     entries: list[tuple[str, int, int, str]] = []
     variations = []
@@ -101,17 +126,5 @@ def build(job: JobRecord, paths: Paths) -> JobArchive:
         ensure_ascii=False,
     ).encode("utf-8")
     members = [Member(MANIFEST_NAME, len(manifest), zlib.crc32(manifest), manifest)]
-    members += [
-        Member(name, size, crc32, paths.absolute(stored)) for name, size, crc32, stored in entries
-    ]
-    modified = parse_utc_iso(job.finished_at or job.updated_at)
-    plan = ZipPlan(members, modified=modified)
-    digest = hashlib.sha256(job.id.encode())
-    for member in members:
-        digest.update(f"\0{member.name}\0{member.size}\0{member.crc32}".encode())
-    return JobArchive(
-        plan=plan,
-        etag=f'"{digest.hexdigest()[:32]}"',
-        last_modified=modified,
-        filename=f"video-refresher-{job.id[:8]}.zip",
-    )
+    members += [Member(name, size, crc32, locate(stored)) for name, size, crc32, stored in entries]
+    return members

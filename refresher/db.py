@@ -14,7 +14,6 @@ import logging
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -31,12 +30,9 @@ BUSY_TIMEOUT_MS = 10_000
 # it are cheap under WAL, and more threads than this only queue inside SQLite.
 MAX_CONNECTIONS = 4
 
-JOB_STATUSES = ("queued", "processing", "completed", "failed", "cancelled", "expired", "evicted")
-FINISHED_STATUSES = ("completed", "failed", "cancelled")
-TOMBSTONE_STATUSES = ("expired", "evicted")
-
 # Each entry moves the schema from version N to N+1 (N = its index). Never edit a
-# released entry: add a new one.
+# released entry: add a new one. (So the status lists in the CHECK constraints below are
+# the history of `refresher.status.JobStatus`, written out, not derived from it.)
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
@@ -110,16 +106,12 @@ MIGRATIONS: tuple[str, ...] = (
         reason               TEXT NOT NULL
     );
     """,
+    """
+    -- The size of the job's ZIP, kept when the job finishes (and when reconciliation
+    -- forgets outputs), so that showing a job lays out no archive.
+    ALTER TABLE jobs ADD COLUMN archive_bytes INTEGER;
+    """,
 )
-
-
-def utc_iso(moment: datetime) -> str:
-    """Format an aware datetime as ISO-8601 UTC with millisecond precision and a `Z`."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_utc_iso(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
 def schema_version(conn: sqlite3.Connection) -> int:
@@ -244,30 +236,3 @@ class Database:
         idle, self._idle = self._idle, []
         for conn in idle:
             await trio.to_thread.run_sync(conn.close)
-
-
-# ---------------------------------------------------------------------------- queries
-
-
-def list_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Every job, newest first, with its source file names joined by a NUL."""
-    return conn.execute(
-        """
-        SELECT jobs.*, (
-            SELECT group_concat(original_name, char(0)) FROM (
-                SELECT original_name FROM job_files
-                WHERE job_files.job_id = jobs.id ORDER BY position
-            )
-        ) AS file_names
-        FROM jobs ORDER BY created_at DESC, id DESC
-        """
-    ).fetchall()
-
-
-def stored_bytes(conn: sqlite3.Connection) -> int:
-    """Bytes this service keeps on disk: outputs plus uploads not yet deleted."""
-    outputs = conn.execute("SELECT coalesce(sum(size), 0) FROM output_files").fetchone()[0]
-    uploads = conn.execute(
-        "SELECT coalesce(sum(file_size), 0) FROM job_files WHERE upload_path IS NOT NULL"
-    ).fetchone()[0]
-    return int(outputs) + int(uploads)

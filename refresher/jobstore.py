@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from refresher.db import FINISHED_STATUSES, TOMBSTONE_STATUSES, utc_iso
-
-TERMINAL_STATUSES = FINISHED_STATUSES + TOMBSTONE_STATUSES
+from refresher import archive
+from refresher.status import ACTIVE, FINISHED, TERMINAL, JobStatus, sql_list
+from refresher.timestamps import iso, iso_after
 
 
 class JobNotFound(LookupError):
@@ -50,7 +50,7 @@ class FileRecord:
     original_name: str
     upload_path: str | None
     file_size: int
-    status: str
+    status: JobStatus
     progress: float
     duration_s: float | None
     completed_variations: int
@@ -61,7 +61,7 @@ class FileRecord:
 @dataclass(frozen=True)
 class JobRecord:
     id: str
-    status: str
+    status: JobStatus
     created_at: str
     updated_at: str
     finished_at: str | None
@@ -74,6 +74,8 @@ class JobRecord:
     error: str | None
     cancelled_at: str | None
     deleted_reason: str | None
+    # The size of the job's ZIP, kept once it finished with outputs; None before.
+    archive_bytes: int | None
     files: tuple[FileRecord, ...]
 
     @property
@@ -82,14 +84,22 @@ class JobRecord:
 
     @property
     def overall_progress(self) -> float:
-        """Percent of the job's work done; a failed or cancelled file counts as done."""
-        if self.status == "completed" or not self.files:
-            return 100.0 if self.status == "completed" else 0.0
-        done = sum(
-            100.0 if file.status in ("completed", "failed") else file.progress
-            for file in self.files
-        )
-        return round(done / len(self.files), 1)
+        return overall_progress(self.status, ((file.status, file.progress) for file in self.files))
+
+
+def overall_progress(job_status: str, files: Iterable[tuple[str, float]]) -> float:
+    """Percent of a job's work done, from each file's (status, percent).
+
+    A completed or failed file counts as done; any other counts its percent (a file
+    cancelled half way stays at half). A completed job is 100, a job without files 0.
+    """
+    if job_status == JobStatus.COMPLETED:
+        return 100.0
+    shares = [
+        100.0 if status in (JobStatus.COMPLETED, JobStatus.FAILED) else progress
+        for status, progress in files
+    ]
+    return round(sum(shares) / len(shares), 1) if shares else 0.0
 
 
 @dataclass(frozen=True)
@@ -99,15 +109,6 @@ class NewFile:
     upload_path: str
     file_size: int
     duration_s: float
-
-
-def iso(moment: float) -> str:
-    """Unix seconds as the store's timestamp text."""
-    return utc_iso(datetime.fromtimestamp(moment, UTC))
-
-
-def iso_after(moment: float, seconds: float) -> str:
-    return utc_iso(datetime.fromtimestamp(moment, UTC) + timedelta(seconds=seconds))
 
 
 def insert_job(
@@ -125,9 +126,10 @@ def insert_job(
     conn.execute(
         """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
                              variations_per_video, total_variations, seed)
-           VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             job_id,
+            JobStatus.QUEUED,
             created,
             created,
             iso_after(now, ttl_s),
@@ -140,13 +142,28 @@ def insert_job(
     conn.executemany(
         """INSERT INTO job_files (id, job_id, position, original_name, upload_path, file_size,
                                   status, duration_s, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)""",
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         [
             (file.id, job_id, position, file.original_name, file.upload_path, file.file_size,
-             file.duration_s, created)
+             JobStatus.QUEUED, file.duration_s, created)
             for position, file in enumerate(files)
         ],
     )  # fmt: skip
+
+
+def list_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
+    """Every job, newest first, with its source file names joined by a NUL."""
+    return conn.execute(
+        """
+        SELECT jobs.*, (
+            SELECT group_concat(original_name, char(0)) FROM (
+                SELECT original_name FROM job_files
+                WHERE job_files.job_id = jobs.id ORDER BY position
+            )
+        ) AS file_names
+        FROM jobs ORDER BY created_at DESC, id DESC
+        """
+    ).fetchall()
 
 
 def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -176,7 +193,7 @@ def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
             original_name=file["original_name"],
             upload_path=file["upload_path"],
             file_size=file["file_size"],
-            status=file["status"],
+            status=JobStatus(file["status"]),
             progress=file["progress"],
             duration_s=file["duration_s"],
             completed_variations=file["completed_variations"],
@@ -188,6 +205,7 @@ def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
         )
     )
     fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+    fields["status"] = JobStatus(fields["status"])
     return JobRecord(**fields, files=files)
 
 
@@ -200,27 +218,28 @@ def require_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
 
 def requeue_interrupted(conn: sqlite3.Connection, now: float) -> list[str]:
     """Put jobs left `processing` by a crash or shutdown back in the queue; return their ids."""
-    ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = 'processing'")]
+    queued, processing = JobStatus.QUEUED, JobStatus.PROCESSING
+    ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = ?", (processing,))]
     stamp = iso(now)
-    conn.execute(
-        "UPDATE job_files SET status = 'queued', updated_at = ? WHERE status = 'processing'",
-        (stamp,),
-    )
-    conn.execute(
-        "UPDATE jobs SET status = 'queued', updated_at = ? WHERE status = 'processing'", (stamp,)
-    )
+    for table in ("job_files", "jobs"):
+        conn.execute(
+            f"UPDATE {table} SET status = ?, updated_at = ? WHERE status = ?",
+            (queued, stamp, processing),
+        )
     return ids
 
 
 def claim_next(conn: sqlite3.Connection, now: float) -> JobRecord | None:
     """Mark the oldest queued job `processing` and return it; None when the queue is empty."""
     row = conn.execute(
-        "SELECT id FROM jobs WHERE status = 'queued' ORDER BY created_at, id LIMIT 1"
+        "SELECT id FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
+        (JobStatus.QUEUED,),
     ).fetchone()
     if row is None:
         return None
     conn.execute(
-        "UPDATE jobs SET status = 'processing', updated_at = ? WHERE id = ?", (iso(now), row[0])
+        "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?",
+        (JobStatus.PROCESSING, iso(now), row[0]),
     )
     return load_job(conn, row[0])
 
@@ -229,7 +248,7 @@ def set_file_state(
     conn: sqlite3.Connection,
     file_id: str,
     *,
-    status: str,
+    status: JobStatus,
     progress: float | None = None,
     error: str | None = None,
     now: float,
@@ -290,30 +309,39 @@ def finish_job(
     conn: sqlite3.Connection,
     job_id: str,
     *,
-    status: str,
+    status: JobStatus,
     error: str | None,
     now: float,
     ttl_s: float,
 ) -> None:
-    """End a job: results expire `ttl_s` after now; uploads are no longer referenced.
+    """End a job: results expire `ttl_s` after now, and the size of its ZIP is kept.
 
     Files still queued or processing (a cancelled job) become `cancelled`.
     """
-    if status not in FINISHED_STATUSES:
-        raise ValueError(f"status must be one of {FINISHED_STATUSES}, got {status!r}")
+    if status not in FINISHED:
+        raise ValueError(f"status must be one of {sql_list(FINISHED)}, got {status!r}")
     stamp = iso(now)
     conn.execute(
-        """UPDATE job_files SET status = 'cancelled', updated_at = ?
-           WHERE job_id = ? AND status IN ('queued', 'processing')""",
-        (stamp, job_id),
+        f"""UPDATE job_files SET status = ?, updated_at = ?
+            WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
+        (JobStatus.CANCELLED, stamp, job_id),
     )
     conn.execute(
         """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
-                           expires_at = ?, cancelled_at = CASE WHEN ? = 'cancelled'
+                           expires_at = ?, cancelled_at = CASE WHEN ? = ?
                                THEN coalesce(cancelled_at, ?) ELSE cancelled_at END
            WHERE id = ?""",
-        (status, error, stamp, stamp, iso_after(now, ttl_s), status, stamp, job_id),
-    )
+        (status, error, stamp, stamp, iso_after(now, ttl_s), status, JobStatus.CANCELLED,
+         stamp, job_id),
+    )  # fmt: skip
+    keep_archive_size(conn, job_id)
+
+
+def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
+    """Record the size of the job's ZIP as its rows now lay it out (None: no outputs)."""
+    job = require_job(conn, job_id)
+    size = archive.size_of(job) if job.outputs else None
+    conn.execute("UPDATE jobs SET archive_bytes = ? WHERE id = ?", (size, job_id))
 
 
 def clear_uploads(conn: sqlite3.Connection, job_id: str) -> None:
@@ -332,19 +360,15 @@ def request_cancel(conn: sqlite3.Connection, job_id: str, *, now: float, ttl_s: 
     a job that has already ended.
     """
     job = require_job(conn, job_id)
-    if job.status in TERMINAL_STATUSES:
+    if job.status in TERMINAL:
         raise JobAlreadyFinished(job_id, job.status)
-    if job.status == "queued":
+    if job.status == JobStatus.QUEUED:
         conn.execute("UPDATE jobs SET cancelled_at = ? WHERE id = ?", (iso(now), job_id))
-        finish_job(conn, job_id, status="cancelled", error=None, now=now, ttl_s=ttl_s)
-        return "cancelled"
+        finish_job(conn, job_id, status=JobStatus.CANCELLED, error=None, now=now, ttl_s=ttl_s)
+        return JobStatus.CANCELLED
     if job.cancelled_at is None:
         conn.execute(
             "UPDATE jobs SET cancelled_at = ?, updated_at = ? WHERE id = ?",
             (iso(now), iso(now), job_id),
         )
     return job.status
-
-
-def delete_job(conn: sqlite3.Connection, job_id: str) -> None:
-    conn.execute("DELETE FROM jobs WHERE id = ?", (job_id,))

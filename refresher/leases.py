@@ -13,7 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from refresher.db import FINISHED_STATUSES
+from refresher.status import FINISHED, TOMBSTONES
 
 
 @dataclass(frozen=True)
@@ -41,9 +41,9 @@ def acquire(
     if conn.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,)).fetchone():
         return Lease(lease_id, job_id)
     row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None or row[0] in ("expired", "evicted"):
+    if row is None or row[0] in TOMBSTONES:
         raise LeaseRefused(job_id, "gone")
-    if row[0] not in FINISHED_STATUSES:
+    if row[0] not in FINISHED:
         raise LeaseRefused(job_id, "not_ready")
     if conn.execute("SELECT 1 FROM deletion_reservations WHERE job_id = ?", (job_id,)).fetchone():
         raise LeaseRefused(job_id, "reserved")
@@ -81,7 +81,3 @@ def unreserve(conn: sqlite3.Connection, job_id: str) -> None:
 def drop_other_boots(conn: sqlite3.Connection, boot_id: str) -> int:
     """Remove leases of earlier processes: their downloads died with them."""
     return conn.execute("DELETE FROM leases WHERE boot_id != ?", (boot_id,)).rowcount
-
-
-def leased_jobs(conn: sqlite3.Connection) -> dict[str, int]:
-    return dict(conn.execute("SELECT job_id, count(*) FROM leases GROUP BY job_id").fetchall())

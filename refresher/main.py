@@ -29,9 +29,9 @@ from actors.janitor import Janitor
 from actors.processor import Processor
 from actors.runtime import Supervisor
 from refresher import credentials as credentials_store
-from refresher import media
 from refresher.config import Config
 from refresher.db import Database
+from refresher.ffmpeg import find_ffmpeg
 from refresher.storage import Paths
 from web.app import create_app
 from web.state import AppState
@@ -117,7 +117,7 @@ async def serve(
             credentials.password,
             credentials.password_source,
         )
-    ffmpeg = await trio.to_thread.run_sync(media.find_ffmpeg, config.ffmpeg)
+    ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, config.ffmpeg)
     LOGGER.info("using FFmpeg at %s", ffmpeg)
     db = await Database.open(paths.database)
     try:
@@ -135,7 +135,7 @@ async def serve(
         processor = Processor(
             db,
             paths,
-            events,
+            events.publish,
             ffmpeg=ffmpeg,
             ttl_s=config.job_ttl_s,
             now=now,

@@ -12,9 +12,16 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Paths:
-    """The layout of the data directory; nothing else builds paths under it."""
+    """The layout of the data directory; nothing else builds paths under it.
+
+    `root` is made absolute once, here, so that every path below is absolute and checking
+    one is a matter of text, not of system calls.
+    """
 
     root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(os.path.abspath(self.root)))
 
     @property
     def database(self) -> Path:
@@ -47,11 +54,15 @@ class Paths:
         return path.relative_to(self.root).as_posix()
 
     def absolute(self, stored: str) -> Path:
-        """The path a database row names, refusing anything outside the data directory."""
-        path = (self.root / stored).resolve()
-        if not path.is_relative_to(self.root.resolve()):
+        """The path a database row names, refusing anything outside the data directory.
+
+        Lexical (no system call): rows name paths this service wrote, so what is checked
+        is that `..` or an absolute name cannot lead out, not where links point.
+        """
+        path = os.path.normpath(os.path.join(self.root, stored))
+        if not path.startswith(os.path.join(self.root, "")):
             raise ValueError(f"stored path {stored!r} leaves the data directory")
-        return path
+        return Path(path)
 
     def create(self) -> None:
         """Make the directories the service writes into (blocking: call from a thread)."""
@@ -76,12 +87,6 @@ def write_private_file(path: Path, data: bytes) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-
-
-def volume_free_bytes(path: Path) -> int:
-    """Bytes an unprivileged writer can still put on the volume holding `path`."""
-    stats = os.statvfs(path)
-    return stats.f_bavail * stats.f_frsize
 
 
 def remove_tree(path: Path) -> None:

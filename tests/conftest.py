@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +12,11 @@ import pytest
 import trio
 
 from refresher.config import Config
+from refresher.ffmpeg import find_ffmpeg
 from refresher.main import RunningService, serve
-from refresher.media import find_ffmpeg
-from tests.media_clips import ClipSpec, make_clip
-
-TEST_PASSWORD = "correct horse battery"
+from tests.support.clips import ClipSpec, make_clip
+from tests.support.clock import WallClock
+from tests.support.http import TEST_PASSWORD, StartService
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,19 +38,6 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
     )
 
 
-class WallClock:
-    """A wall clock the test moves by hand (unix seconds)."""
-
-    def __init__(self, start: float = 1_800_000_000.0) -> None:
-        self.value = start
-
-    def __call__(self) -> float:
-        return self.value
-
-    def advance(self, seconds: float) -> None:
-        self.value += seconds
-
-
 @pytest.fixture
 def config(tmp_path: Path) -> Config:
     return Config(
@@ -65,9 +52,6 @@ def config(tmp_path: Path) -> Config:
 @pytest.fixture
 def wall_clock() -> WallClock:
     return WallClock()
-
-
-StartService = Callable[..., Awaitable[RunningService]]
 
 
 @pytest.fixture

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import trio
 
-from refresher import orphans
-from tests.web.jobs_helpers import finished, some_variation_done, upload, wait_for_job
+from refresher.ffmpeg import find_leftover_encoders
+from tests.support.http import finished, some_variation_done, upload, wait_for_job
 
 GRACE_S = 3.0
 
@@ -153,11 +153,11 @@ async def test_job_resumes_after_the_service_is_killed_mid_encode(
             http.headers["Authorization"] = f"Bearer {login.json()['token']}"
             job_id = (await upload(http, [clips.long], variations="12")).json()["jobId"]
             await wait_for_job(http, job_id, some_variation_done)
-        marked = await trio.to_thread.run_sync(orphans.find_marked, data_dir)
+        marked = await trio.to_thread.run_sync(find_leftover_encoders, data_dir)
         first.process.send_signal(signal.SIGKILL)
         await first.process.wait()
     # kill -9 orphans the encoders; they die of a broken pipe at their next progress
-    # report or are killed by the next start (tests/refresher/test_orphans.py).
+    # report or are killed by the next start (tests/refresher/test_ffmpeg.py).
     assert marked
     async with running_service(data_dir) as second:
         async with httpx.AsyncClient(base_url=second.url, timeout=30) as http:
@@ -169,7 +169,7 @@ async def test_job_resumes_after_the_service_is_killed_mid_encode(
     assert detail["status"] == "completed"
     assert [out["variationIndex"] for out in detail["files"][0]["outputs"]] == list(range(1, 13))
     assert all(b"zombie" in _state(pid) for pid in marked)
-    assert await trio.to_thread.run_sync(orphans.find_marked, data_dir) == []
+    assert await trio.to_thread.run_sync(find_leftover_encoders, data_dir) == []
 
 
 def _state(pid: int) -> bytes:

@@ -1,18 +1,13 @@
-"""Login with the team's shared password, bearer tokens, and a login rate limit."""
+"""`POST /api/auth`: login with the team's shared password, under a rate limit."""
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
-from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
-from typing import ParamSpec, TypeVar
 
 from quart import Blueprint, Response, jsonify, request
 
-from refresher import tokens
-from refresher.db import utc_iso
+from refresher import timestamps, tokens
 from web.errors import ApiError
 from web.state import state
 
@@ -21,10 +16,6 @@ LOGGER = logging.getLogger(__name__)
 SESSION_TTL_S = 24 * 3600
 # A password in JSON is tiny; refuse large bodies before Quart buffers them whole.
 MAX_LOGIN_BODY_BYTES = 4096
-P = ParamSpec("P")
-R = TypeVar("R")
-
-CHALLENGE = {"WWW-Authenticate": "Bearer"}
 
 blueprint = Blueprint("auth", __name__)
 
@@ -67,49 +58,4 @@ async def login() -> Response:
         now=now,
         ttl_s=SESSION_TTL_S,
     )
-    expires_at = utc_iso(datetime.fromtimestamp(token.expires_at, UTC))
-    return jsonify({"token": token.value, "expiresAt": expires_at})
-
-
-def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
-    """Let the request through only with a valid session bearer token; else 401."""
-
-    @functools.wraps(handler)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        check_bearer()
-        return await handler(*args, **kwargs)
-
-    return wrapper
-
-
-def check_bearer(*, also_scope: str | None = None) -> None:
-    """Accept a session bearer token; raise a 401 `ApiError` otherwise.
-
-    With `also_scope`, a `?token=` query parameter is accepted too: a session token (a
-    browser's EventSource or download manager cannot send headers) or a token signed for
-    `also_scope` alone (a job's signed link).
-    """
-    scheme, _, header_token = request.headers.get("Authorization", "").partition(" ")
-    if scheme.lower() == "bearer" and header_token.strip():
-        _verify(header_token.strip(), (tokens.SESSION_SCOPE,))
-    elif also_scope is not None and (query_token := request.args.get("token")):
-        _verify(query_token, (tokens.SESSION_SCOPE, also_scope))
-    else:
-        raise ApiError(401, "Log in first: this needs a bearer token.", headers=CHALLENGE)
-
-
-def _verify(token: str, scopes: tuple[str, ...]) -> None:
-    app_state = state()
-    for scope in scopes:
-        try:
-            tokens.verify(
-                app_state.credentials.token_secret, token, scope=scope, now=app_state.now()
-            )
-        except tokens.TokenExpired:
-            raise ApiError(
-                401, "Your session has expired; log in again.", headers=CHALLENGE
-            ) from None
-        except tokens.TokenError:
-            continue
-        return
-    raise ApiError(401, "That token is not valid; log in again.", headers=CHALLENGE)
+    return jsonify({"token": token.value, "expiresAt": timestamps.iso(token.expires_at)})

@@ -18,13 +18,14 @@ import trio
 from quart import Blueprint, Response, request
 
 from actors.download_tracker import Lease, LeaseRefused, TrackerUnavailable
-from refresher import archive, jobstore
+from refresher import archive
+from refresher.status import FINISHED, TOMBSTONES
 from refresher.zipplan import ZipPlan
 from web import ranges
-from web.auth import check_bearer
+from web.access import check_bearer
 from web.errors import ApiError
-from web.jobs import load_or_404
 from web.state import AppState, state
+from web.views import load_or_404
 
 LOGGER = logging.getLogger(__name__)
 
@@ -113,9 +114,9 @@ async def download(job_id: str) -> Response:
     check_bearer(also_scope=f"job:{job_id}")
     app_state = state()
     job = await load_or_404(app_state, job_id)
-    if job.status in ("expired", "evicted"):
+    if job.status in TOMBSTONES:
         raise ApiError(410, "This job's results have expired or were removed.")
-    if job.status not in jobstore.FINISHED_STATUSES or not job.outputs:
+    if job.status not in FINISHED or not job.outputs:
         raise ApiError(404, "This job has no results to download yet.")
     built = archive.build(job, app_state.paths)
     headers = _headers(built)

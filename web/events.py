@@ -8,10 +8,10 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response
 
-from refresher import jobstore
-from web.auth import check_bearer
-from web.jobs import job_detail, load_or_404
+from refresher.status import TERMINAL
+from web.access import check_bearer
 from web.state import state
+from web.views import job_detail, load_or_404
 
 # A comment line this often keeps proxies (and Fly's) from closing an idle stream.
 HEARTBEAT_S = 15.0
@@ -36,7 +36,7 @@ async def job_events(job_id: str) -> Response:
             # Read the state only after subscribing, so no event falls between the two.
             job = await load_or_404(app_state, job_id)
             yield f"retry: {RETRY_MS}\n\n".encode() + sse("status", job_detail(job, app_state))
-            if job.status in jobstore.TERMINAL_STATUSES:
+            if job.status in TERMINAL:
                 return
             while True:
                 event = None
@@ -48,9 +48,7 @@ async def job_events(job_id: str) -> Response:
                 if event is None:
                     yield b": keep-alive\n\n"
                     continue
-                if event.kind == "status" and event.data.get("status") in (
-                    jobstore.TERMINAL_STATUSES
-                ):
+                if event.kind == "status" and event.data.get("status") in TERMINAL:
                     job = await load_or_404(app_state, job_id)
                     yield sse("status", job_detail(job, app_state))
                     return

@@ -7,8 +7,7 @@ from importlib import metadata
 import trio
 from quart import Blueprint, Response, jsonify
 
-from refresher import db as queries
-from refresher.storage import volume_free_bytes
+from refresher.usage import read_volume, stored_bytes
 from web.state import state
 
 blueprint = Blueprint("health", __name__)
@@ -30,8 +29,8 @@ async def health() -> tuple[Response, int]:
     }
     healthy = all(actor["state"] == "running" for actor in actors.values())
     status = "stopping" if app_state.stopping else ("ok" if healthy else "degraded")
-    used = await app_state.db.read(queries.stored_bytes)
-    free = await trio.to_thread.run_sync(volume_free_bytes, app_state.paths.root)
+    used = await app_state.db.read(stored_bytes)
+    volume_used, volume_usable = await trio.to_thread.run_sync(read_volume, app_state.paths.root)
     body = {
         "status": status,
         "version": service_version(),
@@ -39,7 +38,7 @@ async def health() -> tuple[Response, int]:
         "storage": {
             "usedBytes": used,
             "quotaBytes": app_state.config.storage_quota_bytes,
-            "volumeFreeBytes": free,
+            "volumeFreeBytes": volume_usable - volume_used,
         },
         "actors": actors,
     }

@@ -13,9 +13,10 @@ from quart import Blueprint, Response, jsonify, request
 
 from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
-from refresher import jobstore, media
+from refresher import jobstore
+from refresher.probe import NotAVideo, Probe, probe
 from refresher.storage import remove_tree
-from web.auth import require_login
+from web.access import require_login
 from web.errors import ApiError
 from web.multipart_stream import FormRejected, ReceivedFile, boundary_of, receive_form
 from web.state import AppState, state
@@ -54,12 +55,12 @@ def parse_variations(raw: str | None, maximum: int) -> int:
     return value
 
 
-async def probe_upload(upload: ReceivedFile) -> media.Probe:
+async def probe_upload(upload: ReceivedFile) -> Probe:
     if upload.size == 0:
         raise ApiError(400, f"“{upload.name}” is empty.")
     try:
-        return await trio.to_thread.run_sync(media.probe, upload.path)
-    except media.NotAVideo as err:
+        return await trio.to_thread.run_sync(probe, upload.path)
+    except NotAVideo as err:
         raise ApiError(415, f"“{upload.name}” {err.reason}. Upload MP4 or MOV videos.") from None
 
 

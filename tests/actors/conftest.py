@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import trio.testing
 
 from refresher.db import Database
 from refresher.storage import Paths
@@ -23,3 +24,11 @@ def paths(tmp_path: Path) -> Paths:
     data = Paths(tmp_path / "data")
     data.create()
     return data
+
+
+@pytest.fixture
+def idle_jump_clock() -> trio.testing.MockClock:
+    """Virtual time that jumps only after 50 ms of real idleness: SQLite runs in threads,
+    during which trio sees every task blocked, and a clock that jumped at once would
+    skip past them."""
+    return trio.testing.MockClock(autojump_threshold=0.05)

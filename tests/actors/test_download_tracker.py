@@ -8,7 +8,7 @@ from actors.runtime import Supervisor
 from refresher import jobstore
 from refresher.db import Database
 from refresher.storage import Paths
-from tests.job_factory import NOW, make_finished_job
+from tests.support.jobs import NOW, make_finished_job
 
 
 async def start(nursery: trio.Nursery, tracker: DownloadTracker) -> Supervisor:

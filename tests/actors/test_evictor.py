@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
-import sqlite3
 import subprocess
-import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -21,14 +19,15 @@ import trio
 import trio.testing
 
 from actors.download_tracker import DownloadTracker
-from actors.evictor import Evictor, EvictorUnavailable, UsageChanged
+from actors.evictor import Evictor, EvictorUnavailable
 from actors.runtime import Supervisor
-from refresher import jobstore, lifecycle
-from refresher.db import Database, stored_bytes
+from refresher import jobstore
+from refresher.db import Database
 from refresher.storage import Paths
-from tests.actors.fakes import GatedTracker
-from tests.conftest import WallClock
-from tests.job_factory import NOW, make_finished_job
+from refresher.usage import read_volume, stored_bytes
+from tests.support.clock import DAY_S, WallClock, wait_for
+from tests.support.fakes import GatedTracker
+from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
 
 JOB_BYTES = 2000
 GIB = 1024**3
@@ -111,40 +110,15 @@ async def test_evicts_the_oldest_finished_jobs_exactly_until_under_the_low_mark(
     assert all(paths.job_dir(job_id).exists() for job_id in jobs[3:])
 
 
-async def make_busy_job(db: Database, paths: Paths, *, processing: bool) -> str:
-    """A queued (or processing, with one output done) job whose upload holds 1000 bytes."""
-    job_id = str(uuid.uuid4())
-    upload = paths.upload_dir(job_id) / "0.upload"
-    upload.parent.mkdir(parents=True)
-    upload.write_bytes(b"u" * 1000)
-    new_file = jobstore.NewFile(str(uuid.uuid4()), "ad.mp4", paths.relative(upload), 1000, 1.0)
-    output = paths.job_dir(job_id) / f"{new_file.id}_var1.mp4"
-
-    def record(conn: sqlite3.Connection) -> None:
-        jobstore.insert_job(
-            conn, job_id=job_id, files=[new_file], variations_per_video=2, seed=1,
-            now=NOW - 10 * 24 * 3600, ttl_s=24 * 3600,
-        )  # fmt: skip
-        if processing:
-            jobstore.claim_next(conn, NOW)
-            jobstore.record_output(
-                conn, output_id=str(uuid.uuid4()), job_id=job_id, file_id=new_file.id,
-                variation_index=1, path=paths.relative(output), size=1000, crc32=0,
-                effects={}, now=NOW,
-            )  # fmt: skip
-
-    if processing:
-        output.parent.mkdir(parents=True)
-        output.write_bytes(b"o" * 1000)
-    await db.write(record)
-    return job_id
-
-
 async def test_processing_queued_and_leased_jobs_survive_eviction(
     nursery: trio.Nursery, db: Database, paths: Paths
 ) -> None:
-    processing = await make_busy_job(db, paths, processing=True)
-    queued = await make_busy_job(db, paths, processing=False)
+    # A queued and a processing job (one output done), each upload holding 1000 bytes.
+    long_ago = NOW - 10 * DAY_S
+    processing = await make_unfinished_job(
+        db, paths, processing=True, upload_bytes=1000, output_bytes=1000, now=long_ago
+    )
+    queued = await make_unfinished_job(db, paths, upload_bytes=1000, now=long_ago)
     leased, free, newest = await make_jobs(db, paths, 3)
     tracker = DownloadTracker(db, now=WallClock())
     # Stored: 2000 (processing) + 1000 (queued) + 3 x 2000 = 9000 of a 1000-byte quota:
@@ -242,7 +216,7 @@ async def test_statvfs_of_a_real_small_volume_drives_eviction(
         await make_finished_job(db, paths, now=NOW + index, size=64 * 1024, seed=index)
         for index in range(6)
     ]
-    used, total = lifecycle.statvfs_usage(tmpfs)
+    used, total = read_volume(tmpfs)
     assert total == 1024 * 1024
     # 6 jobs x 128 KiB = 768 KiB of 1 MiB: 0.75 > 0.7. Each eviction frees 128 KiB:
     # 0.625, 0.5, then 0.375, the first under 0.4. So the 3 oldest go.
@@ -253,7 +227,7 @@ async def test_statvfs_of_a_real_small_volume_drives_eviction(
         )
         assert await evictor.request_room(0)
     assert await statuses(db, jobs) == ["evicted"] * 3 + ["completed"] * 3
-    assert lifecycle.statvfs_usage(tmpfs) == (384 * 1024, 1024 * 1024)
+    assert read_volume(tmpfs) == (384 * 1024, 1024 * 1024)
 
 
 async def test_request_room_evicts_only_what_the_request_needs(
@@ -282,16 +256,6 @@ async def test_request_room_evicts_only_what_the_request_needs(
             await evictor.request_room(-1)
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], *, step_s: float = 0.01) -> None:
-    """Poll `check` until true: the evictor's work shows only in the store, written from
-    threads, so there is no event to wait on. Under a mock clock the steps are virtual."""
-    for _poll in range(2000):
-        if await check():
-            return
-        await trio.sleep(step_s)
-    raise AssertionError(f"{check} still false")
-
-
 def evicted(db: Database, jobs: list[str], count: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return (await statuses(db, jobs)).count("evicted") >= count
@@ -305,29 +269,21 @@ def evicted(db: Database, jobs: list[str], count: int) -> Callable[[], Awaitable
 OTHERS_ARRIVE = 10_000
 
 
-async def test_a_usage_changed_doorbell_makes_the_evictor_look(
+async def test_a_request_for_room_makes_the_evictor_look(
     nursery: trio.Nursery, db: Database, paths: Paths
 ) -> None:
     jobs = await make_jobs(db, paths, 3)
     volume = FakeVolume(total=20_000)
     with trio.fail_after(10):
-        # An hour between periodic looks: within this test only the doorbell can ring.
+        # An hour between periodic looks: within this test only a request makes it look.
         evictor, _tracker, _supervisor = await start(
             nursery, db, paths, high=0.75, low=0.65, volume=volume, interval_s=3600
         )
         assert await evictor.request_room(0)
         volume.other = OTHERS_ARRIVE
-        assert evictor.inbox.post(UsageChanged())
+        assert await evictor.request_room(0)
         await wait_for(evicted(db, jobs, 2))
     assert await statuses(db, jobs) == ["evicted", "evicted", "completed"]
-
-
-@pytest.fixture
-def idle_jump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps only after 50 ms of real idleness: SQLite runs in threads,
-    during which trio sees every task blocked, and a clock that jumped at once would
-    skip past them."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
 
 
 async def test_the_evictor_looks_every_interval(

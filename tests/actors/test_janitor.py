@@ -10,10 +10,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-import sqlite3
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,23 +22,17 @@ import trio.testing
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
-from refresher import jobstore, lifecycle
+from refresher import jobstore, removal
 from refresher.db import Database
-from refresher.jobstore import iso
+from refresher.removal import RemovalReason
 from refresher.storage import Paths
-from tests.actors.fakes import GatedTracker
-from tests.conftest import WallClock
-from tests.job_factory import NOW, make_finished_job
+from refresher.timestamps import iso
+from tests.support.clock import DAY_S, WallClock, wait_for
+from tests.support.fakes import GatedTracker
+from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
 
 HOUR_S = 3600.0
-DAY_S = 24 * HOUR_S
 INTERVAL_S = 300.0
-
-
-@pytest.fixture
-def idle_jump_clock() -> trio.testing.MockClock:
-    """Virtual time that jumps only after 50 ms of real idleness (see module docstring)."""
-    return trio.testing.MockClock(autojump_threshold=0.05)
 
 
 @pytest.fixture
@@ -67,30 +60,6 @@ async def job_exists(db: Database, job_id: str) -> bool:
     return await db.read(lambda conn: jobstore.load_job(conn, job_id)) is not None
 
 
-async def make_queued_job(
-    db: Database, paths: Paths, *, now: float = NOW, ttl_s: float = DAY_S, claim: bool = False
-) -> str:
-    """A queued job (or, with `claim`, the processing one) whose upload is on disk."""
-    job_id = str(uuid.uuid4())
-    upload = paths.upload_dir(job_id) / "0.upload"
-    upload.parent.mkdir(parents=True)
-    upload.write_bytes(b"v" * 10)
-    new_file = jobstore.NewFile(str(uuid.uuid4()), "ad.mp4", paths.relative(upload), 10, 1.0)
-
-    def record(conn: sqlite3.Connection) -> None:
-        jobstore.insert_job(
-            conn, job_id=job_id, files=[new_file], variations_per_video=2, seed=1, now=now,
-            ttl_s=ttl_s,
-        )  # fmt: skip
-        if claim:
-            claimed = jobstore.claim_next(conn, now)
-            assert claimed is not None
-            assert claimed.id == job_id
-
-    await db.write(record)
-    return job_id
-
-
 def files_on_disk(paths: Paths) -> set[str]:
     return {
         paths.relative(Path(directory) / name)
@@ -101,18 +70,6 @@ def files_on_disk(paths: Paths) -> set[str]:
         for directory, dirs, _names in os.walk(paths.root)
         for name in dirs
     }
-
-
-async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, polls: int = 2000, step_s: float = 0.01
-) -> None:
-    """Poll `check` until true: the actor's work shows only in the store, written from
-    threads, so there is no event to wait on. Under a mock clock the steps are virtual."""
-    for _poll in range(polls):
-        if await check():
-            return
-        await trio.sleep(step_s)
-    raise AssertionError(f"{check} still false after {polls} polls")
 
 
 async def test_finished_job_is_downloadable_until_24_hours_after_it_finished(
@@ -186,9 +143,9 @@ async def test_a_pass_logs_one_summary_line(
 async def test_queued_job_past_expiry_fails_and_its_upload_goes(
     db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
 ) -> None:
-    processing = await make_queued_job(db, paths, claim=True)
-    stale = await make_queued_job(db, paths, now=NOW + 1)
-    fresh = await make_queued_job(db, paths, now=NOW + HOUR_S)
+    processing = await make_unfinished_job(db, paths, processing=True)
+    stale = await make_unfinished_job(db, paths, now=NOW + 1)
+    fresh = await make_unfinished_job(db, paths, now=NOW + HOUR_S)
     janitor = make_janitor(db, paths, tracker, wall_clock)
     wall_clock.value = NOW + DAY_S + 1
     report = await janitor.sweep()
@@ -267,8 +224,8 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
 ) -> None:
     intact = await make_finished_job(db, paths)
-    processing = await make_queued_job(db, paths, claim=True)
-    queued = await make_queued_job(db, paths, now=NOW + 1)
+    processing = await make_unfinished_job(db, paths, processing=True)
+    queued = await make_unfinished_job(db, paths, now=NOW + 1)
     for busy in (queued, processing):  # an interrupted run's partial file, the processor's
         paths.job_dir(busy).mkdir()
         (paths.job_dir(busy) / "f_var1.mp4.part").write_bytes(b"p")
@@ -345,7 +302,7 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     lost = await job(db, all_gone)
     assert (lost.status, lost.deleted_reason, lost.outputs) == (
         "expired",
-        lifecycle.LOST_REASON,
+        removal.LOST_MESSAGE,
         (),
     )
     # A second pass finds nothing more to do.
@@ -418,22 +375,22 @@ async def test_removals_a_kill_cut_short_are_finished_and_evictions_left_alone(
 ) -> None:
     # Killed after the files went, before the row changed.
     files_gone = await make_finished_job(db, paths, now=NOW - DAY_S)
-    assert await tracker.reserve_for_deletion(files_gone, reason=lifecycle.RESERVED_EXPIRED)
+    assert await tracker.reserve_for_deletion(files_gone, reason=RemovalReason.EXPIRED)
     for output in paths.job_dir(files_gone).iterdir():
         output.unlink()
     # Killed after reserving a job whose files were lost, before removing anything.
     judged_lost = await make_finished_job(db, paths, seed=2)
-    assert await tracker.reserve_for_deletion(judged_lost, reason=lifecycle.RESERVED_LOST)
+    assert await tracker.reserve_for_deletion(judged_lost, reason=RemovalReason.LOST)
     # Expired, but the evictor has it: its own restart finishes it.
     evicting = await make_finished_job(db, paths, now=NOW - DAY_S, seed=3)
-    assert await tracker.reserve_for_deletion(evicting, reason=lifecycle.RESERVED_EVICTED)
+    assert await tracker.reserve_for_deletion(evicting, reason=RemovalReason.EVICTED)
 
     report = await make_janitor(db, paths, tracker, wall_clock).sweep()
     assert (report.expired, report.lost) == (1, 1)
     assert (await job(db, files_gone)).deleted_reason == (
         "Results expired 24 hours after the job finished."
     )
-    assert (await job(db, judged_lost)).deleted_reason == lifecycle.LOST_REASON
+    assert (await job(db, judged_lost)).deleted_reason == removal.LOST_MESSAGE
     assert not paths.job_dir(judged_lost).exists()
     assert (await job(db, evicting)).status == "completed"
     assert len(list(paths.job_dir(evicting).glob("*.mp4"))) == 2

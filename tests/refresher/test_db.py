@@ -8,6 +8,8 @@ import trio
 
 from refresher import db as queries
 from refresher.db import MIGRATIONS, Database, connect, migrate, schema_version
+from refresher.jobstore import list_jobs
+from refresher.usage import stored_bytes
 
 NOW = "2026-01-01T00:00:00.000Z"
 
@@ -37,7 +39,7 @@ def test_migrations_build_the_schema_from_empty(tmp_path: Path) -> None:
     assert job_columns == {
         "id", "status", "created_at", "updated_at", "finished_at", "expires_at",
         "total_videos", "variations_per_video", "total_variations", "seed",
-        "thumbnail_path", "error", "cancelled_at", "deleted_reason",
+        "thumbnail_path", "error", "cancelled_at", "deleted_reason", "archive_bytes",
     }  # fmt: skip
 
 
@@ -85,13 +87,13 @@ async def test_open_migrates_and_queries_work(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "nested" / "db.sqlite3")
     await db.write(lambda conn: insert_job(conn, "old", "2026-01-01T00:00:00.000Z"))
     await db.write(lambda conn: insert_job(conn, "new", "2026-01-02T00:00:00.000Z"))
-    rows = await db.read(queries.list_jobs)
+    rows = await db.read(list_jobs)
     assert [(row["id"], row["file_names"]) for row in rows] == [
         ("new", "ad.mp4"),
         ("old", "ad.mp4"),
     ]
     # Two uploads of 100 bytes, not yet deleted; no outputs.
-    assert await db.read(queries.stored_bytes) == 200
+    assert await db.read(stored_bytes) == 200
     await db.aclose()
 
 
@@ -154,4 +156,4 @@ async def test_closed_database_refuses_calls(tmp_path: Path) -> None:
     db = await Database.open(tmp_path / "db.sqlite3")
     await db.aclose()
     with pytest.raises(RuntimeError, match=r"^database is closed$"):
-        await db.read(queries.stored_bytes)
+        await db.read(stored_bytes)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from refresher.zipplan import MAX_32, Member, ZipPlan, dos_datetime
-from tests.zip_tools import check_with_all_tools, render, write_archive
+from tests.support.zips import check_with_all_tools, render, write_archive
 
 MODIFIED = datetime(2026, 11, 25, 12, 30, 14, tzinfo=UTC)
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from tests.conftest import TEST_PASSWORD, WallClock
+from tests.support.clock import WallClock
+from tests.support.http import TEST_PASSWORD
 from web.auth_throttle import LoginThrottle
 
 

@@ -14,9 +14,9 @@ import pytest
 import trio
 
 from refresher.main import RunningService
-from tests.conftest import StartService
-from tests.job_factory import make_finished_job, output_bytes
-from tests.zip_tools import check_with_all_tools
+from tests.support.http import StartService
+from tests.support.jobs import make_finished_job, output_bytes
+from tests.support.zips import check_with_all_tools
 
 
 async def finished_job(service: RunningService, **options: object) -> str:

@@ -16,11 +16,12 @@ import pytest
 import trio
 
 from actors.processor import JobQueued
-from refresher import effects, jobstore, orphans
+from refresher import effects, jobstore
 from refresher.config import Config
+from refresher.ffmpeg import find_leftover_encoders
 from refresher.main import RunningService
-from tests.conftest import StartService
-from tests.web.jobs_helpers import (
+from tests.support.http import (
+    StartService,
     collect_events,
     finished,
     some_variation_done,
@@ -218,7 +219,7 @@ async def test_cancel_mid_encode_keeps_finished_variations(
         f"{detail['files'][0]['id']}_var{out['variationIndex']}.mp4" for out in kept
     )
     assert list((config.data_dir / "uploads").iterdir()) == []
-    assert await trio.to_thread.run_sync(orphans.find_marked, config.data_dir) == []
+    assert await trio.to_thread.run_sync(find_leftover_encoders, config.data_dir) == []
 
 
 async def test_cancel_of_a_queued_job_and_of_unknown_jobs(
@@ -263,7 +264,7 @@ async def test_job_resumes_after_the_processor_is_killed_mid_encode(
     outputs = detail["files"][0]["outputs"]
     assert [out["variationIndex"] for out in outputs] == list(range(1, 13))
     assert service.state.supervisor.status()["processor"].restarts == 1
-    assert await trio.to_thread.run_sync(orphans.find_marked, config.data_dir) == []
+    assert await trio.to_thread.run_sync(find_leftover_encoders, config.data_dir) == []
 
 
 async def queue_job_from_disk(service: RunningService, sources: list[Path], variations: int) -> str:

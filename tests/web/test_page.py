@@ -10,7 +10,7 @@ import trio
 from playwright.sync_api import expect, sync_playwright
 
 from refresher.main import RunningService
-from tests.conftest import TEST_PASSWORD
+from tests.support.http import TEST_PASSWORD
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 # Headless as root in a sandbox with no network beyond loopback: no sandbox, no GPU, and

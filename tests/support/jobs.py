@@ -1,14 +1,17 @@
-"""Finished jobs made directly in the store, for tests about what comes after processing."""
+"""Jobs made directly in the store, for tests of what happens around processing."""
 
 from __future__ import annotations
 
 import random
+import sqlite3
 import uuid
 import zlib
 
 from refresher import jobstore
 from refresher.db import Database
+from refresher.status import JobStatus
 from refresher.storage import Paths
+from tests.support.clock import DAY_S
 
 NOW = 1_800_000_000.0
 
@@ -22,7 +25,7 @@ async def make_finished_job(
     size: int = 4096,
     now: float = NOW,
     ttl_s: float = 24 * 3600,
-    status: str = "completed",
+    status: JobStatus = JobStatus.COMPLETED,
     seed: int = 1,
 ) -> str:
     """Record a finished job whose outputs are random bytes on disk; return its id."""
@@ -55,9 +58,59 @@ async def make_finished_job(
                 crc32=zlib.crc32(content), effects={"rotation": index}, now=now,
             )  # fmt: skip
         for file in files:
-            jobstore.set_file_state(conn, file.id, status="completed", progress=100.0, now=now)
+            jobstore.set_file_state(
+                conn, file.id, status=JobStatus.COMPLETED, progress=100.0, now=now
+            )
         jobstore.finish_job(conn, job_id, status=status, error=None, now=now, ttl_s=ttl_s)
         jobstore.clear_uploads(conn, job_id)
+
+    await db.write(record)
+    return job_id
+
+
+async def make_unfinished_job(
+    db: Database,
+    paths: Paths,
+    *,
+    processing: bool = False,
+    upload_bytes: int = 10,
+    output_bytes: int = 0,
+    now: float = NOW,
+    ttl_s: float = DAY_S,
+) -> str:
+    """A queued job whose upload is on disk; return its id.
+
+    With `processing`, it is the job the processor claimed, and with `output_bytes`, one
+    of its two variations is done (an output of that many bytes on disk).
+    """
+    job_id = str(uuid.uuid4())
+    upload = paths.upload_dir(job_id) / "0.upload"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"u" * upload_bytes)
+    new_file = jobstore.NewFile(
+        str(uuid.uuid4()), "ad.mp4", paths.relative(upload), upload_bytes, 1.0
+    )
+    output = paths.job_dir(job_id) / f"{new_file.id}_var1.mp4"
+    if processing and output_bytes:
+        output.parent.mkdir(parents=True)
+        output.write_bytes(b"o" * output_bytes)
+
+    def record(conn: sqlite3.Connection) -> None:
+        jobstore.insert_job(
+            conn, job_id=job_id, files=[new_file], variations_per_video=2, seed=1, now=now,
+            ttl_s=ttl_s,
+        )  # fmt: skip
+        if not processing:
+            return
+        claimed = jobstore.claim_next(conn, now)
+        assert claimed is not None
+        assert claimed.id == job_id
+        if output_bytes:
+            jobstore.record_output(
+                conn, output_id=str(uuid.uuid4()), job_id=job_id, file_id=new_file.id,
+                variation_index=1, path=paths.relative(output), size=output_bytes, crc32=0,
+                effects={}, now=now,
+            )  # fmt: skip
 
     await db.write(record)
     return job_id

@@ -1,16 +1,22 @@
-"""Helpers for tests that drive jobs over HTTP."""
+"""Helpers for tests that drive the service over HTTP."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import trio
 
-TERMINAL = {"completed", "failed", "cancelled", "expired", "evicted"}
+from refresher.main import RunningService
+from refresher.status import TERMINAL
+
+TEST_PASSWORD = "correct horse battery"
+
+# The `start_service` fixture: starts the whole service; keyword arguments alter the config.
+StartService = Callable[..., Awaitable[RunningService]]
 
 
 async def upload(

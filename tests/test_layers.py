@@ -1,0 +1,116 @@
+"""The house's shape: imports point one way (`web → actors → refresher`), actors know each
+other only through protocols and callables, route modules share through modules of their
+own, and no module grows past what a person reads in one sitting.
+
+Read from the source with `ast`, so an import anywhere in a module counts, inside a
+function or under `TYPE_CHECKING` too.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("refresher", "actors", "web")
+# The composition root and the command line wire everything together: the one exception.
+WIRING = {"refresher.main", "refresher.cli"}
+# The actor framework every actor builds on; not an actor itself.
+ACTOR_RUNTIME = "actors.runtime"
+MAX_LINES = 400
+
+
+def modules() -> dict[str, Path]:
+    return {
+        ".".join(path.relative_to(ROOT).with_suffix("").parts): path
+        for package in PACKAGES
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+
+
+def imported(path: Path) -> set[str]:
+    """First-party modules `path` imports (`from refresher import db` names refresher.db)."""
+    known = modules()
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    return {name for name in found if name.split(".")[0] in PACKAGES}
+
+
+def is_route_module(path: Path) -> bool:
+    return "Blueprint(" in path.read_text()
+
+
+def layer_violations() -> list[str]:
+    found = []
+    for name, path in modules().items():
+        package = name.split(".")[0]
+        for target in sorted(imported(path)):
+            target_package = target.split(".")[0]
+            if name in WIRING:
+                continue
+            if package == "refresher" and target_package in ("actors", "web"):
+                found.append(f"{name} imports {target}: the domain knows no actors or HTTP")
+            elif package == "actors" and target_package == "web":
+                found.append(f"{name} imports {target}: actors know no HTTP")
+            elif (
+                package == "actors"
+                and target_package == "actors"
+                and ACTOR_RUNTIME not in (name, target)
+                and target != name
+            ):
+                found.append(
+                    f"{name} imports {target}: an actor depends on another only through "
+                    "a protocol or a callable"
+                )
+            elif (
+                package == "web"
+                and target != name
+                and is_route_module(path)
+                and is_route_module(modules()[target])
+            ):
+                found.append(f"{name} imports {target}: route modules share through others")
+    return found
+
+
+def test_imports_point_one_way_and_actors_meet_only_through_protocols() -> None:
+    assert layer_violations() == []
+
+
+def test_every_rule_would_catch_its_breach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checker itself: an upward import, an actor importing an actor, and a route
+    module importing a route module are each reported."""
+    breaches = {
+        "refresher/jobstore.py": "from actors.runtime import Mailbox\n",
+        "actors/janitor.py": "from actors.download_tracker import DownloadTracker\n",
+        "web/events.py": "from web.jobs import blueprint\n",
+    }
+    original = Path.read_text
+
+    def read_text(self: Path, *args: object, **kwargs: object) -> str:
+        text = original(self, *args, **kwargs)  # type: ignore[arg-type]
+        relative = self.relative_to(ROOT).as_posix() if self.is_relative_to(ROOT) else ""
+        return text + breaches.get(relative, "")
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    found = layer_violations()
+    assert any(line.startswith("refresher.jobstore imports actors.runtime") for line in found)
+    assert any(line.startswith("actors.janitor imports actors.download_tracker") for line in found)
+    assert any(line.startswith("web.events imports web.jobs") for line in found)
+
+
+def test_no_module_is_longer_than_a_sitting() -> None:
+    long = {
+        name: count
+        for name, path in modules().items()
+        if (count := len(path.read_text().splitlines())) > MAX_LINES
+    }
+    assert long == {}
