@@ -1,4 +1,4 @@
-"""Signed, expiring tokens: the bearer token of a login and, later, signed download links.
+"""Signed, expiring tokens: the bearer token of a login, and the signed links of one job.
 
 A token is `v1.<payload>.<signature>`, both parts base64url without padding. The payload
 is compact JSON `{"scope": ..., "exp": <unix seconds>}`; the signature is HMAC-SHA256
@@ -16,8 +16,13 @@ import json
 from dataclasses import dataclass
 
 VERSION = "v1"
-# The scope of a login token; download links carry `download:<job id>` instead.
+# The scope of a login token: everything a logged-in person may do.
 SESSION_SCOPE = "session"
+
+
+def job_scope(job_id: str) -> str:
+    """The scope of a job's signed links: its download, events and thumbnail, no more."""
+    return f"job:{job_id}"
 
 
 class TokenError(ValueError):

@@ -18,7 +18,7 @@ import trio
 from quart import Blueprint, Response, request
 
 from actors.download_tracker import Lease, LeaseRefused, TrackerUnavailable
-from refresher import archive
+from refresher import archive, tokens
 from refresher.status import FINISHED, TOMBSTONES
 from refresher.zipplan import ZipPlan
 from web import ranges
@@ -111,7 +111,7 @@ def _headers(built: archive.JobArchive) -> dict[str, str]:
 
 @blueprint.route("/api/jobs/<job_id>/download", methods=["GET", "HEAD"])
 async def download(job_id: str) -> Response:
-    check_bearer(also_scope=f"job:{job_id}")
+    check_bearer(also_scope=tokens.job_scope(job_id))
     app_state = state()
     job = await load_or_404(app_state, job_id)
     if job.status in TOMBSTONES:

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response
 
+from refresher import tokens
 from refresher.status import TERMINAL
 from web.access import check_bearer
 from web.state import state
@@ -27,7 +28,7 @@ def sse(kind: str, data: object) -> bytes:
 
 @blueprint.get("/api/jobs/<job_id>/events")
 async def job_events(job_id: str) -> Response:
-    check_bearer(also_scope=f"job:{job_id}")
+    check_bearer(also_scope=tokens.job_scope(job_id))
     app_state = state()
     await load_or_404(app_state, job_id)
 

@@ -9,7 +9,7 @@ import trio
 from quart import Blueprint, Response, jsonify, send_file
 
 from actors.processor import CancelJob
-from refresher import jobstore, removal
+from refresher import jobstore, removal, tokens
 from refresher.removal import RemovalReason
 from refresher.status import ACTIVE, TERMINAL, JobStatus
 from refresher.storage import remove_tree
@@ -115,7 +115,7 @@ async def delete_job(job_id: str) -> Response:
 
 @blueprint.get("/api/jobs/<job_id>/thumbnail")
 async def thumbnail(job_id: str) -> Response:
-    check_bearer(also_scope=f"job:{job_id}")
+    check_bearer(also_scope=tokens.job_scope(job_id))
     job = await load_or_404(state(), job_id)
     if job.thumbnail_path is None:
         raise ApiError(404, "This job has no thumbnail.")

@@ -15,6 +15,7 @@ from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
 from refresher import jobstore
 from refresher.probe import NotAVideo, Probe, probe
+from refresher.status import JobStatus
 from refresher.storage import remove_tree
 from web.access import require_login
 from web.errors import ApiError
@@ -159,7 +160,7 @@ async def create_job() -> tuple[Response, int]:
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
     body = {
         "jobId": job_id,
-        "status": "queued",
+        "status": JobStatus.QUEUED,
         "files": [{"id": f.id, "name": f.original_name, "size": f.file_size} for f in files],
         "variationsPerVideo": variations,
         "totalVariations": variations * len(files),

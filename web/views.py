@@ -43,7 +43,7 @@ def download_link(app_state: AppState, job: jobstore.JobRecord) -> tuple[str, in
     if lifetime <= 0:
         return None
     token = tokens.issue(
-        app_state.credentials.token_secret, scope=f"job:{job.id}", now=now, ttl_s=lifetime
+        app_state.credentials.token_secret, scope=tokens.job_scope(job.id), now=now, ttl_s=lifetime
     )
     # Kept when the job finished; a job finished before the size was kept lays it out.
     size = job.archive_bytes if job.archive_bytes is not None else archive.size_of(job)

@@ -22,10 +22,10 @@ import trio.testing
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
-from refresher import jobstore, removal
+from refresher import archive, jobstore, removal
 from refresher.db import Database
 from refresher.removal import RemovalReason
-from refresher.storage import Paths
+from refresher.storage import Paths, remove_tree
 from refresher.timestamps import iso
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
@@ -394,6 +394,42 @@ async def test_removals_a_kill_cut_short_are_finished_and_evictions_left_alone(
     assert not paths.job_dir(judged_lost).exists()
     assert (await job(db, evicting)).status == "completed"
     assert len(list(paths.job_dir(evicting).glob("*.mp4"))) == 2
+
+
+async def test_a_delete_cut_short_is_finished_by_the_next_pass(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    # A DELETE killed after reserving its job, before removing anything.
+    reserved_only = await make_finished_job(db, paths)
+    assert await tracker.reserve_for_deletion(reserved_only, reason=RemovalReason.DELETED)
+    # One killed after the files went, before the row did; its results had expired too.
+    files_gone = await make_finished_job(db, paths, now=NOW - DAY_S, seed=2)
+    assert await tracker.reserve_for_deletion(files_gone, reason=RemovalReason.DELETED)
+    remove_tree(paths.job_dir(files_gone))
+
+    report = await make_janitor(db, paths, tracker, wall_clock).sweep()
+    # Deleted as their owner asked, not kept until expiry nor turned into tombstones.
+    assert not await job_exists(db, reserved_only)
+    assert not await job_exists(db, files_gone)
+    assert not paths.job_dir(reserved_only).exists()
+    assert (report.expired, report.lost) == (0, 0)
+
+
+async def test_forgetting_vanished_outputs_keeps_the_archive_size_true(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    half_gone = await make_finished_job(db, paths, variations=3)
+    before = (await job(db, half_gone)).archive_bytes
+    assert before == archive.size_of(await job(db, half_gone))
+    sorted(paths.job_dir(half_gone).glob("*.mp4"))[0].unlink()
+
+    await make_janitor(db, paths, tracker, wall_clock).sweep()
+    survivor = await job(db, half_gone)
+    assert len(survivor.outputs) == 2
+    assert survivor.archive_bytes == archive.size_of(survivor)
+    assert survivor.archive_bytes is not None
+    assert before is not None
+    assert survivor.archive_bytes < before
 
 
 @pytest.mark.parametrize(
