@@ -5,12 +5,12 @@ Every change goes through this actor's inbox and is applied in one database tran
 incarnation finds them where the old one left them. Leases of an earlier process are
 dropped when the tracker starts, since their downloads died with that process.
 
-Callers use the public coroutines (`acquire`, `release`, `reserve_for_deletion`,
-`unreserve`); each sends a message and waits for the reply. A request whose reply never
-comes (the tracker was killed while handling it) is sent again; all requests are
-idempotent. If the tracker stays unreachable, `acquire` and `reserve_for_deletion` raise
-`TrackerUnavailable`: the caller refuses the download with 503 or skips the deletion
-until later, so in doubt nothing is deleted.
+Callers use the public coroutines (`acquire`, `release`, `reserve_for_deletion`); each
+sends a message and waits for the reply. A request whose reply never comes (the tracker
+was killed while handling it) is sent again; all requests are idempotent. If the tracker
+stays unreachable, `acquire` and `reserve_for_deletion` raise `TrackerUnavailable`: the
+caller refuses the download with 503 or skips the deletion until later, so in doubt
+nothing is deleted.
 """
 
 from __future__ import annotations
@@ -70,12 +70,7 @@ class Reserve:
     reason: str
 
 
-@dataclass(frozen=True)
-class Unreserve:
-    job_id: str
-
-
-Request = Acquire | Release | Reserve | Unreserve
+Request = Acquire | Release | Reserve
 
 
 @dataclass(frozen=True)
@@ -92,8 +87,6 @@ def _apply(conn: sqlite3.Connection, request: Request, now: str) -> object:
             leases.release(conn, lease_id)
         case Reserve(job_id, reason):
             return leases.reserve_for_deletion(conn, job_id, reason=reason, now=now)
-        case Unreserve(job_id):
-            leases.unreserve(conn, job_id)
     return None
 
 
@@ -150,6 +143,3 @@ class DownloadTracker:
         """Reserve the job for deletion if no download holds it; return whether granted."""
         granted: bool = await self._ask(Reserve(job_id, reason))
         return granted
-
-    async def unreserve(self, job_id: str) -> None:
-        await self._ask(Unreserve(job_id))

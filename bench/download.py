@@ -28,6 +28,7 @@ from pathlib import Path
 
 from refresher import jobstore
 from refresher.db import connect, migrate
+from refresher.status import JobStatus
 from refresher.storage import Paths
 
 PASSWORD = "benchmark-password"
@@ -69,7 +70,7 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
             variation_index=index, path=paths.relative(path), size=size, crc32=crc,
             effects={}, now=now,
         )  # fmt: skip
-    jobstore.finish_job(conn, job_id, status="completed", error=None, now=now, ttl_s=86_400)
+    jobstore.finish_job(conn, job_id, status=JobStatus.COMPLETED, error=None, now=now, ttl_s=86_400)
     jobstore.clear_uploads(conn, job_id)
     conn.execute("COMMIT")
     conn.close()

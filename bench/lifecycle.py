@@ -39,6 +39,7 @@ from actors.evictor import Evictor
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
 from refresher.db import Database, connect, migrate
+from refresher.status import ACTIVE, FINISHED, JobStatus
 from refresher.storage import Paths
 from refresher.timestamps import iso
 from refresher.usage import stored_bytes
@@ -66,14 +67,14 @@ def build(paths: Paths, jobs: int, now: float) -> dict[str, int]:
     }
     counts["processing"] = jobs - sum(counts.values())
     job_rows, file_rows, output_rows = [], [], []
-    finished_statuses = ("completed",) * 8 + ("failed", "cancelled")
+    finished_statuses = (JobStatus.COMPLETED,) * 8 + (JobStatus.FAILED, JobStatus.CANCELLED)
     serial = 0
     for kind, count in counts.items():
         for index in range(count):
             serial += 1
             job_id, file_id = str(uuid.uuid4()), str(uuid.uuid4())
             upload_path = None
-            status, deleted_reason = "queued", None
+            status, deleted_reason = JobStatus.QUEUED, None
             created = finished = now - (serial % 1000) * 60 - 3600
             finished_at: str | None = None
             updated = created
@@ -84,20 +85,20 @@ def build(paths: Paths, jobs: int, now: float) -> dict[str, int]:
                 finished_at = iso(finished)
                 updated, expires = finished, finished + TTL_S
             elif kind in ("tombstone", "old_tombstone"):
-                status = "expired" if index % 2 else "evicted"
+                status = JobStatus.EXPIRED if index % 2 else JobStatus.EVICTED
                 deleted_reason = "Results expired 24 hours after the job finished."
                 back = 2 * 24 * HOUR_S if kind == "tombstone" else 8 * 24 * HOUR_S
                 finished_at, updated, expires = iso(now - back - TTL_S), now - back, now - back
             elif kind == "stale_queued":
                 created, updated, expires = now - TTL_S - 60, now - TTL_S - 60, now - 60
             elif kind == "processing":
-                status = "processing"
-            if status in ("queued", "processing"):
+                status = JobStatus.PROCESSING
+            if status in ACTIVE:
                 upload = paths.upload_dir(job_id) / "0.upload"
                 upload.parent.mkdir()
                 upload.touch()
                 upload_path = paths.relative(upload)
-            if status in ("completed", "failed", "cancelled", "processing"):
+            if status in FINISHED or status == JobStatus.PROCESSING:
                 job_dir = paths.job_dir(job_id)
                 job_dir.mkdir()
                 for variation in range(1, VARIATIONS + 1):
@@ -107,7 +108,7 @@ def build(paths: Paths, jobs: int, now: float) -> dict[str, int]:
                         (str(uuid.uuid4()), job_id, file_id, variation, paths.relative(output),
                          OUTPUT_BYTES, 0, "{}", iso(finished))
                     )  # fmt: skip
-            file_status = status if status in ("queued", "processing", "failed") else "completed"
+            file_status = status if status in ACTIVE | {JobStatus.FAILED} else JobStatus.COMPLETED
             job_rows.append(
                 (job_id, status, iso(created), iso(updated), finished_at, iso(expires),
                  VARIATIONS, serial, deleted_reason)
@@ -182,11 +183,11 @@ async def run(paths: Paths, now: float, evictions: int) -> list[tuple[str, float
             evictor.low = (stored - (evictions - 0.5) * job_bytes) / evictor.quota_bytes
             if not 0 < evictor.low < evictor.high:
                 raise SystemExit(f"--evictions {evictions} is too many for --jobs")
-            before = await db.read(lambda conn: count_status(conn, "evicted"))
+            before = await db.read(lambda conn: count_status(conn, JobStatus.EVICTED))
             results.append(
                 await timed(f"evictor pass, {evictions} evictions", lambda: evictor.request_room(0))
             )
-            after = await db.read(lambda conn: count_status(conn, "evicted"))
+            after = await db.read(lambda conn: count_status(conn, JobStatus.EVICTED))
             results.append(("  evicted", 0.0, after - before))
             nursery.cancel_scope.cancel()
     finally:

@@ -179,6 +179,11 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
+def placeholders(count: int) -> str:
+    """`?, ?, ?`: the parameter marks of an `IN (...)` list of `count` values."""
+    return ", ".join("?" * count)
+
+
 class Database:
     """The job store, usable from trio: `await db.read(fn)` / `await db.write(fn)`.
 

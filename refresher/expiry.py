@@ -26,16 +26,16 @@ class ExpiredJob:
 def expired_jobs(conn: sqlite3.Connection, now: float) -> list[ExpiredJob]:
     """Finished jobs whose results are past `expires_at`, oldest expiry first.
 
-    Jobs the evictor has reserved are left to it; queued and processing jobs never
-    expire by age.
+    Jobs the evictor or a DELETE has reserved are left to them; queued and processing
+    jobs never expire by age.
     """
     rows = conn.execute(
         f"""SELECT id, finished_at, expires_at FROM jobs
             WHERE expires_at <= ? AND status IN {sql_list(FINISHED)}
               AND NOT EXISTS (SELECT 1 FROM deletion_reservations r
-                              WHERE r.job_id = jobs.id AND r.reason = ?)
+                              WHERE r.job_id = jobs.id AND r.reason IN (?, ?))
             ORDER BY expires_at, id""",
-        (iso(now), RemovalReason.EVICTED),
+        (iso(now), RemovalReason.EVICTED, RemovalReason.DELETED),
     ).fetchall()
     return [
         ExpiredJob(job_id, expiry_message(finished_at, expires_at))

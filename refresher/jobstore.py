@@ -74,7 +74,8 @@ class JobRecord:
     error: str | None
     cancelled_at: str | None
     deleted_reason: str | None
-    # The size of the job's ZIP, kept once it finished with outputs; None before.
+    # The size of the job's ZIP, kept when it finished with outputs; None for a job not
+    # finished, without outputs, a tombstone, or finished before the size was kept.
     archive_bytes: int | None
     files: tuple[FileRecord, ...]
 
@@ -338,8 +339,13 @@ def finish_job(
 
 
 def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
-    """Record the size of the job's ZIP as its rows now lay it out (None: no outputs)."""
-    job = require_job(conn, job_id)
+    """Record the size of the job's ZIP as its rows now lay it out (None: no outputs).
+
+    A job gone meanwhile (deleted while a janitor pass ran) is left alone.
+    """
+    job = load_job(conn, job_id)
+    if job is None:
+        return
     size = archive.size_of(job) if job.outputs else None
     conn.execute("UPDATE jobs SET archive_bytes = ? WHERE id = ?", (size, job_id))
 

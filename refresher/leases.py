@@ -13,6 +13,7 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from refresher.removal import RemovalReason
 from refresher.status import FINISHED, TOMBSTONES
 
 
@@ -59,8 +60,17 @@ def release(conn: sqlite3.Connection, lease_id: str) -> None:
 
 
 def reserve_for_deletion(conn: sqlite3.Connection, job_id: str, *, reason: str, now: str) -> bool:
-    """Reserve the job for deletion if no download holds it; return whether it is reserved."""
+    """Reserve the job for deletion if no download holds it; return whether it is reserved.
+
+    A job already reserved stays reserved, under its first reason, except that a user's
+    DELETE takes the reservation over: the job is then deleted, not left a tombstone,
+    whoever finishes the removal. An unknown job is not reserved.
+    """
     if conn.execute("SELECT 1 FROM deletion_reservations WHERE job_id = ?", (job_id,)).fetchone():
+        if reason == RemovalReason.DELETED:
+            conn.execute(
+                "UPDATE deletion_reservations SET reason = ? WHERE job_id = ?", (reason, job_id)
+            )
         return True
     if conn.execute("SELECT 1 FROM leases WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
         return False
@@ -71,11 +81,6 @@ def reserve_for_deletion(conn: sqlite3.Connection, job_id: str, *, reason: str, 
         (job_id, now, reason),
     )
     return True
-
-
-def unreserve(conn: sqlite3.Connection, job_id: str) -> None:
-    """Give a reservation up (the deletion was abandoned); downloads may lease again."""
-    conn.execute("DELETE FROM deletion_reservations WHERE job_id = ?", (job_id,))
 
 
 def drop_other_boots(conn: sqlite3.Connection, boot_id: str) -> int:

@@ -20,6 +20,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from refresher.db import placeholders
 from refresher.ffmpeg import PARTIAL_SUFFIX
 from refresher.jobstore import keep_archive_size
 from refresher.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
@@ -211,7 +212,7 @@ def forget_outputs(conn: sqlite3.Connection, missing: Mapping[str, Collection[st
     keep the size of the job's now smaller archive."""
     forgotten = 0
     for job_id, output_ids in missing.items():
-        marks = ", ".join("?" * len(output_ids))
+        marks = placeholders(len(output_ids))
         forgotten += conn.execute(
             f"DELETE FROM output_files WHERE job_id = ? AND id IN ({marks})",
             (job_id, *output_ids),

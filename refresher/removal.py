@@ -11,7 +11,9 @@ listed, with a message for its owner) or, for a user's DELETE, removes it.
 
 Each reservation records its `RemovalReason`, so a remover killed anywhere in the flow
 is finished later with the same reason: the evictor resumes evictions, the janitor
-every other kind.
+every other kind. A reservation belongs to whoever made it (the janitor, the evictor, or
+the job's owner through DELETE): no remover makes another's job its kind of tombstone,
+and a DELETE takes over any reservation, since the owner's wish comes first.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Protocol
 
 import trio
 
-from refresher.db import Database
+from refresher.db import Database, placeholders
 from refresher.status import FINISHED, TOMBSTONES, JobStatus, sql_list
 from refresher.storage import Paths, remove_tree
 from refresher.timestamps import duration_words, iso, seconds_between
@@ -34,6 +36,9 @@ LOGGER = logging.getLogger(__name__)
 
 LOST_MESSAGE = "The results were lost from the disk, so they can no longer be downloaded."
 EVICTED_MESSAGE = "Removed early to free space for new uploads."
+# A DELETE's reservation younger than this may still be at work in its request: it is
+# resumed only once older. Its files and row take well under a second to go.
+DELETE_RESUME_AFTER_S = 60.0
 
 
 class RemovalReason(StrEnum):
@@ -50,6 +55,13 @@ _TOMBSTONE = {
     RemovalReason.LOST: JobStatus.EXPIRED,
     RemovalReason.EVICTED: JobStatus.EVICTED,
 }
+# Who makes reservations of each reason, and so may finish them.
+_OWNER = {
+    RemovalReason.EXPIRED: "janitor",
+    RemovalReason.LOST: "janitor",
+    RemovalReason.EVICTED: "evictor",
+    RemovalReason.DELETED: "owner",
+}
 
 
 class ReservationUnavailable(RuntimeError):
@@ -60,7 +72,9 @@ class Reserver(Protocol):
     """Grants deletion reservations (the download tracker)."""
 
     async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:
-        """Reserve the job unless a download holds it; raise `ReservationUnavailable`."""
+        """Reserve the job unless a download holds it (or it is unknown): return whether it
+        is reserved now, also when it already was. Raise `ReservationUnavailable` when
+        no answer can be had."""
         ...
 
 
@@ -69,6 +83,7 @@ class Removal:
     """What `remove` did: rows retired, jobs a download held, and whether it stopped early."""
 
     retired: list[str] = field(default_factory=list)
+    # Not reserved: a download holds them (or, rarely, they were gone already).
     busy: list[str] = field(default_factory=list)
     # Set when the reserver stopped answering: the jobs after that were not tried.
     unavailable: ReservationUnavailable | None = None
@@ -122,8 +137,14 @@ async def resume(
     db: Database, paths: Paths, reasons: Collection[RemovalReason], *, now: Callable[[], float]
 ) -> dict[RemovalReason, list[str]]:
     """Finish removals a kill or crash cut short: jobs reserved under one of `reasons`
-    whose row was not retired yet. Return the ids retired, by reason."""
-    interrupted = await db.read(lambda conn: _interrupted(conn, reasons))
+    whose row was not retired yet. Return the ids retired, by reason.
+
+    Call it from the one remover of each reason (the janitor, the evictor), before it
+    starts removals of its own, so the reservations it finds are not at work. A DELETE's
+    runs in its request, so it is taken only once `DELETE_RESUME_AFTER_S` old.
+    """
+    moment = now()
+    interrupted = await db.read(lambda conn: _interrupted(conn, reasons, moment))
     retired: dict[RemovalReason, list[str]] = {}
     for reason, messages in interrupted.items():
         LOGGER.warning("finishing %d removals (%s) an earlier run left", len(messages), reason)
@@ -174,10 +195,10 @@ def retire(
     """Retire the rows of reserved jobs whose files are gone; return the ids retired.
 
     A tombstone keeps the row and its source names, with `messages[id]` as the reason
-    shown; outputs and reservation go. Only a finished job reserved for removal changes,
-    and the evictor's reservations are its own: a job the janitor reserved is never made
-    `evicted`, nor an evicting one `expired`. A DELETE takes any reserved job, or a
-    tombstone, and its row goes; a job already gone counts as retired.
+    shown; outputs and reservation go. Only a finished job reserved by the same remover
+    changes: a job the janitor reserved is never made `evicted`, an evicting one never
+    `expired`, and one a DELETE reserved is never left a tombstone. A DELETE takes any
+    reserved job, or a tombstone, and its row goes; a job already gone counts as retired.
     """
     changed = []
     for job_id, message in messages.items():
@@ -192,7 +213,7 @@ def retire(
             if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
                 changed.append(job_id)
             continue
-        if row is None or (row[0] == RemovalReason.EVICTED) != (reason is RemovalReason.EVICTED):
+        if row is None or _OWNER[RemovalReason(row[0])] != _OWNER[reason]:
             continue
         updated = conn.execute(
             f"""UPDATE jobs SET status = ?, deleted_reason = ?, updated_at = ?,
@@ -210,20 +231,25 @@ def retire(
 
 
 def _interrupted(
-    conn: sqlite3.Connection, reasons: Collection[RemovalReason]
+    conn: sqlite3.Connection, reasons: Collection[RemovalReason], now: float
 ) -> dict[RemovalReason, dict[str, str | None]]:
     """Reserved jobs whose rows were not retired, by reason, with their owners' messages."""
-    marks = ", ".join("?" * len(reasons))
     rows = conn.execute(
-        f"""SELECT r.job_id, r.reason, jobs.status, jobs.finished_at, jobs.expires_at
+        f"""SELECT r.job_id, r.reason, r.reserved_at, jobs.status, jobs.finished_at,
+                   jobs.expires_at
             FROM deletion_reservations r JOIN jobs ON jobs.id = r.job_id
-            WHERE r.reason IN ({marks}) ORDER BY r.reserved_at, r.job_id""",
+            WHERE r.reason IN ({placeholders(len(reasons))})
+            ORDER BY r.reserved_at, r.job_id""",
         tuple(reasons),
     ).fetchall()
+    settled = iso(now - DELETE_RESUME_AFTER_S)
     found: dict[RemovalReason, dict[str, str | None]] = {}
-    for job_id, reserved_as, status, finished_at, expires_at in rows:
+    for job_id, reserved_as, reserved_at, status, finished_at, expires_at in rows:
         reason = RemovalReason(reserved_as)
-        if reason is not RemovalReason.DELETED and status not in FINISHED:
+        if reason is RemovalReason.DELETED:
+            if reserved_at > settled:
+                continue
+        elif status not in FINISHED:
             continue
         message = {
             RemovalReason.EXPIRED: expiry_message(finished_at, expires_at),

@@ -406,13 +406,37 @@ async def test_a_delete_cut_short_is_finished_by_the_next_pass(
     files_gone = await make_finished_job(db, paths, now=NOW - DAY_S, seed=2)
     assert await tracker.reserve_for_deletion(files_gone, reason=RemovalReason.DELETED)
     remove_tree(paths.job_dir(files_gone))
+    janitor = make_janitor(db, paths, tracker, wall_clock)
 
-    report = await make_janitor(db, paths, tracker, wall_clock).sweep()
+    # A DELETE reserved this recently may still be at work in its request: left to it.
+    wall_clock.advance(removal.DELETE_RESUME_AFTER_S - 1)
+    report = await janitor.sweep()
+    assert await job_exists(db, reserved_only)
+    assert await job_exists(db, files_gone)
+    assert (report.expired, report.lost) == (0, 0)
+
+    wall_clock.advance(1)
+    report = await janitor.sweep()
     # Deleted as their owner asked, not kept until expiry nor turned into tombstones.
     assert not await job_exists(db, reserved_only)
     assert not await job_exists(db, files_gone)
     assert not paths.job_dir(reserved_only).exists()
     assert (report.expired, report.lost) == (0, 0)
+
+
+async def test_a_delete_takes_over_a_removal_the_janitor_began(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    # Expiring: reserved by the janitor, whose pass was then cut short.
+    job_id = await make_finished_job(db, paths, now=NOW - DAY_S)
+    assert await tracker.reserve_for_deletion(job_id, reason=RemovalReason.EXPIRED)
+    # Its owner deletes it meanwhile; the request dies before removing anything.
+    assert await tracker.reserve_for_deletion(job_id, reason=RemovalReason.DELETED)
+
+    wall_clock.advance(removal.DELETE_RESUME_AFTER_S)
+    report = await make_janitor(db, paths, tracker, wall_clock).sweep()
+    assert not await job_exists(db, job_id)  # deleted, not left an `expired` tombstone
+    assert report.expired == 0
 
 
 async def test_forgetting_vanished_outputs_keeps_the_archive_size_true(

@@ -157,3 +157,8 @@ async def test_closed_database_refuses_calls(tmp_path: Path) -> None:
     await db.aclose()
     with pytest.raises(RuntimeError, match=r"^database is closed$"):
         await db.read(stored_bytes)
+
+
+def test_placeholders_mark_one_parameter_per_value() -> None:
+    assert queries.placeholders(3) == "?, ?, ?"
+    assert queries.placeholders(1) == "?"
