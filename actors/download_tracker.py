@@ -125,12 +125,26 @@ class DownloadTracker:
         raise TrackerUnavailable(type(request).__name__)
 
     async def acquire(self, job_id: str) -> Lease:
-        """Lease the job's files for one download; raise `LeaseRefused` if it may not be read."""
-        lease: Lease = await self._ask(Acquire(uuid.uuid4().hex, job_id, self.boot_id))
+        """Lease the job's files for one download; raise `LeaseRefused` if it may not be read.
+
+        Cancel-safe: a caller cancelled (or timed out) while the tracker may already have
+        written the lease gives it back before the cancellation goes on, so no lease is
+        left that nobody holds. The give-back queues behind the request in the inbox,
+        which the tracker serves in order.
+        """
+        request = Acquire(uuid.uuid4().hex, job_id, self.boot_id)
+        try:
+            lease: Lease = await self._ask(request)
+        except LeaseRefused:
+            raise
+        except BaseException:
+            await self.release(Lease(request.lease_id, job_id))
+            raise
         return lease
 
     async def release(self, lease: Lease) -> None:
-        """Give the lease back. Shielded: it runs to the end even in a cancelled task."""
+        """Give the lease back (a lease already given back is fine). Shielded: it runs to
+        the end even in a cancelled task."""
         with trio.CancelScope(shield=True):
             try:
                 await self._ask(Release(lease.id))

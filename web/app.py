@@ -8,7 +8,8 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 
 from web import auth, downloads, errors, events, health, jobs, uploads
-from web.backpressure import BackpressureHTTPConnection, BoundedRequest
+from web.backpressure import BoundedRequest
+from web.closing import ClosingHTTPConnection
 from web.state import EXTENSION_KEY, AppState
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -20,7 +21,7 @@ def create_app(app_state: AppState) -> QuartTrio:
     """Build the app around `app_state`; it holds no other state of its own."""
     app = QuartTrio(__name__, static_folder=None)
     app.request_class = BoundedRequest
-    app.asgi_http_class = BackpressureHTTPConnection
+    app.asgi_http_class = ClosingHTTPConnection
     config = app_state.config
     app.config.update(
         # Quart cuts responses and request bodies after 60 s by default: a download or

@@ -3,8 +3,9 @@
 The archive's layout is known from the database before a byte is read
 (`refresher.archive`), so the response carries Content-Length, a strong ETag and
 Last-Modified, answers a single `Range` with 206, and HEAD reads no file. A GET holds a
-download lease from its first byte to the end of its stream (also when the client goes
-away), so no cleanup deletes a file under it.
+download lease from before its first byte until the connection's handling of the request
+ends (also when the client goes away, at any moment), so no cleanup deletes a file under
+it and no lease outlives its download.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ from urllib.parse import quote
 import trio
 from quart import Blueprint, Response, request
 
-from actors.download_tracker import Lease, LeaseRefused, TrackerUnavailable
+from actors.download_tracker import LeaseRefused, TrackerUnavailable
 from refresher import archive, tokens
 from refresher.status import FINISHED, TOMBSTONES
 from refresher.zipplan import ZipPlan
 from web import ranges
 from web.access import check_bearer
+from web.closing import on_close
 from web.errors import ApiError
 from web.state import AppState, state
 from web.views import load_or_404
@@ -52,9 +54,7 @@ def _read_exactly(path: str, offset: int, length: int) -> bytes:
     return data
 
 
-async def _stream(
-    app_state: AppState, plan: ZipPlan, start: int, end: int, lease: Lease, job_id: str
-) -> AsyncIterator[bytes]:
+async def _stream(plan: ZipPlan, start: int, end: int, job_id: str) -> AsyncIterator[bytes]:
     sent = 0
     try:
         pending = bytearray()
@@ -92,7 +92,21 @@ async def _stream(
             sent += len(pending)
     finally:
         LOGGER.info("job=%s download ended after %d of %d bytes", job_id, sent, end - start)
-        await app_state.tracker.release(lease)
+
+
+async def _lease(app_state: AppState, job_id: str) -> None:
+    """Lease the job for as long as this request lasts, however it ends; or raise the
+    error to answer with."""
+    try:
+        lease = await app_state.tracker.acquire(job_id)
+    except LeaseRefused as refused:
+        code, message = _REFUSED[refused.reason]
+        raise ApiError(code, message) from None
+    except TrackerUnavailable:
+        raise ApiError(503, "Downloads are briefly unavailable; try again in a moment.") from None
+    # Released when the connection's handling of this request ends: also when the client
+    # leaves before the body's first byte, where a generator's `finally` never runs.
+    on_close(lambda: app_state.tracker.release(lease))
 
 
 def _headers(built: archive.JobArchive) -> dict[str, str]:
@@ -145,20 +159,8 @@ async def download(job_id: str) -> Response:
     if request.method == "HEAD":
         response = Response(b"", status=status, headers=headers)
     else:
-        try:
-            lease = await app_state.tracker.acquire(job_id)
-        except LeaseRefused as refused:
-            code, message = _REFUSED[refused.reason]
-            raise ApiError(code, message) from None
-        except TrackerUnavailable:
-            raise ApiError(
-                503, "Downloads are briefly unavailable; try again in a moment."
-            ) from None
-        response = Response(
-            _stream(app_state, built.plan, start, end, lease, job_id),
-            status=status,
-            headers=headers,
-        )
+        await _lease(app_state, job_id)
+        response = Response(_stream(built.plan, start, end, job_id), status=status, headers=headers)
         response.timeout = None  # Quart's 60 s default would cut a long download short
         LOGGER.info("job=%s download %d-%d of %d bytes", job_id, start, end, built.size)
     response.headers["Content-Length"] = str(end - start)

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
 import pytest
 import trio
+import trio.testing
 
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.runtime import Supervisor
@@ -9,6 +15,8 @@ from refresher import jobstore
 from refresher.db import Database
 from refresher.storage import Paths
 from tests.support.jobs import NOW, make_finished_job
+
+T = TypeVar("T")
 
 
 async def start(nursery: trio.Nursery, tracker: DownloadTracker) -> Supervisor:
@@ -82,3 +90,57 @@ async def test_a_new_process_drops_leases_of_the_dead_one(
     await start(nursery, fresh)
     assert await fresh.reserve_for_deletion(job_id, reason="expired")
     assert await db.read(lambda conn: jobstore.load_job(conn, job_id)) is not None
+
+
+class SlowWritesDatabase(Database):
+    """A database whose writes wait for `gate` once `hold` is set: a tracker caught in the
+    middle of writing a lease."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.hold = False
+        self.writing = trio.Event()
+        self.gate = trio.Event()
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self.hold:
+            self.writing.set()
+            await self.gate.wait()
+        return await super().write(fn)
+
+
+async def lease_rows(db: Database) -> int:
+    count: int = await db.read(
+        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
+    )
+    return count
+
+
+async def test_an_acquire_cancelled_while_the_lease_is_written_leaves_no_lease(
+    nursery: trio.Nursery, paths: Paths, tmp_path: Path
+) -> None:
+    db = await Database.open(tmp_path / "slow.sqlite3")
+    job_id = await make_finished_job(db, paths)
+    slow = SlowWritesDatabase(db.path)
+    tracker = DownloadTracker(slow, now=lambda: NOW)
+    await start(nursery, tracker)
+    slow.hold = True
+
+    async def client(*, task_status: trio.TaskStatus[trio.CancelScope]) -> None:
+        with trio.CancelScope() as scope:
+            task_status.started(scope)
+            await tracker.acquire(job_id)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as clients:
+            leaving = await clients.start(client)
+            await slow.writing.wait()
+            leaving.cancel()  # the client leaves while the tracker writes its lease
+            await trio.testing.wait_all_tasks_blocked()
+            slow.hold = False
+            slow.gate.set()
+        # The give-back queued behind the grant in the inbox: no lease is left.
+        assert await lease_rows(db) == 0
+        assert await tracker.reserve_for_deletion(job_id, reason="expired")
+    await slow.aclose()
+    await db.aclose()
