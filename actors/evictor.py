@@ -28,7 +28,7 @@ import trio
 from actors.runtime import Mailbox, NoReply
 from refresher import removal
 from refresher.db import Database
-from refresher.removal import RemovalReason, Reserver
+from refresher.removal import Publish, RemovalReason, Reserver
 from refresher.storage import Paths
 from refresher.usage import Usage, eviction_candidates, read_volume, stored_bytes
 
@@ -74,6 +74,7 @@ class Evictor:
         now: Callable[[], float],
         interval_s: float = INTERVAL_S,
         volume_usage: Callable[[Path], tuple[int, int]] | None = None,
+        publish: Publish = removal.nobody_listens,
     ) -> None:
         if quota_bytes < 1:
             raise ValueError("quota_bytes must be >= 1")
@@ -93,6 +94,8 @@ class Evictor:
         self.interval_s = interval_s
         # (used bytes, usable bytes) of the volume holding a path; blocking.
         self.volume_usage = volume_usage or read_volume
+        # Every job evicted is announced, so its event streams end.
+        self.publish = publish
         self.inbox: Mailbox[RoomRequest] = Mailbox(INBOX_SIZE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -149,7 +152,9 @@ class Evictor:
 
     async def _make_room(self, nbytes: int | None) -> bool:
         """Evict down to `low` if over `high`, and enough for `nbytes` if given; say if it fits."""
-        await removal.resume(self.db, self.paths, [RemovalReason.EVICTED], now=self.now)
+        await removal.resume(
+            self.db, self.paths, [RemovalReason.EVICTED], now=self.now, publish=self.publish
+        )
         usage = await self.usage()
         over = usage.fraction() > self.high
         short = nbytes is not None and not usage.has_room(nbytes, self.high)
@@ -177,6 +182,7 @@ class Evictor:
             dict.fromkeys(nbytes_of, removal.EVICTED_MESSAGE),
             now=self.now,
             enough=lambda granted: enough(sum(nbytes_of[job_id] for job_id in granted)),
+            publish=self.publish,
         )
         for job_id in outcome.busy:
             LOGGER.info("job=%s is being downloaded; evicting a newer job", job_id)

@@ -32,7 +32,9 @@ import trio
 
 from refresher import expiry, reconcile, removal
 from refresher.db import Database
-from refresher.removal import RemovalReason, Reserver
+from refresher.job_events import status_event
+from refresher.removal import Publish, RemovalReason, Reserver
+from refresher.status import JobStatus
 from refresher.storage import Paths
 
 LOGGER = logging.getLogger(__name__)
@@ -88,6 +90,8 @@ class Janitor:
         now: Callable[[], float],
         tombstone_retention_s: float = TOMBSTONE_RETENTION_S,
         orphan_grace_s: float = ORPHAN_GRACE_S,
+        process_started: float | None = None,
+        publish: Publish = removal.nobody_listens,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
@@ -102,6 +106,11 @@ class Janitor:
         self.now = now
         self.tombstone_retention_s = tombstone_retention_s
         self.orphan_grace_s = orphan_grace_s
+        # When this process started, by the clock that stamps files (`time.time`): files
+        # with no row written before it are a dead process's (see plan_reconciliation).
+        self.process_started = process_started
+        # Every job the janitor ends or removes is announced, so its event streams end.
+        self.publish = publish
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Make a pass on start and every `interval_s` until cancelled.
@@ -127,15 +136,18 @@ class Janitor:
         report.purged = await self.db.write(lambda conn: expiry.purge_tombstones(conn, before))
         failed = await self.db.write(lambda conn: expiry.fail_stale_queued(conn, now))
         report.failed_queued = len(failed)
-        for job_id in failed:
+        for job_id, error in failed.items():
             LOGGER.debug("job=%s failed: queued past its expiry", job_id)
+            self.publish(status_event(job_id, JobStatus.FAILED, error))
         await self._expire(report, now)
         await self._reconcile(report)
         LOGGER.info("janitor pass in %.3f s: %s", time.perf_counter() - began, report.summary())
         return report
 
     async def _expire(self, report: SweepReport, now: float) -> None:
-        resumed = await removal.resume(self.db, self.paths, RESUMED, now=self.now)
+        resumed = await removal.resume(
+            self.db, self.paths, RESUMED, now=self.now, publish=self.publish
+        )
         report.expired += len(resumed.get(RemovalReason.EXPIRED, []))
         report.lost += len(resumed.get(RemovalReason.LOST, []))
         for job_id in resumed.get(RemovalReason.DELETED, []):
@@ -156,6 +168,7 @@ class Janitor:
                 snapshot,
                 disk_now=time.time(),
                 orphan_grace_s=self.orphan_grace_s,
+                process_started=self.process_started,
             )
         )
 
@@ -190,7 +203,7 @@ class Janitor:
         if report.skipped_deletions or not messages:
             return []
         outcome = await removal.remove(
-            self.db, self.paths, self.reserver, reason, messages, now=self.now
+            self.db, self.paths, self.reserver, reason, messages, now=self.now, publish=self.publish
         )
         if outcome.unavailable is not None:
             # In doubt nothing is deleted; the next pass finds these jobs again.

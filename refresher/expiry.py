@@ -43,8 +43,8 @@ def expired_jobs(conn: sqlite3.Connection, now: float) -> list[ExpiredJob]:
     ]
 
 
-def fail_stale_queued(conn: sqlite3.Connection, now: float) -> list[str]:
-    """Fail queued jobs past `expires_at` (they never started); return their ids.
+def fail_stale_queued(conn: sqlite3.Connection, now: float) -> dict[str, str]:
+    """Fail queued jobs past `expires_at` (they never started); return id → the error.
 
     A failed job keeps its row as long as a finished one would (the TTL it was queued
     with, `expires_at - created_at`), so its owner sees why. Its uploads are left for
@@ -55,7 +55,7 @@ def fail_stale_queued(conn: sqlite3.Connection, now: float) -> list[str]:
         "SELECT id, created_at, expires_at FROM jobs WHERE status = ? AND expires_at <= ?",
         (JobStatus.QUEUED, stamp),
     ).fetchall()
-    failed = []
+    failed = {}
     for job_id, created_at, expires_at in rows:
         ttl_s = max(seconds_between(created_at, expires_at) or 0.0, 0.0)
         error = (
@@ -74,7 +74,7 @@ def fail_stale_queued(conn: sqlite3.Connection, now: float) -> list[str]:
                     WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
                 (JobStatus.FAILED, error, stamp, job_id),
             )
-            failed.append(job_id)
+            failed[job_id] = error
     return failed
 
 

@@ -1,9 +1,18 @@
-"""What happened to a job, as live subscribers (the page's event streams) hear of it."""
+"""What happened to a job, as live subscribers (the page's event streams) hear of it.
+
+Every path that ends or removes a job publishes a `status` event saying so (the
+processor, a cancel, the janitor, the evictor, a DELETE), so every stream can end.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+from refresher.status import TERMINAL
+
+# The status a stream reports for a job its owner deleted: its row is gone too.
+DELETED = "deleted"
 
 
 @dataclass(frozen=True)
@@ -13,3 +22,13 @@ class JobEvent:
     job_id: str
     kind: str
     data: dict[str, Any]
+
+    @property
+    def ends_job(self) -> bool:
+        """Whether nothing more will happen to the job: a stream of it may end."""
+        return self.kind == "status" and self.data.get("status") in TERMINAL | {DELETED}
+
+
+def status_event(job_id: str, status: str, error: str | None = None) -> JobEvent:
+    """The event of a job reaching `status` (with a reason for its owner, if any)."""
+    return JobEvent(job_id, "status", {"status": status, "error": error})

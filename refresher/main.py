@@ -131,6 +131,7 @@ async def serve(
             high=config.evict_high,
             low=config.evict_low,
             now=now,
+            publish=events.publish,
         )
         processor = Processor(
             db,
@@ -147,7 +148,15 @@ async def serve(
                 events,
                 tracker,
                 processor,
-                Janitor(db, paths, tracker, interval_s=config.janitor_interval_s, now=now),
+                Janitor(
+                    db,
+                    paths,
+                    tracker,
+                    interval_s=config.janitor_interval_s,
+                    now=now,
+                    process_started=time.time(),
+                    publish=events.publish,
+                ),
                 evictor,
             ]
         )
@@ -172,7 +181,7 @@ async def serve(
 
             async def shutdown_requested() -> None:
                 await shutdown.wait()
-                app_state.stopping = True
+                app_state.stopping.set()
                 LOGGER.info(
                     "shutting down: draining requests for up to %g s", config.shutdown_grace_s
                 )

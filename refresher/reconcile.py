@@ -117,6 +117,7 @@ def plan_reconciliation(
     *,
     disk_now: float,
     orphan_grace_s: float,
+    process_started: float | None = None,
 ) -> Findings:
     """Compare the disk with the store (blocking: reads the settled jobs' directories).
 
@@ -126,14 +127,20 @@ def plan_reconciliation(
     with a pass. Idleness is measured by `disk_now`, the operating system's clock that
     stamps files (not the service's wall clock, which tests move). Take `listing` before
     `snapshot`, so an entry listed is judged against rows at least as new as it is.
-    Queued and processing jobs are never looked into.
+    Queued and processing jobs are never looked into. With `process_started` (the same
+    clock, when this process started), an entry with no row last written before then is
+    an orphan at once: no upload of this process made it, so one that died did (a partial
+    upload left by a crash need not wait out the grace).
     """
 
     def idle(path: Path) -> bool:
         try:
-            return disk_now - _last_written(path) >= orphan_grace_s
+            written = _last_written(path)
         except FileNotFoundError:
             return False
+        if process_started is not None and written < process_started:
+            return True
+        return disk_now - written >= orphan_grace_s
 
     orphans = []
     for name in sorted(listing.jobs):

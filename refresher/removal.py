@@ -28,6 +28,7 @@ from typing import Protocol
 import trio
 
 from refresher.db import Database, placeholders
+from refresher.job_events import DELETED, JobEvent, status_event
 from refresher.status import FINISHED, TOMBSTONES, JobStatus, sql_list
 from refresher.storage import Paths, remove_tree
 from refresher.timestamps import duration_words, iso, seconds_between
@@ -62,6 +63,13 @@ _OWNER = {
     RemovalReason.EVICTED: "evictor",
     RemovalReason.DELETED: "owner",
 }
+
+
+Publish = Callable[[JobEvent], None]
+
+
+def nobody_listens(event: JobEvent) -> None:
+    """The default `publish`: nobody follows the jobs (tools, benchmarks)."""
 
 
 class ReservationUnavailable(RuntimeError):
@@ -106,9 +114,10 @@ async def remove(
     *,
     now: Callable[[], float],
     enough: Callable[[Collection[str]], bool] | None = None,
+    publish: Publish = nobody_listens,
 ) -> Removal:
     """Reserve, in order, each job of `messages` (id → message for its owner), then remove
-    the files of those granted and retire their rows.
+    the files of those granted, retire their rows and `publish` each one's final status.
 
     A job a download holds is left (`busy`). Reserving stops once `enough(granted ids)`
     holds, or when the reserver stops answering. Cancellation may cut the flow anywhere;
@@ -129,12 +138,17 @@ async def remove(
             granted[job_id] = message
         else:
             outcome.busy.append(job_id)
-    outcome.retired = await _carry_out(db, paths, granted, reason, now)
+    outcome.retired = await _carry_out(db, paths, granted, reason, now, publish)
     return outcome
 
 
 async def resume(
-    db: Database, paths: Paths, reasons: Collection[RemovalReason], *, now: Callable[[], float]
+    db: Database,
+    paths: Paths,
+    reasons: Collection[RemovalReason],
+    *,
+    now: Callable[[], float],
+    publish: Publish = nobody_listens,
 ) -> dict[RemovalReason, list[str]]:
     """Finish removals a kill or crash cut short: jobs reserved under one of `reasons`
     whose row was not retired yet. Return the ids retired, by reason.
@@ -148,7 +162,7 @@ async def resume(
     retired: dict[RemovalReason, list[str]] = {}
     for reason, messages in interrupted.items():
         LOGGER.warning("finishing %d removals (%s) an earlier run left", len(messages), reason)
-        retired[reason] = await _carry_out(db, paths, messages, reason, now)
+        retired[reason] = await _carry_out(db, paths, messages, reason, now, publish)
     return retired
 
 
@@ -158,13 +172,18 @@ async def _carry_out(
     granted: Mapping[str, str | None],
     reason: RemovalReason,
     now: Callable[[], float],
+    publish: Publish,
 ) -> list[str]:
     if not granted:
         return []
     removed = await trio.to_thread.run_sync(remove_job_files, paths, list(granted))
     messages = {job_id: granted[job_id] for job_id in removed}
     moment = now()
-    return await db.write(lambda conn: retire(conn, messages, reason, now=moment))
+    retired = await db.write(lambda conn: retire(conn, messages, reason, now=moment))
+    final = DELETED if reason is RemovalReason.DELETED else _TOMBSTONE[reason]
+    for job_id in retired:
+        publish(status_event(job_id, final, messages[job_id]))
+    return retired
 
 
 def remove_job_files(paths: Paths, job_ids: Iterable[str]) -> list[str]:

@@ -43,6 +43,6 @@ async def test_shutdown_event_stops_everything_and_closes_the_database(config: C
                 lambda task_status: serve(config, shutdown=shutdown, task_status=task_status)
             )
             shutdown.set()
-    assert service.state.stopping
+    assert service.state.stopping.is_set()
     with pytest.raises(RuntimeError, match=r"^database is closed$"):
         await service.state.db.read(lambda conn: None)

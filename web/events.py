@@ -8,10 +8,11 @@ from collections.abc import AsyncIterator
 import trio
 from quart import Blueprint, Response
 
-from refresher import tokens
+from refresher import jobstore, tokens
+from refresher.job_events import DELETED, JobEvent
 from refresher.status import TERMINAL
 from web.access import check_bearer
-from web.state import state
+from web.state import AppState, state
 from web.views import job_detail, load_or_404
 
 # A comment line this often keeps proxies (and Fly's) from closing an idle stream.
@@ -26,6 +27,44 @@ def sse(kind: str, data: object) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
+async def _status(app_state: AppState, job_id: str) -> tuple[bytes, bool]:
+    """The job's whole state as a `status` event, and whether more will happen to it. A
+    job deleted meanwhile gets an event saying just that."""
+    job = await app_state.db.read(lambda conn: jobstore.load_job(conn, job_id))
+    if job is None:
+        return sse("status", {"jobId": job_id, "status": DELETED}), False
+    return sse("status", job_detail(job, app_state)), job.status not in TERMINAL
+
+
+async def _next_event(
+    events: trio.MemoryReceiveChannel[JobEvent], stopping: trio.Event
+) -> JobEvent | None:
+    """The next event, or None after HEARTBEAT_S without one. Raise `trio.EndOfChannel`
+    when the subscription ended (a subscriber that fell behind) or the service stops."""
+    event: JobEvent | None = None
+    ended = False
+    async with trio.open_nursery() as nursery:
+
+        async def receive() -> None:
+            nonlocal event, ended
+            with trio.move_on_after(HEARTBEAT_S):
+                try:
+                    event = await events.receive()
+                except trio.EndOfChannel:
+                    ended = True
+            nursery.cancel_scope.cancel()
+
+        async def stop() -> None:
+            await stopping.wait()
+            nursery.cancel_scope.cancel()
+
+        nursery.start_soon(receive)
+        nursery.start_soon(stop)
+    if ended or stopping.is_set():
+        raise trio.EndOfChannel
+    return event
+
+
 @blueprint.get("/api/jobs/<job_id>/events")
 async def job_events(job_id: str) -> Response:
     check_bearer(also_scope=tokens.job_scope(job_id))
@@ -35,25 +74,22 @@ async def job_events(job_id: str) -> Response:
     async def stream() -> AsyncIterator[bytes]:
         async with app_state.events.subscribe(job_id) as events:
             # Read the state only after subscribing, so no event falls between the two.
-            job = await load_or_404(app_state, job_id)
-            yield f"retry: {RETRY_MS}\n\n".encode() + sse("status", job_detail(job, app_state))
-            if job.status in TERMINAL:
+            first, goes_on = await _status(app_state, job_id)
+            yield f"retry: {RETRY_MS}\n\n".encode() + first
+            if not goes_on:
                 return
             while True:
-                event = None
-                with trio.move_on_after(HEARTBEAT_S):
-                    try:
-                        event = await events.receive()
-                    except trio.EndOfChannel:
-                        return  # dropped for falling behind: the client reconnects
+                try:
+                    event = await _next_event(events, app_state.stopping)
+                except trio.EndOfChannel:
+                    return  # dropped for falling behind, or the service stops: reconnect
                 if event is None:
                     yield b": keep-alive\n\n"
-                    continue
-                if event.kind == "status" and event.data.get("status") in TERMINAL:
-                    job = await load_or_404(app_state, job_id)
-                    yield sse("status", job_detail(job, app_state))
+                elif event.ends_job:
+                    yield (await _status(app_state, job_id))[0]
                     return
-                yield sse(event.kind, event.data)
+                else:
+                    yield sse(event.kind, event.data)
 
     response = Response(stream(), mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"

@@ -28,7 +28,7 @@ async def health() -> tuple[Response, int]:
         for name, status in app_state.supervisor.status().items()
     }
     healthy = all(actor["state"] == "running" for actor in actors.values())
-    status = "stopping" if app_state.stopping else ("ok" if healthy else "degraded")
+    status = "stopping" if app_state.stopping.is_set() else ("ok" if healthy else "degraded")
     used = await app_state.db.read(stored_bytes)
     volume_used, volume_usable = await trio.to_thread.run_sync(read_volume, app_state.paths.root)
     body = {

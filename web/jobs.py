@@ -10,8 +10,9 @@ from quart import Blueprint, Response, jsonify, send_file
 
 from actors.processor import CancelJob
 from refresher import jobstore, removal, tokens
+from refresher.job_events import status_event
 from refresher.removal import RemovalReason
-from refresher.status import ACTIVE, TERMINAL, JobStatus
+from refresher.status import ACTIVE, JobStatus
 from refresher.storage import remove_tree
 from web.access import check_bearer, require_login
 from web.errors import ApiError
@@ -55,11 +56,12 @@ async def _cancel_and_settle(app_state: AppState, job_id: str) -> jobstore.JobRe
         if status == JobStatus.CANCELLED:  # it was still queued: nothing ran, remove its uploads
             await trio.to_thread.run_sync(remove_tree, app_state.paths.upload_dir(job_id))
             await app_state.db.write(lambda conn: jobstore.clear_uploads(conn, job_id))
+            app_state.events.publish(status_event(job_id, JobStatus.CANCELLED))
         else:
             app_state.processor_inbox.post(CancelJob(job_id))
             with trio.move_on_after(SETTLE_TIMEOUT_S):
                 async for event in job_events:
-                    if event.kind == "status" and event.data.get("status") in TERMINAL:
+                    if event.ends_job:
                         break
     return await load_or_404(app_state, job_id)
 
@@ -101,6 +103,7 @@ async def delete_job(job_id: str) -> Response:
         RemovalReason.DELETED,
         {job_id: None},
         now=app_state.now,
+        publish=app_state.events.publish,
     )
     if outcome.unavailable is not None:
         raise ApiError(503, "Deleting is briefly unavailable; try again in a moment.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import trio
 from quart import current_app
 
 from actors.download_tracker import DownloadTracker
@@ -39,7 +40,8 @@ class AppState:
     # Monotonic time the service started, from trio.current_time().
     started_at: float
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
-    stopping: bool = False
+    # Set when a graceful shutdown begins: long-lived answers (event streams) end then.
+    stopping: trio.Event = field(default_factory=trio.Event)
 
     @property
     def max_body_bytes(self) -> int:

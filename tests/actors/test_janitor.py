@@ -313,6 +313,27 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     )
 
 
+async def test_a_partial_upload_of_a_dead_process_goes_on_the_first_pass(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    dead = paths.upload_dir(str(uuid.uuid4()))  # the process crashed mid-upload
+    dead.mkdir()
+    (dead / "0.upload").write_bytes(b"d")
+    age(dead, 10)
+    started = time.time()  # this process starts
+    live = paths.upload_dir(str(uuid.uuid4()))  # one of its uploads, still streaming
+    live.mkdir()
+    (live / "0.upload").write_bytes(b"u")
+
+    janitor = Janitor(
+        db, paths, tracker, interval_s=INTERVAL_S, now=wall_clock, process_started=started
+    )
+    report = await janitor.sweep()
+    assert report.orphans == 1
+    assert not dead.exists()  # at once, not an hour later
+    assert live.exists()
+
+
 async def test_without_the_tracker_nothing_needing_a_reservation_is_deleted(
     db: Database, paths: Paths, idle_jump_clock: trio.testing.MockClock, wall_clock: WallClock
 ) -> None:

@@ -1,7 +1,8 @@
 // The page: log in, upload creatives with a progress bar, follow jobs live, download.
 // Plain ES module, no build step.
 const TOKEN_KEY = "videoRefresherToken";
-const TERMINAL = new Set(["completed", "failed", "cancelled", "expired", "evicted"]);
+// "deleted" is what a job's event stream says last when its owner deleted it.
+const TERMINAL = new Set(["completed", "failed", "cancelled", "expired", "evicted", "deleted"]);
 const $ = (id) => document.getElementById(id);
 const streams = new Map(); // job id -> EventSource
 
@@ -76,7 +77,8 @@ function follow(jobId) {
   });
   source.addEventListener("status", (event) => {
     const job = JSON.parse(event.data);
-    if (job.jobId && item()) renderJob(job, item());
+    if (job.status === "deleted") item()?.remove();
+    else if (job.jobId && item()) renderJob(job, item());
     if (TERMINAL.has(job.status)) {
       source.close();
       streams.delete(jobId);
