@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import httpx
 import pytest
 import trio
 
@@ -46,3 +49,23 @@ async def test_shutdown_event_stops_everything_and_closes_the_database(config: C
     assert service.state.stopping.is_set()
     with pytest.raises(RuntimeError, match=r"^database is closed$"):
         await service.state.db.read(lambda conn: None)
+
+
+async def test_an_idle_keep_alive_connection_does_not_hold_a_graceful_shutdown(
+    config: Config,
+) -> None:
+    config = dataclasses.replace(config, shutdown_grace_s=30.0)
+    shutdown = trio.Event()
+    with trio.fail_after(60):
+        async with httpx.AsyncClient(timeout=10) as http:
+            async with trio.open_nursery() as nursery:
+                service: RunningService = await nursery.start(
+                    lambda task_status: serve(config, shutdown=shutdown, task_status=task_status)
+                )
+                # Answered, and the connection stays open for the next request.
+                assert (await http.get(f"{service.url}/api/health")).status_code == 200
+                began = trio.current_time()
+                shutdown.set()
+            drained_s = trio.current_time() - began
+    # Nothing was running: the drain must not sit out its grace period for an idle peer.
+    assert drained_s < config.shutdown_grace_s / 3
