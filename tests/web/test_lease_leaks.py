@@ -52,7 +52,13 @@ async def test_a_client_leaving_as_the_headers_go_out_releases_its_lease(
     app = create_app(service.state)
     headers_sent = trio.Event()
 
+    request_sent = False
+
     async def receive() -> dict[str, Any]:
+        nonlocal request_sent
+        if not request_sent:  # the whole request: a GET has an empty body
+            request_sent = True
+            return {"type": "http.request", "body": b"", "more_body": False}
         await headers_sent.wait()
         return {"type": "http.disconnect"}  # the client is gone the moment headers leave
 
