@@ -43,6 +43,17 @@ class Config:
     max_upload_bytes: int = 500 * MIB
     max_files: int = 10
     max_variations: int = 20
+    # The largest video frame accepted, either way round: 3840 x 2160 takes 4K landscape
+    # and portrait alike. Encoding cost grows with the pixels.
+    max_long_side_px: int = 3840
+    max_short_side_px: int = 2160
+    max_fps: float = 120.0
+    # An upload longer than this is not an ad creative; refuse it before it occupies FFmpeg.
+    max_duration_s: float = 3 * 3600.0
+    # Seconds the whole upload may take to arrive, so a stalled or trickling client cannot
+    # hold its request and its partial files for ever. At the default, the largest job
+    # (MAX_FILES x MAX_UPLOAD_BYTES, 10 x 500 MiB) needs about 12 Mbit/s.
+    upload_timeout_s: float = 3600.0
     ffmpeg: str | None = None
     ffmpeg_threads: int | None = None
     cors_origins: tuple[str, ...] = ()
@@ -143,6 +154,11 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_upload_bytes": _integer(1),
     "max_files": _integer(1, 1000),
     "max_variations": _integer(1, 100),
+    "max_long_side_px": _integer(1),
+    "max_short_side_px": _integer(1),
+    "max_fps": _number(0.0, low_open=True),
+    "max_duration_s": _number(0.0, low_open=True),
+    "upload_timeout_s": _number(0.0, low_open=True),
     "ffmpeg": _text,
     "ffmpeg_threads": _integer(1, 64),
     "cors_origins": _origins,
@@ -179,5 +195,11 @@ def load(environ: Mapping[str, str], flags: Mapping[str, str | None] | None = No
     if config.evict_low >= config.evict_high:
         raise ConfigError(
             "EVICT_LOW", f"must be below EVICT_HIGH ({config.evict_high:g})", str(config.evict_low)
+        )
+    if config.max_short_side_px > config.max_long_side_px:
+        raise ConfigError(
+            "MAX_SHORT_SIDE_PX",
+            f"must be at most MAX_LONG_SIDE_PX ({config.max_long_side_px})",
+            str(config.max_short_side_px),
         )
     return config

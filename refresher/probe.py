@@ -11,8 +11,6 @@ from refresher.ffmpeg import MediaError
 
 # PyAV's name for the one demuxer that reads both MP4 and QuickTime MOV.
 MP4_MOV_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"
-# An upload longer than this is not an ad creative; refuse it before it occupies FFmpeg.
-MAX_DURATION_S = 3 * 3600.0
 # ISO base media (MP4/MOV) files start with one of these boxes: a file that does but
 # cannot be opened was cut short (its index comes last) rather than something else.
 _ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}
@@ -72,8 +70,6 @@ def probe(path: Path) -> Probe:
             if any(entry.pos + entry.size > size for entry in stream.index_entries):
                 raise NotAVideo("is truncated or damaged")
         duration_s = _duration_s(container, video)
-        if duration_s > MAX_DURATION_S:
-            raise NotAVideo(f"is longer than {MAX_DURATION_S / 3600:g} hours")
         if duration_s <= 0:
             raise NotAVideo("is truncated or damaged")
         try:

@@ -6,7 +6,7 @@ import errno
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
 import trio
 from quart import Blueprint, Response, jsonify, request
@@ -14,9 +14,11 @@ from quart import Blueprint, Response, jsonify, request
 from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
 from refresher import jobstore
+from refresher.config import Config
 from refresher.probe import NotAVideo, Probe, probe
 from refresher.status import JobStatus
 from refresher.storage import remove_tree
+from refresher.timestamps import duration_words
 from web.access import require_login
 from web.errors import ApiError
 from web.multipart_stream import FormRejected, ReceivedFile, boundary_of, receive_form
@@ -25,13 +27,18 @@ from web.state import AppState, state
 LOGGER = logging.getLogger(__name__)
 
 FILE_FIELD = "videos"
-# A body of unknown length asks the evictor for room in steps of this size.
-ROOM_STEP_BYTES = 64 * 1024 * 1024
+# A body of unknown length (or longer than declared) asks the evictor for room in steps
+# that start small, so a small upload fits a small volume, and double up to the largest,
+# so a 5 GiB body asks 85 times, not thousands.
+FIRST_ROOM_STEP_BYTES = 1024 * 1024
+LARGEST_ROOM_STEP_BYTES = 64 * 1024 * 1024
 NO_ROOM = (
     "There is no room for this upload right now: the storage is full even after removing "
     "older results. Try fewer or smaller videos, or try again later."
 )
 DEFAULT_VARIATIONS = 5
+# Between a video's width and height, as people write sizes ("3840 by 2160").
+BY = "\N{MULTIPLICATION SIGN}"
 
 blueprint = Blueprint("uploads", __name__)
 
@@ -46,23 +53,53 @@ def byte_words(size: int) -> str:
 def parse_variations(raw: str | None, maximum: int) -> int:
     if raw is None or not raw.strip():
         return min(DEFAULT_VARIATIONS, maximum)
-    rule = f"variations must be a whole number from 1 to {maximum}; got “{raw.strip()[:20]}”."
-    try:
-        value = int(raw.strip())
-    except ValueError:
-        raise ApiError(400, rule) from None
+    digits = raw.strip()
+    rule = f"variations must be a whole number from 1 to {maximum}; got “{digits[:20]}”."
+    # ASCII digits only: int() alone also takes "1_0", "+3" and other scripts' digits ("٣").
+    # Short, too, so int() never meets a thousand digits; 0 stands for "not a count".
+    value = int(digits) if digits.isascii() and digits.isdigit() and len(digits) <= 9 else 0
     if not 1 <= value <= maximum:
         raise ApiError(400, rule)
     return value
 
 
-async def probe_upload(upload: ReceivedFile) -> Probe:
+def media_limit_breach(name: str, probed: Probe, config: Config) -> str | None:
+    """Say how the video `name` breaks a configured media limit, or None if it does not."""
+    long_side, short_side = config.max_long_side_px, config.max_short_side_px
+    width, height = probed.width, probed.height
+    if max(width, height) > long_side or min(width, height) > short_side:
+        largest = f"{long_side}{BY}{short_side}"
+        if long_side != short_side:
+            largest += f" or {short_side}{BY}{long_side}"
+        return f"“{name}” is {width}{BY}{height}; the largest accepted is {largest}."
+    # Average rates wobble around the nominal one (119.88, 120.0002): judge what is shown.
+    fps = round(probed.fps, 2)
+    if fps > config.max_fps:
+        return (
+            f"“{name}” runs at {fps:g} frames per second; the most accepted is {config.max_fps:g}."
+        )
+    if probed.duration_s > config.max_duration_s:
+        length, longest = duration_words(probed.duration_s), duration_words(config.max_duration_s)
+        if length == longest:
+            return f"“{name}” is longer than {longest}, the longest accepted."
+        return f"“{name}” is {length} long; the longest accepted is {longest}."
+    return None
+
+
+async def probe_upload(upload: ReceivedFile, config: Config) -> Probe:
+    """Probe `upload` and hold it to the media limits; raise `ApiError` naming the file."""
     if upload.size == 0:
         raise ApiError(400, f"“{upload.name}” is empty.")
     try:
-        return await trio.to_thread.run_sync(probe, upload.path)
+        probed = await trio.to_thread.run_sync(probe, upload.path)
     except NotAVideo as err:
         raise ApiError(415, f"“{upload.name}” {err.reason}. Upload MP4 or MOV videos.") from None
+    # 415 like any other video this service cannot take: the request is well formed, the
+    # media is what is refused (400 would blame the request, 413 means too many bytes).
+    breach = media_limit_breach(upload.name, probed, config)
+    if breach is not None:
+        raise ApiError(415, breach)
+    return probed
 
 
 async def _ask_for_room(app_state: AppState, nbytes: int) -> None:
@@ -74,18 +111,25 @@ async def _ask_for_room(app_state: AppState, nbytes: int) -> None:
         raise ApiError(507, NO_ROOM)
 
 
-async def _room_checked(
-    app_state: AppState, body: AsyncIterable[bytes], granted: int
+async def room_checked(
+    body: AsyncIterable[bytes], granted: int, ask_for_room: Callable[[int], Awaitable[None]]
 ) -> AsyncIterator[bytes]:
-    """Pass the body through, asking the evictor for more room whenever the bytes received
-    pass what was granted (a body without Content-Length, or one longer than declared)."""
+    """Pass the body through, asking for more room whenever the bytes received pass what
+    was granted (a body without Content-Length, or one longer than declared).
+
+    Each ask is for the bytes beyond what was granted, in steps from
+    `FIRST_ROOM_STEP_BYTES` doubling up to `LARGEST_ROOM_STEP_BYTES` (more when one chunk
+    overshoots further); `ask_for_room` raises to refuse.
+    """
     received = 0
+    step = FIRST_ROOM_STEP_BYTES
     async for chunk in body:
         received += len(chunk)
         if received > granted:
-            step = max(ROOM_STEP_BYTES, received - granted)
-            await _ask_for_room(app_state, step)
-            granted += step
+            wanted = max(step, received - granted)
+            await ask_for_room(wanted)
+            granted += wanted
+            step = min(2 * step, LARGEST_ROOM_STEP_BYTES)
         yield chunk
 
 
@@ -110,25 +154,38 @@ async def create_job() -> tuple[Response, int]:
     await trio.Path(directory).mkdir(parents=True)
     try:
         try:
-            form = await receive_form(
-                _room_checked(app_state, request.body, declared or 0),
-                boundary,
-                directory,
-                file_field=FILE_FIELD,
-                max_files=config.max_files,
-                max_file_bytes=config.max_upload_bytes,
-                limit_words=f"{byte_words(config.max_upload_bytes)} per-file",
-            )
+            with trio.move_on_after(config.upload_timeout_s) as deadline:
+                form = await receive_form(
+                    room_checked(
+                        request.body,
+                        declared or 0,
+                        lambda nbytes: _ask_for_room(app_state, nbytes),
+                    ),
+                    boundary,
+                    directory,
+                    file_field=FILE_FIELD,
+                    max_files=config.max_files,
+                    max_file_bytes=config.max_upload_bytes,
+                    limit_words=f"{byte_words(config.max_upload_bytes)} per-file",
+                )
         except FormRejected as err:
             raise ApiError(err.status, err.message) from None
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
             raise ApiError(507, NO_ROOM) from None
+        if deadline.cancelled_caught:
+            LOGGER.info("job=%s upload timed out after %g s", job_id, config.upload_timeout_s)
+            raise ApiError(
+                408,
+                f"The upload took longer than {duration_words(config.upload_timeout_s)}, the "
+                "longest an upload may take; try again with fewer or smaller videos, or on a "
+                "faster connection.",
+            )
         variations = parse_variations(form.fields.get("variations"), config.max_variations)
         if not form.files:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")
-        probes = [await probe_upload(upload) for upload in form.files]
+        probes = [await probe_upload(upload, config) for upload in form.files]
         files = [
             jobstore.NewFile(
                 id=str(uuid.uuid4()),

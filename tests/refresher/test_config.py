@@ -22,6 +22,14 @@ def test_defaults_match_the_design() -> None:
     assert config.token_secret is None
 
 
+def test_media_and_upload_time_limits_default_to_4k_120_fps_3_hours_and_1_hour() -> None:
+    config = load({})
+    assert (config.max_long_side_px, config.max_short_side_px) == (3840, 2160)
+    assert config.max_fps == 120
+    assert config.max_duration_s == 3 * 3600
+    assert config.upload_timeout_s == 3600
+
+
 def test_environment_values_are_parsed() -> None:
     config = load(
         {
@@ -37,6 +45,11 @@ def test_environment_values_are_parsed() -> None:
             "FFMPEG_THREADS": "2",
             "CORS_ORIGINS": "https://a.example, http://b.example:8080/",
             "AUTH_PASSWORD": "s3cret-enough",
+            "MAX_LONG_SIDE_PX": "1920",
+            "MAX_SHORT_SIDE_PX": "1080",
+            "MAX_FPS": "60",
+            "MAX_DURATION_S": "90.5",
+            "UPLOAD_TIMEOUT_S": "7200",
         }
     )
     assert config.port == 9000
@@ -47,6 +60,8 @@ def test_environment_values_are_parsed() -> None:
     assert config.ffmpeg_threads == 2
     assert config.cors_origins == ("https://a.example", "http://b.example:8080")
     assert config.auth_password == "s3cret-enough"
+    assert (config.max_long_side_px, config.max_short_side_px) == (1920, 1080)
+    assert (config.max_fps, config.max_duration_s, config.upload_timeout_s) == (60, 90.5, 7200)
 
 
 def test_flags_win_over_environment() -> None:
@@ -68,6 +83,10 @@ def test_flags_win_over_environment() -> None:
         ("AUTH_PASSWORD", "short", r"^AUTH_PASSWORD must be at least 8 characters"),
         ("CORS_ORIGINS", "example.com", r"^CORS_ORIGINS must be a comma-separated list"),
         ("LOG_LEVEL", "LOUD", r"^LOG_LEVEL must be one of DEBUG, INFO, WARNING, ERROR"),
+        ("MAX_LONG_SIDE_PX", "4k", r"^MAX_LONG_SIDE_PX must be a whole number >= 1, got '4k'$"),
+        ("MAX_FPS", "0", r"^MAX_FPS must be a number > 0, got '0'$"),
+        ("MAX_DURATION_S", "inf", r"^MAX_DURATION_S must be a number > 0, got 'inf'$"),
+        ("UPLOAD_TIMEOUT_S", "-5", r"^UPLOAD_TIMEOUT_S must be a number > 0, got '-5'$"),
     ],
 )
 def test_bad_value_names_the_variable_and_rule(variable: str, value: str, message: str) -> None:
@@ -78,6 +97,14 @@ def test_bad_value_names_the_variable_and_rule(variable: str, value: str, messag
 def test_low_watermark_must_be_below_high() -> None:
     with pytest.raises(ConfigError, match=r"^EVICT_LOW must be below EVICT_HIGH \(0.7\), got"):
         load({"EVICT_HIGH": "0.7", "EVICT_LOW": "0.8"})
+
+
+def test_short_side_must_not_exceed_long_side() -> None:
+    with pytest.raises(
+        ConfigError,
+        match=r"^MAX_SHORT_SIDE_PX must be at most MAX_LONG_SIDE_PX \(1080\), got '1920'$",
+    ):
+        load({"MAX_LONG_SIDE_PX": "1080", "MAX_SHORT_SIDE_PX": "1920"})
 
 
 def test_serve_with_bad_value_stops_with_one_line(capsys: pytest.CaptureFixture[str]) -> None:
