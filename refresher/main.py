@@ -27,7 +27,7 @@ from actors.events import EventHub
 from actors.evictor import Evictor
 from actors.janitor import Janitor
 from actors.processor import Processor
-from actors.runtime import Supervisor
+from actors.runtime import BACKOFF_MAX_S, MAX_RESTARTS, Supervisor
 from refresher import credentials as credentials_store
 from refresher.config import Config
 from refresher.db import Database
@@ -97,9 +97,15 @@ async def serve(
     *,
     shutdown: trio.Event,
     now: Callable[[], float] = time.time,
+    restart_limit: int = MAX_RESTARTS,
+    restart_backoff_max_s: float = BACKOFF_MAX_S,
     task_status: trio.TaskStatus[RunningService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run the service until `shutdown` is set (graceful) or the call is cancelled.
+
+    `restart_limit` (restarts of one actor within a minute past which the service gives
+    up) and `restart_backoff_max_s` (the longest wait before a restart) are the restart
+    policy; chaos tests raise the one and lower the other to kill actors far more often.
 
     Reports a `RunningService` once it accepts connections. Raises
     `actors.runtime.SupervisorGaveUp` (in an exception group) when an actor keeps dying.
@@ -158,7 +164,9 @@ async def serve(
                     publish=events.publish,
                 ),
                 evictor,
-            ]
+            ],
+            max_restarts=restart_limit,
+            backoff_max_s=restart_backoff_max_s,
         )
         app_state = AppState(
             config=config,

@@ -14,16 +14,9 @@ import trio
 from refresher.config import Config
 from refresher.ffmpeg import find_ffmpeg
 from refresher.main import RunningService, serve
-from tests.support.clips import ClipSpec, make_clip
+from tests.support.clips import Clips, ClipSpec, make_clip
 from tests.support.clock import WallClock
 from tests.support.http import TEST_PASSWORD, StartService
-
-
-@dataclasses.dataclass(frozen=True)
-class Clips:
-    mp4: Path  # 1 s, 320x240, with audio
-    mov: Path  # 1 s QuickTime, with audio
-    long: Path  # 4 s, long enough to act while it encodes
 
 
 @pytest.fixture(scope="session")
@@ -58,18 +51,22 @@ def wall_clock() -> WallClock:
 async def start_service(
     nursery: trio.Nursery, config: Config, wall_clock: WallClock
 ) -> AsyncIterator[StartService]:
-    """Start the whole service in this test's nursery; `**changes` alter the config."""
+    """Start the whole service in this test's nursery; `**changes` alter the config, but
+    the restart policy (`restart_limit`, `restart_backoff_max_s`) goes to `serve`."""
     shutdowns: list[trio.Event] = []
 
     async def start(**changes: Any) -> RunningService:
         shutdown = trio.Event()
         shutdowns.append(shutdown)
+        policy = ("restart_limit", "restart_backoff_max_s")
+        options = {name: changes.pop(name) for name in policy if name in changes}
         service: RunningService = await nursery.start(
             lambda task_status: serve(
                 dataclasses.replace(config, **changes),
                 shutdown=shutdown,
                 now=wall_clock,
                 task_status=task_status,
+                **options,
             )
         )
         return service

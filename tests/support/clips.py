@@ -6,6 +6,7 @@ and handler names, a creation time), so a test can look for it in an output.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,3 +83,10 @@ def truncate_copy(source: Path, path: Path, fraction: float) -> Path:
     data = source.read_bytes()
     path.write_bytes(data[: int(len(data) * fraction)])
     return path
+
+
+@dataclasses.dataclass(frozen=True)
+class Clips:
+    mp4: Path  # 1 s, 320x240, with audio
+    mov: Path  # 1 s QuickTime, with audio
+    long: Path  # 4 s, long enough to act while it encodes
