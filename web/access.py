@@ -16,6 +16,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
+# Far above the ~140 characters of any token `refresher.tokens` issues.
+MAX_TOKEN_CHARS = 1024
 
 
 def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -46,17 +48,20 @@ def check_bearer(*, also_scope: str | None = None) -> None:
 
 
 def _verify(token: str, scopes: tuple[str, ...]) -> None:
-    app_state = state()
-    for scope in scopes:
-        try:
-            tokens.verify(
-                app_state.credentials.token_secret, token, scope=scope, now=app_state.now()
-            )
-        except tokens.TokenExpired:
-            raise ApiError(
-                401, "Your session has expired; log in again.", headers=CHALLENGE
-            ) from None
-        except tokens.TokenError:
-            continue
-        return
+    # A token of ours is short ASCII; anything else is refused unread (non-ASCII would
+    # also fail signing with UnicodeEncodeError, a 500).
+    if len(token) <= MAX_TOKEN_CHARS and token.isascii():
+        app_state = state()
+        for scope in scopes:
+            try:
+                tokens.verify(
+                    app_state.credentials.token_secret, token, scope=scope, now=app_state.now()
+                )
+            except tokens.TokenExpired:
+                raise ApiError(
+                    401, "Your session has expired; log in again.", headers=CHALLENGE
+                ) from None
+            except tokens.TokenError:
+                continue
+            return
     raise ApiError(401, "That token is not valid; log in again.", headers=CHALLENGE)

@@ -3,23 +3,78 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, NoReturn
 
 from quart import Response, request, send_from_directory
+from quart.wrappers import BaseRequestWebsocket
 from quart_trio import QuartTrio
+from werkzeug.exceptions import BadHost, NotFound
+from werkzeug.routing import MapAdapter
 
 from web import auth, downloads, errors, events, health, jobs, uploads
-from web.backpressure import BoundedRequest
+from web.backpressure import BODY_LIMITS_KEY, BoundedRequest, receive_limited_body
 from web.closing import ClosingHTTPConnection
+from web.errors import ApiError
 from web.state import EXTENSION_KEY, AppState
 
 STATIC_DIR = Path(__file__).parent / "static"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, Range, If-Range, If-Match, Last-Event-ID"
 CORS_EXPOSE_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
+# On every answer. The page is index.html, app.js and style.css, all from here, with no
+# inline script, style or event handler: nothing else may run, load or frame it.
+CONTENT_SECURITY_POLICY = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "media-src 'self' blob:",
+        "connect-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",  # frame-ancestors, for browsers that predate it
+    # Signed links carry a token in their query: never pass a URL on.
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class _HostRefused(MapAdapter):
+    """The URL adapter of a request whose Host cannot be routed: every match is a 400."""
+
+    def match(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise ApiError(400, "The Host header is not a host name this server can route.")
+
+
+class _App(QuartTrio):
+    def create_url_adapter(self, request: BaseRequestWebsocket | None) -> MapAdapter | None:
+        # Quart binds the URL map to the Host header outside its error handling, so a Host
+        # that IDNA cannot encode (a label over 63 characters) escaped as a bare 500.
+        try:
+            return super().create_url_adapter(request)
+        except BadHost:
+            return _HostRefused(self.url_map, "invalid", "/", None, "http", "/", "GET")
+
+
+async def _send_static(name: str) -> Response:
+    try:
+        response = await send_from_directory(STATIC_DIR, name)
+    except OSError:  # a name the file system refuses (too long): no such file either
+        raise NotFound() from None
+    if response.status_code == 412:  # Quart sends the whole file along with a 412
+        raise ApiError(412, "This file has changed since the version named in If-Match.")
+    return response
 
 
 def create_app(app_state: AppState) -> QuartTrio:
     """Build the app around `app_state`; it holds no other state of its own."""
-    app = QuartTrio(__name__, static_folder=None)
+    app = _App(__name__, static_folder=None)
     app.request_class = BoundedRequest
     app.asgi_http_class = ClosingHTTPConnection
     config = app_state.config
@@ -33,6 +88,12 @@ def create_app(app_state: AppState) -> QuartTrio:
         MAX_CONTENT_LENGTH=app_state.max_body_bytes,
         JSON_SORT_KEYS=False,
     )
+    # Applied, like MAX_CONTENT_LENGTH, as the request arrives; every other route takes a
+    # small body at most, refused with 413 even when chunked (`web.backpressure`).
+    app.config[BODY_LIMITS_KEY] = {
+        "uploads.create_job": None,  # streamed to disk under limits of its own
+        "auth.login": auth.LOGIN_BODY,
+    }
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions[EXTENSION_KEY] = app_state
     errors.register(app)
@@ -45,14 +106,24 @@ def create_app(app_state: AppState) -> QuartTrio:
         downloads.blueprint,
     ):
         app.register_blueprint(blueprint)
+    app.before_request(receive_limited_body)
 
     @app.get("/")
     async def index() -> Response:
-        return await send_from_directory(STATIC_DIR, "index.html")
+        return await _send_static("index.html")
 
     @app.get("/static/<path:name>")
     async def static_file(name: str) -> Response:
-        return await send_from_directory(STATIC_DIR, name)
+        return await _send_static(name)
+
+    @app.after_request
+    async def add_security_headers(response: Response) -> Response:
+        response.headers.update(SECURITY_HEADERS)
+        # Tokens and jobs must not linger in any cache; answers with a caching policy of
+        # their own (the download, the thumbnail, the page's files) keep it.
+        if response.mimetype == "application/json" and "Cache-Control" not in response.headers:
+            response.headers["Cache-Control"] = "no-store"
+        return response
 
     @app.after_request
     async def add_cors_headers(response: Response) -> Response:

@@ -8,14 +8,17 @@ import math
 from quart import Blueprint, Response, jsonify, request
 
 from refresher import timestamps, tokens
+from web.backpressure import BodyLimit, MalformedJSON, read_json
 from web.errors import ApiError
 from web.state import state
 
 LOGGER = logging.getLogger(__name__)
 
 SESSION_TTL_S = 24 * 3600
-# A password in JSON is tiny; refuse large bodies before Quart buffers them whole.
-MAX_LOGIN_BODY_BYTES = 4096
+# A password in JSON is tiny: past this the body is refused, chunked or not, and no more
+# of it is kept (the app gives this route this limit).
+LOGIN_BODY = BodyLimit(4096, "A login request is a small JSON object; this one is too large.")
+SEND_JSON = 'Send JSON like {"password": "..."}'
 
 blueprint = Blueprint("auth", __name__)
 
@@ -41,13 +44,18 @@ async def login() -> Response:
             f"Too many wrong passwords; try again in {math.ceil(wait_s)} seconds.",
             headers={"Retry-After": str(math.ceil(wait_s))},
         )
-    if (request.content_length or 0) > MAX_LOGIN_BODY_BYTES:
-        raise ApiError(413, "A login request is a small JSON object; this one is too large.")
-    body = await request.get_json(force=True, silent=True)
+    try:
+        body = await read_json()
+    except MalformedJSON as err:
+        raise ApiError(400, f"{SEND_JSON}: {err}.") from None
     password = body.get("password") if isinstance(body, dict) else None
     if not isinstance(password, str) or not password:
-        raise ApiError(400, 'Send JSON like {"password": "..."}: the password is missing.')
-    if not app_state.credentials.password_matches(password):
+        raise ApiError(400, f"{SEND_JSON}: the password is missing.")
+    try:
+        matches = app_state.credentials.password_matches(password)
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" is valid JSON): not the password
+        matches = False
+    if not matches:
         app_state.login_throttle.record_failure(client, now)
         LOGGER.info("failed login from %s", client)
         raise ApiError(401, "That password is not right.")

@@ -1,38 +1,93 @@
-"""Backpressure for streamed request bodies.
+"""Request bodies: backpressure for a streamed one, a small size limit on every other.
 
 Quart's receive loop appends every body chunk to the request's buffer without waiting
 for the handler to take it, so an upload arriving faster than the disk takes it piles
 up in memory (measured: +150 MB RSS for a 1 GiB upload). Here the loop waits, once the
 handler has started streaming the body (`async for chunk in request.body`), until the
 buffer is below a high-water mark; the kernel's socket buffers then slow the client.
-Bodies read whole (`await request.get_json()`) behave as before.
+Bodies read whole behave as before.
+
+Quart's own limit, `MAX_CONTENT_LENGTH`, is one for all routes and sized for uploads
+(gigabytes): a chunked login body was buffered that far before any handler ran. So a
+limit is chosen per route as the request arrives: the routes the app names in
+`BODY_LIMITS_KEY` get theirs, every other route `SMALL_BODY`. Bytes are counted as they
+arrive; past the limit they are dropped, not kept, and reading the body raises a 413.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+from dataclasses import dataclass
 
 import trio
-from hypercorn.typing import ASGIReceiveCallable
+from hypercorn.typing import ASGIReceiveCallable, ASGISendCallable
+from quart import Quart, request
 from quart.wrappers import Request
 from quart_trio.asgi import TrioASGIHTTPConnection
 from quart_trio.wrappers.request import TrioBody, TrioRequest
+from werkzeug.exceptions import HTTPException
+
+from web.errors import ApiError
 
 # Bytes the buffer may hold before the receive loop waits for the handler: a few of
 # Hypercorn's 64 KiB reads, enough to keep the disk writer busy.
 HIGH_WATER_BYTES = 4 * 1024 * 1024
 
 
-class BoundedBody(TrioBody):
-    """A request body whose streaming reader lets the receive loop wait for it."""
+@dataclass(frozen=True)
+class BodyLimit:
+    """The most bytes a route's request body may carry, and the 413's sentence past it."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    max_bytes: int
+    message: str
+
+
+# Every route but the upload takes at most a JSON object of a few fields.
+SMALL_BODY = BodyLimit(
+    64 * 1024, "This request's body is larger than 64 KiB, the most this route accepts."
+)
+# The app's config key: endpoint -> its `BodyLimit`, or None for a body its handler
+# streams under the app-wide MAX_CONTENT_LENGTH and limits of its own.
+BODY_LIMITS_KEY = "BODY_LIMITS"
+
+
+class MalformedJSON(ValueError):
+    """A request body that is not JSON in UTF-8; the message says why."""
+
+
+class BoundedBody(TrioBody):
+    """A request body that lets the receive loop wait for its streaming reader, and
+    refuses to grow past its route's limit."""
+
+    def __init__(self, expected_content_length: int | None, max_content_length: int | None) -> None:
+        super().__init__(expected_content_length, max_content_length)
         self._streaming = False
         self._drained = trio.Event()
         self._drained.set()
+        self._expected_bytes = expected_content_length
+        self._received_bytes = 0
+        self.limit: BodyLimit | None = None
+
+    def set_limit(self, limit: BodyLimit) -> None:
+        """Refuse the body (413) once more than `limit.max_bytes` arrive in all."""
+        self.limit = limit
+        if self._expected_bytes is not None and self._expected_bytes > limit.max_bytes:
+            self._refuse(limit)
+
+    def _refuse(self, limit: BodyLimit) -> None:
+        # The answer may go out while the body still arrives: the connection cannot carry
+        # another request, and the client must be told so.
+        self._must_raise = ApiError(413, limit.message, headers={"Connection": "close"})
+        self._data.clear()
+        self.set_complete()
 
     def append(self, data: bytes) -> None:
+        if self._must_raise is not None:
+            return  # refused: what still arrives is dropped, not kept
+        self._received_bytes += len(data)
+        if self.limit is not None and self._received_bytes > self.limit.max_bytes:
+            self._refuse(self.limit)
+            return
         super().append(data)
         if self._streaming and len(self._data) >= HIGH_WATER_BYTES and self._drained.is_set():
             self._drained = trio.Event()
@@ -53,7 +108,50 @@ class BoundedRequest(TrioRequest):
     body_class = BoundedBody
 
 
+def _route_limit(app: Quart, method: str, path: str) -> BodyLimit | None:
+    try:
+        endpoint, _ = app.url_map.bind("localhost").match(path, method=method)
+    except HTTPException:  # no such route (or a redirect): its answer reads no body
+        return SMALL_BODY
+    limits: dict[str, BodyLimit | None] = app.config.get(BODY_LIMITS_KEY, {})
+    return limits.get(endpoint, SMALL_BODY)
+
+
+async def receive_limited_body() -> None:
+    """Receive a limited body whole before the handler runs; past its limit, raise the 413.
+
+    Run before every request, so each route refuses an oversized body, also one whose
+    handler never reads it; a streamed body (no limit here) is left to its handler.
+    """
+    body = request.body
+    if isinstance(body, BoundedBody) and body.limit is not None:
+        await body
+
+
+async def read_json() -> object:
+    """The request's body parsed as JSON in strict UTF-8; raise `MalformedJSON` if it is not.
+
+    Unlike Quart's `get_json(silent=True)`, nothing escapes as a 500: not invalid UTF-8,
+    not JSON nested too deep to parse (`RecursionError`). Past the body's limit, the 413.
+    """
+    raw = bytearray()
+    async for chunk in request.body:
+        raw += chunk
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except (RecursionError, ValueError) as err:  # UnicodeDecodeError is a ValueError
+        raise MalformedJSON("the body is not JSON in UTF-8") from err
+
+
 class BackpressureHTTPConnection(TrioASGIHTTPConnection):
+    def _create_request_from_scope(self, send: ASGISendCallable) -> Request:
+        # The limit must be set before the receive loop appends the first byte.
+        created = super()._create_request_from_scope(send)
+        limit = _route_limit(self.app, created.method, created.path)
+        if isinstance(created.body, BoundedBody) and limit is not None:
+            created.body.set_limit(limit)
+        return created
+
     async def handle_messages(  # type: ignore[override]
         self, nursery: trio.Nursery, request: Request, receive: ASGIReceiveCallable
     ) -> None:

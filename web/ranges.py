@@ -1,9 +1,17 @@
-"""HTTP range and validator logic for downloads, as pure functions (RFC 9110 §13, §14)."""
+"""HTTP range and validator logic for downloads, as pure functions (RFC 9110 §13, §14).
+
+Every parser here takes any text a client sends: what it cannot read it ignores (as the
+RFC allows), and the only exception any of them raises is `RangeNotSatisfiable`.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from email.utils import format_datetime, parsedate_to_datetime
+
+# A byte position: ASCII digits only (`int()` alone also takes "1_0", "+1" and "٣").
+_POSITION = re.compile(r"[0-9]*")
 
 
 class RangeNotSatisfiable(ValueError):
@@ -25,17 +33,18 @@ def parse_range(header: str | None, size: int) -> tuple[int, int] | None:
     if unit.strip().lower() != "bytes" or "," in spec:
         return None
     first, dash, last = spec.strip().partition("-")
-    if not dash:
+    first, last = first.strip(), last.strip()
+    if not dash or not _POSITION.fullmatch(first) or not _POSITION.fullmatch(last):
         return None
     try:
         low = int(first) if first else None
         high = int(last) if last else None
-    except ValueError:
+    except ValueError:  # more digits than int() converts: no file is that large
         return None
     if low is None:  # a suffix: the last N bytes
         if high is None:
             return None
-        if high <= 0:
+        if high <= 0 or size == 0:  # nothing to send: no suffix of it is satisfiable
             raise RangeNotSatisfiable(header, size)
         return (max(0, size - high), size)
     if low < 0 or (high is not None and high < low):
@@ -50,12 +59,16 @@ def http_date(moment: datetime) -> str:
 
 
 def parse_http_date(text: str | None) -> datetime | None:
+    """The aware moment `text` names, or None for no date or one that cannot be read."""
     if not text:
         return None
     try:
-        return parsedate_to_datetime(text)
-    except (TypeError, ValueError):
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError, OverflowError):  # overflow: a number C cannot hold
         return None
+    # "-0000" (RFC 5322: UTC, source zone unknown) parses naive; comparing a naive moment
+    # with the archive's aware one would raise.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
 def strong_match(header: str, etag: str) -> bool:

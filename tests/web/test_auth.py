@@ -65,11 +65,21 @@ async def test_token_survives_a_restart(start_service, config) -> None:  # type:
 @pytest.mark.parametrize(
     ("body", "message"),
     [
-        (b"", 'Send JSON like {"password": "..."}: the password is missing.'),
-        (b"not json", 'Send JSON like {"password": "..."}: the password is missing.'),
+        (b"", 'Send JSON like {"password": "..."}: the body is not JSON in UTF-8.'),
+        (b"not json", 'Send JSON like {"password": "..."}: the body is not JSON in UTF-8.'),
         (b'{"pass": "x"}', 'Send JSON like {"password": "..."}: the password is missing.'),
         (b'{"password": 12}', 'Send JSON like {"password": "..."}: the password is missing.'),
         (b'["password"]', 'Send JSON like {"password": "..."}: the password is missing.'),
+        (b"null", 'Send JSON like {"password": "..."}: the password is missing.'),
+        (b'"password"', 'Send JSON like {"password": "..."}: the password is missing.'),
+        (b"1e999999", 'Send JSON like {"password": "..."}: the password is missing.'),
+        (b'{"password": ""}', 'Send JSON like {"password": "..."}: the password is missing.'),
+        (b'{"password": null}', 'Send JSON like {"password": "..."}: the password is missing.'),
+        (
+            b'{"password": {"$ne": ""}}',
+            'Send JSON like {"password": "..."}: the password is missing.',
+        ),
+        (b'{"password": ["x"]}', 'Send JSON like {"password": "..."}: the password is missing.'),
     ],
 )
 async def test_login_without_a_password_is_400(

@@ -75,7 +75,8 @@ async def test_a_queued_job_failed_by_the_janitor_ends_its_stream(
     )
     events, ended = await follow(nursery, authed, job_id, token)
     wall_clock.advance(61)
-    assert (await janitor_of(service, wall_clock).sweep()).failed_queued == 1
+    # This pass, or the service's own janitor's if it runs first, fails the job.
+    await janitor_of(service, wall_clock).sweep()
     assert await ended_with(events, ended) == "failed"
     assert "waited in the queue" in events[-1][1]["error"]
 
@@ -85,7 +86,8 @@ async def test_expiry_is_announced(service: RunningService, wall_clock: WallCloc
     job_id = await make_finished_job(service.state.db, service.state.paths, now=wall_clock())
     async with service.state.events.subscribe(job_id) as heard:
         wall_clock.advance(DAY_S)
-        assert (await janitor_of(service, wall_clock).sweep()).expired == 1
+        # This pass, or the service's own janitor's if it runs first, expires the job.
+        await janitor_of(service, wall_clock).sweep()
         with trio.fail_after(STREAM_TIMEOUT_S):
             event = await heard.receive()
     assert (event.kind, event.data["status"], event.ends_job) == ("status", "expired", True)
