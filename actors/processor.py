@@ -5,14 +5,20 @@ finished variation is a row written in the same transaction that counts it. So t
 processor can be killed anywhere: on its next start it kills encoders a dead run left
 behind, puts interrupted jobs back in the queue, and resumes each from its last finished
 variation.
+
+Faults are results, not crashes. A full storage (in an output or in the database) fails
+the file being encoded with a reason, after removing what its batch wrote
+(`refresher.batches`); a progress write that finds no room is skipped; a state write
+that must land waits for room (`refresher.full_disk`). An FFmpeg stopped by a signal the
+service did not send runs again after a pause, in which a stop of the service, whose
+signal it may have shared, arrives and leaves the job to resume: only a real encode
+failure fails a file.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,8 +27,10 @@ import trio
 
 from actors.runtime import Mailbox
 from refresher import effects, encoding, jobstore, thumbnails
+from refresher.batches import BatchMaker
 from refresher.db import Database
-from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders
+from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders, remove_files
+from refresher.full_disk import StorageFull, write_if_room, write_when_room
 from refresher.job_events import JobEvent
 from refresher.probe import NotAVideo, Probe, probe
 from refresher.status import FINISHED, JobStatus
@@ -49,14 +57,6 @@ class CancelJob:
     """A user cancelled the job; its `cancelled_at` is already in the database."""
 
     job_id: str
-
-
-class NoRoom(MediaError):
-    def __init__(self, nbytes: int) -> None:
-        super().__init__(
-            f"There was no room to store {nbytes / 1e6:.0f} MB of variations: the storage "
-            "is full even after removing older results."
-        )
 
 
 @dataclass
@@ -104,8 +104,9 @@ class Processor:
         self.ffmpeg = ffmpeg
         self.ttl_s = ttl_s
         self.now = now
-        self.threads = threads
-        self.request_room = request_room
+        self.batches = BatchMaker(
+            db, paths, ffmpeg, now=now, threads=threads, request_room=request_room
+        )
         self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
         self._wake = trio.Event()
         self._current: _RunningJob | None = None
@@ -113,13 +114,14 @@ class Processor:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Recover from any earlier run, then process queued jobs until cancelled.
 
-        Cancellation stops FFmpeg and removes partial outputs; the job stays in the
-        database as `processing` and is requeued by the next `run()`.
+        Reports started once the encoders an earlier run left are killed; requeueing the
+        jobs it left comes after, as it may have to wait for room. Cancellation stops
+        FFmpeg and removes partial outputs; the job stays in the database as
+        `processing` and is requeued by the next `run()`.
         """
         killed = await trio.to_thread.run_sync(kill_leftover_encoders, self.paths.root)
-        requeued = await self.db.write(lambda conn: jobstore.requeue_interrupted(conn, self.now()))
-        if killed or requeued:
-            LOGGER.warning("recovered: killed %d encoders, requeued jobs %s", len(killed), requeued)
+        if killed:
+            LOGGER.warning("recovered: killed %d encoders", len(killed))
         self._current = None
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -133,10 +135,22 @@ class Processor:
                     self._wake.set()
 
     async def _work(self) -> None:
+        # After started(): on a full storage this waits for room, and the service runs.
+        requeued = await write_when_room(
+            self.db,
+            lambda conn: jobstore.requeue_interrupted(conn, self.now()),
+            what="requeueing interrupted jobs",
+        )
+        if requeued:
+            LOGGER.warning("recovered: requeued jobs %s", requeued)
         while True:
             # A fresh event before looking: a ring during the look is not lost.
             self._wake = trio.Event()
-            job = await self.db.write(lambda conn: jobstore.claim_next(conn, self.now()))
+            job = await write_when_room(
+                self.db,
+                lambda conn: jobstore.claim_next(conn, self.now()),
+                what="claiming the next job",
+            )
             if job is None:
                 await self._wake.wait()
                 continue
@@ -148,8 +162,6 @@ class Processor:
     async def _process(self, job: jobstore.JobRecord) -> None:
         LOGGER.info("job=%s processing: %d videos", job.id, job.total_videos)
         self._publish(job.id, "status", status=JobStatus.PROCESSING)
-        job_dir = self.paths.job_dir(job.id)
-        await trio.Path(job_dir).mkdir(parents=True, exist_ok=True)
         await self._make_thumbnail(job)
         variation_effects = effects.generate(job.seed, job.total_variations)
         running = _RunningJob(
@@ -185,9 +197,13 @@ class Processor:
             duration_s=first.duration_s or 0.0,
             env=encoder_mark(self.paths.root),
         )
-        if made:
-            relative = self.paths.relative(output)
-            await self.db.write(lambda conn: jobstore.set_thumbnail(conn, job.id, relative))
+        relative = self.paths.relative(output)
+        if made and not await write_if_room(
+            self.db,
+            lambda conn: jobstore.set_thumbnail(conn, job.id, relative),
+            what=f"job={job.id} thumbnail",
+        ):
+            await trio.to_thread.run_sync(remove_files, [output])
 
     async def _process_file(
         self,
@@ -196,16 +212,18 @@ class Processor:
         file_effects: list[effects.Effects],
     ) -> None:
         done = {output.variation_index for output in file.outputs}
-        await trio.to_thread.run_sync(self._remove_partials, job.id, file.id, done)
+        await trio.to_thread.run_sync(self.batches.remove_leftovers, job.id, file.id, done)
         progress = _FileProgress(total=job.variations_per_video, done=len(done))
-        await self.db.write(
+        await write_if_room(
+            self.db,
             lambda conn: jobstore.set_file_state(
                 conn,
                 file.id,
                 status=JobStatus.PROCESSING,
                 progress=progress.percent,
                 now=self.now(),
-            )
+            ),
+            what=f"job={job.id} file={file.id} start",
         )
         self._track(file.id, JobStatus.PROCESSING, progress.percent)
         pending = [index for index in range(1, job.variations_per_video + 1) if index not in done]
@@ -218,10 +236,13 @@ class Processor:
             LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
         status = JobStatus.FAILED if error else JobStatus.COMPLETED
         percent = 100.0 if status == JobStatus.COMPLETED else progress.percent
-        await self.db.write(
+        # Not shielded: a stop while this waits for room leaves the file to the next run.
+        await write_when_room(
+            self.db,
             lambda conn: jobstore.set_file_state(
                 conn, file.id, status=status, progress=percent, error=error, now=self.now()
-            )
+            ),
+            what=f"job={job.id} file={file.id} {status}",
         )
         self._track(file.id, status, percent)
         self._publish(
@@ -249,19 +270,15 @@ class Processor:
         # frame size. A batch's outputs are recorded as soon as it ends, so a restart
         # resumes after the last finished batch.
         per_encode = encoding.variations_per_encode(probed.width, probed.height)
-        batches, start = [], 0
-        for size in encoding.batch_sizes(len(pending), per_encode):
-            batches.append(pending[start : start + size])
-            start += size
         error: str | None = None
         async with trio.open_nursery() as watchers:
             watchers.start_soon(self._report_progress, job.id, file.id, progress)
             try:
-                for batch in batches:
+                for batch in encoding.split_batches(pending, per_encode):
                     await self._encode_batch(
                         job, file, source, probed, batch, file_effects, progress
                     )
-            except (MediaError, OSError) as err:
+            except (MediaError, StorageFull, OSError) as err:
                 error = str(err)
             watchers.cancel_scope.cancel()
         return error
@@ -282,45 +299,15 @@ class Processor:
             if self._current is not None:
                 self._current.scope.cancel()
             await trio.lowlevel.checkpoint()
-        # Outputs come out about the size of their source; ask for that much room first,
-        # rather than write until the disk is full.
-        needed = file.file_size * len(indices)
-        if self.request_room is not None and not await self.request_room(needed):
-            raise NoRoom(needed)
         key = indices[0]
 
         def on_progress(fraction: float) -> None:
             progress.running[key] = fraction * len(indices)
             progress.changed.set()
 
-        variations = [
-            encoding.Variation(
-                self.paths.job_dir(job.id) / f"{file.id}_var{index}.mp4", file_effects[index - 1]
-            )
-            for index in indices
-        ]
-        encoded = await encoding.encode_variations(
-            self.ffmpeg,
-            source,
-            variations,
-            probed=probed,
-            on_progress=on_progress,
-            threads=self.threads,
-            env=encoder_mark(self.paths.root),
+        await self.batches.make(
+            job.id, file, source, probed, indices, file_effects, on_progress=on_progress
         )
-
-        def record(conn: sqlite3.Connection) -> None:
-            for index, variation, output in zip(indices, variations, encoded, strict=True):
-                jobstore.record_output(
-                    conn, output_id=str(uuid.uuid4()), job_id=job.id, file_id=file.id,
-                    variation_index=index, path=self.paths.relative(output.path),
-                    size=output.size, crc32=output.crc32,
-                    effects=variation.effects.as_dict(), now=self.now(),
-                )  # fmt: skip
-
-        with trio.CancelScope(shield=True):
-            # Shielded: the files are complete, so their rows must be written too.
-            await self.db.write(record)
         progress.running.pop(key, None)
         progress.done += len(indices)
         progress.changed.set()
@@ -340,11 +327,14 @@ class Processor:
                 )  # fmt: skip
             if percent - progress.saved >= DB_PROGRESS_STEP:
                 progress.saved = percent
-                await self.db.write(
+                # Only a page reload shows it: on a full storage, the encode goes on without.
+                await write_if_room(
+                    self.db,
                     functools.partial(
                         jobstore.set_file_progress, file_id=file_id, progress=percent,
                         now=self.now(),
-                    )
+                    ),
+                    what=f"job={job_id} file={file_id} progress",
                 )  # fmt: skip
 
     def _track(self, file_id: str, status: JobStatus, percent: float) -> None:
@@ -356,15 +346,10 @@ class Processor:
             return 0.0
         return jobstore.overall_progress(JobStatus.PROCESSING, self._current.files.values())
 
-    def _remove_partials(self, job_id: str, file_id: str, done: set[int]) -> None:
-        """Remove this file's outputs without a row: leftovers of a run that died."""
-        keep = {f"{file_id}_var{index}.mp4" for index in done}
-        for path in self.paths.job_dir(job_id).glob(f"{file_id}_var*"):
-            if path.name not in keep:
-                path.unlink(missing_ok=True)
-
     async def _finish(self, job_id: str, *, cancelled: bool) -> None:
-        with trio.CancelScope(shield=True):
+        # Shielded, so that a stop does not cut a job's end in two; the shield is lifted
+        # if a write has to wait for room (the next run then finishes the job).
+        with trio.CancelScope(shield=True) as finishing:
             job = await self.db.read(lambda conn: jobstore.require_job(conn, job_id))
             failed = [file for file in job.files if file.status == JobStatus.FAILED]
             if cancelled:
@@ -376,13 +361,21 @@ class Processor:
                 )
             else:
                 status, error = JobStatus.COMPLETED, None
-            await self.db.write(
+            await write_when_room(
+                self.db,
                 lambda conn: jobstore.finish_job(
                     conn, job_id, status=status, error=error, now=self.now(), ttl_s=self.ttl_s
-                )
+                ),
+                what=f"job={job_id} {status}",
+                holding=finishing,
             )
             # Files before rows: the uploads go first, then the rows stop naming them.
             await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(job_id))
-            await self.db.write(lambda conn: jobstore.clear_uploads(conn, job_id))
+            await write_when_room(
+                self.db,
+                lambda conn: jobstore.clear_uploads(conn, job_id),
+                what=f"job={job_id} uploads removed",
+                holding=finishing,
+            )
         LOGGER.info("job=%s %s", job_id, status)
         self._publish(job_id, "status", status=status, error=error)

@@ -28,8 +28,9 @@ from pathlib import Path
 import trio
 
 from refresher.effects import Effects
-from refresher.ffmpeg import EncodeFailed, partial_path, remove_files, run_ffmpeg
+from refresher.ffmpeg import EncodeFailed, exit_failure, partial_path, remove_files, run_ffmpeg
 from refresher.filtergraph import tee_escape, variation_filter
+from refresher.full_disk import StorageFull, is_storage_full
 from refresher.probe import Probe
 
 # One FFmpeg at a time: a process that decodes once and encodes up to
@@ -106,6 +107,15 @@ def batch_sizes(count: int, per_encode: int) -> list[int]:
     return [count // runs + (1 if index < count % runs else 0) for index in range(runs)]
 
 
+def split_batches(indices: Sequence[int], per_encode: int) -> list[list[int]]:
+    """Split variation `indices` into the runs `batch_sizes` plans, in order."""
+    batches, start = [], 0
+    for size in batch_sizes(len(indices), per_encode):
+        batches.append(list(indices[start : start + size]))
+        start += size
+    return batches
+
+
 def encode_args(
     source: Path, variations: Sequence[Variation], *, probed: Probe, threads: int | None = None
 ) -> list[str]:
@@ -165,32 +175,38 @@ async def encode_variations(
 ) -> list[EncodedOutput]:
     """Make `variations` of `source` with one FFmpeg (decoding once); return them in order.
 
-    Each output is written under `partial_path(output)` and renamed into place only when
-    FFmpeg succeeded; its size and CRC-32 are read back from the finished file.
+    Each output is written under `partial_path(output)` (its folder made if need be) and
+    renamed into place only when FFmpeg succeeded; its size and CRC-32 are read back from
+    the finished file.
     `on_progress` gets 0..1 (steps of at least PROGRESS_STEP, then exactly 1.0 once);
     `on_started` gets FFmpeg's PID; `env` adds variables to FFmpeg's environment. Either
     lets the service find an FFmpeg that outlived a crash of its own.
 
-    On failure raise `EncodeFailed`. On cancellation FFmpeg is stopped (`q`; after
-    QUIT_WAIT_S SIGTERM; after TERM_WAIT_S more SIGKILL) and reaped, no partial file is
-    left, and then Cancelled propagates.
+    On failure no partial file is left, and FFmpeg's exit status is raised as what
+    `exit_failure` makes of it: `FFmpegInterrupted` (a signal from outside stopped it),
+    `StorageFull` (no room for the outputs), else `EncodeFailed`. On cancellation FFmpeg
+    is stopped (`q`; after QUIT_WAIT_S SIGTERM; after TERM_WAIT_S more SIGKILL) and
+    reaped, no partial file is left, and then Cancelled propagates.
     """
     partials = [Variation(partial_path(v.output), v.effects) for v in variations]
     command = [ffmpeg, *encode_args(source, partials, probed=probed, threads=threads)]
     reporter = _ProgressReporter(probed.duration_s, on_progress)
     done = False
     try:
+        for folder in {variation.output.parent for variation in variations}:
+            await trio.Path(folder).mkdir(parents=True, exist_ok=True)
         returncode, stderr_tail = await run_ffmpeg(
             command, on_out_time_us=reporter.out_time_us, on_started=on_started, env=env
         )
         if returncode != 0:
-            raise EncodeFailed(returncode, stderr_tail)
+            raise exit_failure(returncode, stderr_tail, writing="the variations")
         pairs = [(p.output, v.output) for p, v in zip(partials, variations, strict=True)]
-        try:
-            outputs = await trio.to_thread.run_sync(_publish, pairs)
-        except OSError as err:
-            raise EncodeFailed(None, f"FFmpeg's output could not be kept: {err}") from err
+        outputs = await trio.to_thread.run_sync(_publish, pairs)
         done = True
+    except OSError as err:  # making the folder, or keeping the outputs
+        if is_storage_full(err):
+            raise StorageFull("there was no room to write the variations") from err
+        raise EncodeFailed(None, f"The variations could not be written: {err.strerror}") from err
     finally:
         if not done:
             with trio.CancelScope(shield=True):

@@ -1,9 +1,15 @@
 """Find, run and stop FFmpeg, and find the encoders an earlier run of this service left.
 
-Every FFmpeg runs niced below the service, reports its progress on stdout and keeps the
-tail of its stderr for an error message; cancelled, it is asked to quit (`q`), then
-terminated, then killed, and always reaped. It writes its outputs under temporary names
-(`partial_path`) that its callers rename into place when it succeeded.
+Every FFmpeg runs niced below the service, in a session of its own, reports its progress
+on stdout and keeps the tail of its stderr for an error message; cancelled, it is asked to
+quit (`q`), then terminated, then killed, and always reaped. It writes its outputs under
+temporary names (`partial_path`) that its callers rename into place when it succeeded.
+
+Its own session keeps a terminal's Ctrl-C (or `kill -- -PGID`) from reaching it: only the
+service gets the signal, and stops its FFmpegs itself, by cancelling them. So an FFmpeg
+that ends by a signal while not cancelled was stopped from outside: no fault of the
+video, and never reported as one (`exit_failure` tells it apart as `FFmpegInterrupted`,
+and `rerun_if_interrupted` runs it again).
 
 Each FFmpeg the processor starts carries an environment variable naming the data
 directory it writes into (`encoder_mark`). After a crash (even `kill -9` of the service,
@@ -19,15 +25,33 @@ import os
 import shutil
 import signal
 import subprocess
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import trio
 
+from refresher.full_disk import FULL_ERRNOS, StorageFull
+
 LOGGER = logging.getLogger(__name__)
 
-# FFmpeg runs below the web server and the database threads.
+T = TypeVar("T")
+
+# FFmpeg runs below the web server and the database threads. It is started through
+# `nice`, so that every thread it makes runs niced: Linux keeps a nice value per thread,
+# and setting it from here after the start would miss threads FFmpeg made meanwhile
+# (and a `preexec_fn` is unsafe in a process with threads).
 FFMPEG_NICE = 10
+NICE = "nice"
+# FFmpeg's exit status after it caught SIGINT or SIGTERM and cut its outputs short.
+SIGNALLED_STATUS = 255
+# An FFmpeg stopped by a signal from outside runs again after this pause times its
+# attempt, up to this many attempts. A signal meant for the whole service (a stop that
+# signals every process of the machine or the group) is followed by the service's own
+# stop, which cancels the pause or the run after it, and the job resumes on the next
+# start; an FFmpeg killed again and again (by the kernel's out-of-memory killer) fails.
+INTERRUPTED_PAUSE_S = 2.0
+INTERRUPTED_ATTEMPTS = 3
 # Cancellation: after `q` FFmpeg finishes its trailers; give it this long, then SIGTERM,
 # then this long again, then SIGKILL.
 QUIT_WAIT_S = 2.0
@@ -60,6 +84,55 @@ class EncodeFailed(MediaError):
             super().__init__(detail)
         else:
             super().__init__(f"FFmpeg exited with status {returncode}: {detail or 'no output'}")
+
+
+class FFmpegInterrupted(MediaError):
+    """A signal the service did not send stopped FFmpeg (the service stops its own FFmpegs
+    by cancelling them, and then no exit status is returned)."""
+
+    def __init__(self, returncode: int) -> None:
+        self.returncode = returncode
+        if returncode == SIGNALLED_STATUS:
+            how = "SIGINT or SIGTERM"
+        else:
+            try:
+                how = signal.Signals(-returncode).name
+            except ValueError:
+                how = f"signal {-returncode}"
+        super().__init__(f"FFmpeg was stopped by {how} from outside the service")
+
+
+def exit_failure(returncode: int, stderr_tail: str, *, writing: str) -> MediaError | StorageFull:
+    """What FFmpeg's non-zero exit means: stopped from outside, no room for `writing` (what
+    it was writing, in words), or a failed encode."""
+    if returncode < 0 or returncode == SIGNALLED_STATUS:
+        return FFmpegInterrupted(returncode)
+    # FFmpeg exits with its negative error code's low byte (ENOSPC: 228), and names it.
+    if any(
+        returncode == (-code & 0xFF) or os.strerror(code) in stderr_tail for code in FULL_ERRNOS
+    ):
+        return StorageFull(f"there was no room to write {writing}")
+    return EncodeFailed(returncode, stderr_tail)
+
+
+async def rerun_if_interrupted(run: Callable[[], Awaitable[T]], *, what: str) -> T:
+    """Return `run()`, run again after a pause each time a signal from outside stopped its
+    FFmpeg (`FFmpegInterrupted`), up to INTERRUPTED_ATTEMPTS runs in all.
+
+    After the last, raise `MediaError` naming the signal. `what` names the work in the
+    log. Cancellation (the service stopping) ends a pause at once.
+    """
+    attempt = 1
+    while True:
+        try:
+            return await run()
+        except FFmpegInterrupted as err:
+            if attempt == INTERRUPTED_ATTEMPTS:
+                raise MediaError(f"{err}, {attempt} times in a row.") from err
+            pause_s = INTERRUPTED_PAUSE_S * attempt
+            LOGGER.warning("%s: %s; running it again in %g s", what, err, pause_s)
+            await trio.sleep(pause_s)
+            attempt += 1
 
 
 def find_ffmpeg(configured: str | None) -> str:
@@ -137,10 +210,6 @@ def kill_leftover_encoders(data_dir: Path) -> list[int]:
 # --- running FFmpeg ----------------------------------------------------------------------
 
 
-def _lower_priority() -> None:  # runs in the child between fork and exec
-    os.nice(FFMPEG_NICE)
-
-
 async def run_ffmpeg(
     command: list[str],
     *,
@@ -152,16 +221,17 @@ async def run_ffmpeg(
 
     `command` should include `-progress pipe:1` for `on_out_time_us` to get FFmpeg's
     clock (microseconds into the output); `on_started` gets FFmpeg's PID; `env` adds
-    variables to FFmpeg's environment. Raise `EncodeFailed` if FFmpeg cannot start.
-    On cancellation stop it (see `_stop`) and reap it before Cancelled propagates.
+    variables to FFmpeg's environment. FFmpeg runs niced by FFMPEG_NICE, in a new
+    session (so in a process group of its own). Raise `EncodeFailed` if FFmpeg cannot
+    start. On cancellation stop it (see `_stop`) and reap it before Cancelled propagates.
     """
     try:
         process = await trio.lowlevel.open_process(
-            command,
+            [NICE, "-n", str(FFMPEG_NICE), *command],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            preexec_fn=_lower_priority,
+            start_new_session=True,
             env={**os.environ, **env} if env else None,
         )
     except OSError as err:

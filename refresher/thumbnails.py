@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from refresher.ffmpeg import MediaError, partial_path, remove_files, run_ffmpeg
+from refresher.ffmpeg import MediaError, exit_failure, partial_path, remove_files, run_ffmpeg
 
 LOGGER = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ async def make_thumbnail(
     duration_s: float,
     env: Mapping[str, str] | None = None,
 ) -> bool:
-    """Write a WebP still of `source`, THUMBNAIL_WIDTH wide, to `output`; False on failure.
+    """Write a WebP still of `source`, THUMBNAIL_WIDTH wide, to `output` (making its
+    folder); return False on failure.
 
     Best effort: a thumbnail is never worth failing a job for, so every failure is
     logged and answered with False. Cancellation still propagates (after FFmpeg is
@@ -40,6 +41,7 @@ async def make_thumbnail(
     times_s = [duration_s * THUMBNAIL_AT] if duration_s > 0 else []
     problem = "no frame"
     try:
+        await trio.Path(output.parent).mkdir(parents=True, exist_ok=True)
         for at_s in [*times_s, 0.0]:
             command = [
                 ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats",
@@ -54,7 +56,7 @@ async def make_thumbnail(
                 problem = f"FFmpeg took longer than {THUMBNAIL_TIMEOUT_S:g} s"
                 break
             if returncode != 0:
-                problem = stderr_tail or f"FFmpeg exited with status {returncode}"
+                problem = str(exit_failure(returncode, stderr_tail, writing="the thumbnail"))
                 break
             if await trio.to_thread.run_sync(_publish_if_not_empty, partial, output):
                 return True

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import os
-import subprocess
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from refresher.storage import Paths
 from refresher.usage import read_volume, stored_bytes
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
+from tests.support.full_disk import mounted_tmpfs
 from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
 
 JOB_BYTES = 2000
@@ -192,19 +192,8 @@ async def test_volume_usage_drives_eviction_when_the_quota_does_not(
 @pytest.fixture
 def tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A real 1 MiB tmpfs, where the machine lets this process mount one."""
-    mount_point = tmp_path / "volume"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs is not allowed here; the injected volume covers it")
-    try:
+    with mounted_tmpfs(tmp_path / "volume", 1024 * 1024) as mount_point:
         yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 async def test_statvfs_of_a_real_small_volume_drives_eviction(

@@ -1,0 +1,87 @@
+"""A full disk for tests: a real small tmpfs where the machine lets us mount one, and a
+store whose disk is full for the writes a test picks."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from refresher.db import Database
+
+T = TypeVar("T")
+
+
+@contextmanager
+def mounted_tmpfs(mount_point: Path, size_bytes: int) -> Iterator[Path]:
+    """Mount a tmpfs of `size_bytes` at `mount_point` (made if need be) for the block.
+
+    Skips the test, with mount's own words, where mounting is not allowed (tests run as
+    root in CI, where it is).
+    """
+    mount_point.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_bytes}", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a tmpfs is not allowed here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+def resize_tmpfs(mount_point: Path, size_bytes: int) -> None:
+    """Give a mounted tmpfs a new size, keeping what it holds: room returns (blocking)."""
+    subprocess.run(
+        ["mount", "-o", f"remount,size={size_bytes}", str(mount_point)],
+        capture_output=True,
+        check=True,
+    )
+
+
+def statements_with(*fragments: str) -> Callable[[list[str]], bool]:
+    """A `full_for` that refuses writes running a statement containing any of `fragments`
+    (statements as SQLite traces them: parameters filled in)."""
+    return lambda statements: any(part in sql for sql in statements for part in fragments)
+
+
+def never(statements: list[str]) -> bool:
+    return False
+
+
+class FillingDatabase(Database):
+    """A store whose disk is full for the writes `full_for(statements)` picks.
+
+    Such a write runs, then fails as SQLite fails a commit that finds no room:
+    `OperationalError: database or disk is full`, the transaction rolled back. `refused`
+    holds the statements of each refused write; set `full_for = never` when room returns.
+    """
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path)
+        self.full_for: Callable[[list[str]], bool] = never
+        self.refused: list[list[str]] = []
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        def traced(conn: sqlite3.Connection) -> T:
+            statements: list[str] = []
+            conn.set_trace_callback(statements.append)
+            try:
+                result = fn(conn)
+            finally:
+                conn.set_trace_callback(None)
+            if self.full_for(statements):
+                self.refused.append(statements)
+                raise sqlite3.OperationalError("database or disk is full")
+            return result
+
+        return await super().write(traced)
