@@ -20,15 +20,22 @@ SESSION_TTL_S = 24 * 3600
 LOGIN_BODY = BodyLimit(4096, "A login request is a small JSON object; this one is too large.")
 SEND_JSON = 'Send JSON like {"password": "..."}'
 
+MAX_CLIENT_KEY_CHARS = 64
 blueprint = Blueprint("auth", __name__)
 
 
 def client_address() -> str:
+    """Who is logging in, as the login throttle counts them.
+
+    Cut to MAX_CLIENT_KEY_CHARS: a proxy's header names one address (an IPv6 one is at
+    most 45 characters), and the throttle remembers thousands of clients, so a forged
+    header of kilobytes must not become a key of kilobytes.
+    """
     header = state().config.client_ip_header
     if header:
         forwarded = request.headers.get(header, "").strip()
         if forwarded:
-            return forwarded
+            return forwarded[:MAX_CLIENT_KEY_CHARS]
     return request.remote_addr or "unknown"
 
 

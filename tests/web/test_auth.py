@@ -4,7 +4,7 @@ import httpx
 import pytest
 
 from tests.support.clock import WallClock
-from tests.support.http import TEST_PASSWORD
+from tests.support.http import TEST_PASSWORD, StartService
 from web.auth_throttle import LoginThrottle
 
 
@@ -149,3 +149,18 @@ async def test_oversized_login_body_is_413(client: httpx.AsyncClient) -> None:
     assert response.json() == {
         "error": "A login request is a small JSON object; this one is too large."
     }
+
+
+async def test_a_forged_client_header_of_kilobytes_is_one_short_key(
+    start_service: StartService,
+) -> None:
+    """Behind a proxy the throttle keys on its header, which a client may forge: long
+    values are cut, so they can neither flood its memory nor dodge its count."""
+    service = await start_service(client_ip_header="X-Client-IP")
+    async with httpx.AsyncClient(base_url=service.url) as http:
+        for attempt in range(6):
+            forged = "1.2.3.4" + "x" * 16_384 + str(attempt)  # a new "client" each time
+            answer = await http.post(
+                "/api/auth", json={"password": "wrong"}, headers={"X-Client-IP": forged}
+            )
+        assert answer.status_code == 429
