@@ -8,6 +8,7 @@ import uuid
 import zlib
 
 from refresher import jobstore
+from refresher.config import Config
 from refresher.db import Database
 from refresher.status import JobStatus
 from refresher.storage import Paths
@@ -118,3 +119,13 @@ async def make_unfinished_job(
 
 def output_bytes(paths: Paths, job_id: str) -> dict[str, bytes]:
     return {path.name: path.read_bytes() for path in sorted(paths.job_dir(job_id).glob("*.mp4"))}
+
+
+def leftovers(config: Config) -> list[str]:
+    """Everything under uploads/ and jobs/ in the data dir, as relative paths."""
+    root = config.data_dir
+    return sorted(
+        str(path.relative_to(root))
+        for folder in ("uploads", "jobs")
+        for path in (root / folder).rglob("*")
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator
 
 import httpx
@@ -9,9 +10,9 @@ import pytest
 import trio
 
 from refresher.main import RunningService
+from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import make_finished_job
-from tests.web.test_multipart_stream import BOUNDARY, chunks, form_body
 from web.backpressure import SMALL_BODY, BodyLimit, BoundedBody
 from web.errors import ApiError
 from web.uploads import parse_variations
@@ -27,6 +28,17 @@ async def pieces(data: bytes, size: int = 1024) -> AsyncIterator[bytes]:
     """`data` as a chunked body (no Content-Length), `size` bytes a chunk."""
     async for piece in chunks(data, [size] * (len(data) // size + 1)):
         yield piece
+
+
+@pytest.fixture
+async def changes_nothing(service: RunningService) -> AsyncIterator[None]:
+    """After a case against the service: no upload left on disk, and still healthy."""
+    yield
+    assert os.listdir(service.state.paths.uploads) == []
+    async with httpx.AsyncClient(base_url=service.url) as http:
+        health = await http.get("/api/health")
+    assert health.status_code == 200, health.text
+    assert all(actor["restarts"] == 0 for actor in health.json()["actors"].values())
 
 
 def assert_json_error(response: httpx.Response, status: int, message: str) -> None:
@@ -53,6 +65,7 @@ async def finished_job(service: RunningService) -> str:
         pytest.param(b'{"password": "x"', id="truncated"),
     ],
 )
+@pytest.mark.usefixtures("changes_nothing")
 async def test_login_body_that_is_not_json_in_utf8_is_400(
     client: httpx.AsyncClient, body: bytes
 ) -> None:
@@ -63,12 +76,14 @@ async def test_login_body_that_is_not_json_in_utf8_is_400(
 
 
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.usefixtures("changes_nothing")
 async def test_login_body_past_4_kib_is_413(client: httpx.AsyncClient, chunked: bool) -> None:
     body = b'{"password": "' + b"x" * 4100 + b'"}'
     response = await client.post("/api/auth", content=pieces(body) if chunked else body)
     assert_json_error(response, 413, LOGIN_TOO_LARGE)
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_endless_chunked_login_is_refused_before_it_ends(
     client: httpx.AsyncClient,
 ) -> None:
@@ -85,12 +100,14 @@ async def test_endless_chunked_login_is_refused_before_it_ends(
     assert (await client.get("/api/health")).status_code == 200  # on a new connection
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_login_with_a_lone_surrogate_is_a_wrong_password(client: httpx.AsyncClient) -> None:
     # Valid JSON, but no UTF-8 encodes "\ud800": comparing it raised UnicodeEncodeError.
     response = await client.post("/api/auth", content=b'{"password": "\\ud800"}')
     assert_json_error(response, 401, "That password is not right.")
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_login_still_takes_a_chunked_body(client: httpx.AsyncClient) -> None:
     body = b'{"password": "' + TEST_PASSWORD.encode() + b'"}'
     response = await client.post("/api/auth", content=pieces(body, size=5))
@@ -141,6 +158,7 @@ ROUTES = [
 
 @pytest.mark.parametrize(("method", "path"), ROUTES, ids=[f"{m} {p}" for m, p in ROUTES])
 @pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.usefixtures("changes_nothing")
 async def test_every_route_but_the_upload_refuses_a_large_body(
     service: RunningService, authed: httpx.AsyncClient, method: str, path: str, chunked: bool
 ) -> None:
@@ -156,6 +174,7 @@ async def test_every_route_but_the_upload_refuses_a_large_body(
     assert (await authed.get(f"/api/jobs/{job_id}")).json()["status"] == "completed"
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_delete_with_a_large_body_deletes_nothing(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
@@ -166,11 +185,13 @@ async def test_delete_with_a_large_body_deletes_nothing(
     assert len(list(service.state.paths.job_dir(job_id).glob("*.mp4"))) == 2
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_a_small_body_on_any_route_is_still_fine(authed: httpx.AsyncClient) -> None:
     response = await authed.request("GET", "/api/jobs", content=b"x" * SMALL_BODY.max_bytes)
     assert response.status_code == 200
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_the_upload_takes_a_chunked_body_past_the_small_limit(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
@@ -215,6 +236,7 @@ def test_variations_in_ascii_digits_are_taken(raw: str | None, count: int) -> No
     assert parse_variations(raw, 20) == count
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_upload_with_a_non_ascii_count_is_400_and_keeps_nothing(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
@@ -251,6 +273,7 @@ async def test_upload_with_a_non_ascii_count_is_400_and_keeps_nothing(
     ],
     ids=lambda value: repr(value)[:60] if isinstance(value, dict) else str(value),
 )
+@pytest.mark.usefixtures("changes_nothing")
 async def test_odd_download_headers_get_the_archive_or_a_4xx(
     service: RunningService, authed: httpx.AsyncClient, headers: dict[str, str], status: int
 ) -> None:
@@ -276,6 +299,7 @@ async def test_odd_download_headers_get_the_archive_or_a_4xx(
         pytest.param(b"Bearer \x01\x02", id="control-characters"),
     ],
 )
+@pytest.mark.usefixtures("changes_nothing")
 async def test_odd_bearer_tokens_are_401(client: httpx.AsyncClient, authorization: bytes) -> None:
     response = await client.get("/api/jobs", headers={b"Authorization": authorization})
     assert_json_error(response, 401, INVALID_TOKEN)
@@ -290,6 +314,7 @@ async def test_odd_bearer_tokens_are_401(client: httpx.AsyncClient, authorizatio
         pytest.param("%ff", id="undecodable"),
     ],
 )
+@pytest.mark.usefixtures("changes_nothing")
 async def test_odd_signed_link_tokens_are_401(
     service: RunningService, client: httpx.AsyncClient, token: str
 ) -> None:
@@ -299,12 +324,14 @@ async def test_odd_signed_link_tokens_are_401(
         assert_json_error(response, 401, INVALID_TOKEN)
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_host_that_cannot_be_routed_is_400_json(client: httpx.AsyncClient) -> None:
     # A 64-character label: IDNA refuses it, and Quart let BadHost out as a bare 500.
     response = await client.get("/api/health", headers={"Host": "a" * 64 + ".example"})
     assert_json_error(response, 400, "The Host header is not a host name this server can route.")
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_static_name_the_file_system_refuses_is_404_json(
     client: httpx.AsyncClient,
 ) -> None:
@@ -314,6 +341,7 @@ async def test_static_name_the_file_system_refuses_is_404_json(
 
 
 @pytest.mark.parametrize("path", ["/", "/static/app.js"])
+@pytest.mark.usefixtures("changes_nothing")
 async def test_static_file_under_a_failed_if_match_is_412_json(
     client: httpx.AsyncClient, path: str
 ) -> None:
@@ -322,6 +350,7 @@ async def test_static_file_under_a_failed_if_match_is_412_json(
     assert_json_error(response, 412, "This file has changed since the version named in If-Match.")
 
 
+@pytest.mark.usefixtures("changes_nothing")
 async def test_static_range_beyond_the_file_is_416_json(client: httpx.AsyncClient) -> None:
     response = await client.get("/static/app.js", headers={"Range": "bytes=99999999-"})
     assert response.status_code == 416
@@ -341,6 +370,7 @@ async def test_static_range_beyond_the_file_is_416_json(client: httpx.AsyncClien
         pytest.param("'%20OR%201=1--", id="sql"),
     ],
 )
+@pytest.mark.usefixtures("changes_nothing")
 async def test_job_paths_with_odd_characters_are_404_json(
     authed: httpx.AsyncClient, job: str
 ) -> None:
@@ -368,6 +398,7 @@ async def test_job_paths_with_odd_characters_are_404_json(
         ("BREW", "/"),
     ],
 )
+@pytest.mark.usefixtures("changes_nothing")
 async def test_methods_not_allowed_are_405_json(
     client: httpx.AsyncClient, method: str, path: str
 ) -> None:

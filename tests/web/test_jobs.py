@@ -28,16 +28,7 @@ from tests.support.http import (
     upload,
     wait_for_job,
 )
-
-
-def leftovers(config: Config) -> list[str]:
-    """Everything under uploads/ and jobs/ in the data dir, as relative paths."""
-    root = config.data_dir
-    return sorted(
-        str(path.relative_to(root))
-        for folder in ("uploads", "jobs")
-        for path in (root / folder).rglob("*")
-    )
+from tests.support.jobs import leftovers
 
 
 async def test_two_clips_become_six_distinct_clean_variations(

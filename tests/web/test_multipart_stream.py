@@ -6,40 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.forms import BOUNDARY, chunks, form_body
 from web.multipart_stream import (
     FormRejected,
     boundary_of,
     display_name,
     receive_form,
 )
-
-BOUNDARY = b"----formboundary7MA4YWxkTrZu0gW"
-
-
-def form_body(parts: list[tuple[str, str | None, bytes]]) -> bytes:
-    """A multipart/form-data body of (field, filename or None, content) parts."""
-    body = b""
-    for field, filename, content in parts:
-        disposition = f'form-data; name="{field}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        body += b"--" + BOUNDARY + b"\r\n"
-        body += f"Content-Disposition: {disposition}\r\n".encode()
-        if filename is not None:
-            body += b"Content-Type: video/mp4\r\n"
-        body += b"\r\n" + content + b"\r\n"
-    return body + b"--" + BOUNDARY + b"--\r\n"
-
-
-async def chunks(data: bytes, sizes: list[int]) -> AsyncIterator[bytes]:
-    position = 0
-    for size in sizes:
-        if position >= len(data):
-            return
-        yield data[position : position + size]
-        position += size
-    if position < len(data):
-        yield data[position:]
 
 
 async def receive(body: AsyncIterator[bytes], directory: Path, **limits: int):  # type: ignore[no-untyped-def]

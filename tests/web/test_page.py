@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -10,20 +9,8 @@ import trio
 from playwright.sync_api import expect, sync_playwright
 
 from refresher.main import RunningService
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.http import TEST_PASSWORD
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-# Headless as root in a sandbox with no network beyond loopback: no sandbox, no GPU, and
-# none of the background connections Chromium would otherwise keep trying.
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 def drive_page(url: str, video: Path, screenshot: Path) -> dict[str, Any]:

@@ -14,9 +14,9 @@ from playwright.sync_api import expect, sync_playwright
 
 from refresher import jobstore
 from refresher.main import RunningService
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.http import TEST_PASSWORD, upload
 from tests.support.jobs import make_finished_job
-from tests.web.test_page import CHROMIUM, CHROMIUM_ARGS
 
 DIRECTIVES = {
     "default-src": "'self'",

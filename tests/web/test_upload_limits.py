@@ -15,9 +15,9 @@ import trio
 
 from refresher.config import MIB, Config
 from refresher.probe import Probe
+from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import StartService, upload
-from tests.web.test_jobs import leftovers
-from tests.web.test_multipart_stream import BOUNDARY, chunks, form_body
+from tests.support.jobs import leftovers
 from web.uploads import NO_ROOM, media_limit_breach, room_checked
 
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY.decode()}"
