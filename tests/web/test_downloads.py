@@ -19,6 +19,11 @@ from tests.support.jobs import make_finished_job, output_bytes
 from tests.support.zips import check_with_all_tools
 
 
+# A job whose ZIP cannot sit whole in the loopback's socket buffers (several MB each way):
+# its download is still running, holding its lease, while the client reads slowly.
+LARGER_THAN_SOCKET_BUFFERS = {"variations": 8, "size": 8 * 1024 * 1024}
+
+
 async def finished_job(service: RunningService, **options: object) -> str:
     return await make_finished_job(service.state.db, service.state.paths, **options)  # type: ignore[arg-type]
 
@@ -185,7 +190,7 @@ async def test_download_refusals(
 async def test_cleanup_leaves_a_job_alone_while_it_downloads(
     service: RunningService, authed: httpx.AsyncClient, kill_tracker: bool
 ) -> None:
-    job_id = await finished_job(service, variations=4, size=4 * 1024 * 1024)
+    job_id = await finished_job(service, **LARGER_THAN_SOCKET_BUFFERS)
     tracker = service.state.tracker
     async with authed.stream("GET", f"/api/jobs/{job_id}/download") as response:
         stream = response.aiter_raw()
@@ -209,7 +214,7 @@ async def test_cleanup_leaves_a_job_alone_while_it_downloads(
 async def test_client_that_goes_away_releases_its_lease(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
-    job_id = await finished_job(service, variations=4, size=4 * 1024 * 1024)
+    job_id = await finished_job(service, **LARGER_THAN_SOCKET_BUFFERS)
     async with authed.stream("GET", f"/api/jobs/{job_id}/download") as response:
         await response.aiter_raw().__anext__()
         assert await lease_count(service) == 1
