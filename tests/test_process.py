@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,70 +14,14 @@ import trio
 
 from refresher.ffmpeg import find_leftover_encoders
 from tests.support.http import finished, some_variation_done, upload, wait_for_job
-
-GRACE_S = 3.0
-
-
-@dataclass
-class ServiceProcess:
-    process: trio.Process
-    url: str
-    password: str
-    output: list[str]
-
-
-@asynccontextmanager
-async def running_service(data_dir: Path, **env: str) -> AsyncIterator[ServiceProcess]:
-    """Start `python -m refresher serve` on a free port; yield once it listens."""
-    environ = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": "0",
-        "DATA_DIR": str(data_dir),
-        "SHUTDOWN_GRACE_S": str(GRACE_S),
-        **env,
-    }
-    environ.pop("AUTH_PASSWORD", None)
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "refresher", "serve"],
-        env=environ,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    assert process.stdout is not None
-    output: list[str] = []
-    buffer = b""
-    url = password = None
-    try:
-        with trio.fail_after(30):
-            while url is None:
-                chunk = await process.stdout.receive_some()
-                if not chunk:
-                    raise AssertionError("service exited early:\n" + "".join(output))
-                buffer += chunk
-                *lines, rest = buffer.split(b"\n")
-                buffer = rest
-                for line in lines:
-                    text = line.decode() + "\n"
-                    output.append(text)
-                    if match := re.search(r"login password: (\S+)", text):
-                        password = match.group(1)
-                    if match := re.search(r"listening on (http://\S+?)(,|$)", text.strip()):
-                        url = match.group(1)
-        assert password is not None, "".join(output)
-        yield ServiceProcess(process, url, password, output)
-    finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
-
-
-async def drain(service: ServiceProcess) -> str:
-    assert service.process.stdout is not None
-    rest = b""
-    while chunk := await service.process.stdout.receive_some():
-        rest += chunk
-    return "".join(service.output) + rest.decode()
+from tests.support.process import (
+    GRACE_S,
+    assert_recovered,
+    drain,
+    integrity,
+    running_service,
+    settle_after_restart,
+)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
@@ -159,17 +98,22 @@ async def test_job_resumes_after_the_service_is_killed_mid_encode(
     # kill -9 orphans the encoders; they die of a broken pipe at their next progress
     # report or are killed by the next start (tests/refresher/test_ffmpeg.py).
     assert marked
-    async with running_service(data_dir) as second:
+    async with running_service(data_dir, JANITOR_INTERVAL_S="0.5") as second:
         async with httpx.AsyncClient(base_url=second.url, timeout=30) as http:
             login = await http.post("/api/auth", json={"password": second.password})
             http.headers["Authorization"] = f"Bearer {login.json()['token']}"
             detail = await wait_for_job(http, job_id, finished, timeout_s=120)
+            # The crash suite's checks (tests/test_crash.py), after a janitor pass.
+            with trio.fail_after(60):
+                recovery = await settle_after_restart(second, http, data_dir, job_id)
         second.process.send_signal(signal.SIGTERM)
         assert await second.process.wait() == 0
     assert detail["status"] == "completed"
     assert [out["variationIndex"] for out in detail["files"][0]["outputs"]] == list(range(1, 13))
     assert all(b"zombie" in _state(pid) for pid in marked)
     assert await trio.to_thread.run_sync(find_leftover_encoders, data_dir) == []
+    assert_recovered(recovery, variations=12)
+    assert await trio.to_thread.run_sync(integrity, data_dir) == "ok"
 
 
 def _state(pid: int) -> bytes:

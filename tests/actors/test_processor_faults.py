@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import trio
 import trio.testing
@@ -44,7 +43,7 @@ from tests.support.full_disk import (
 from tests.support.http import finished as finished_detail
 from tests.support.http import some_variation_done, upload, wait_for_job
 from tests.support.jobs import NOW, make_unfinished_job
-from tests.test_process import ServiceProcess, drain, running_service
+from tests.support.process import drain, logged_in, running_service
 
 # Every FFmpeg here runs for a second or two on an idle machine; the bound is for a
 # loaded CI runner.
@@ -357,14 +356,6 @@ def ctrl_c(service_pid: int, data_dir: Path) -> None:
         with contextlib.suppress(ProcessLookupError):  # an encoder that just ended
             if os.getpgid(pid) == group:
                 os.kill(pid, signal.SIGINT)
-
-
-@contextlib.asynccontextmanager
-async def logged_in(service: ServiceProcess) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
-        login = await http.post("/api/auth", json={"password": service.password})
-        http.headers["Authorization"] = f"Bearer {login.json()['token']}"
-        yield http
 
 
 async def test_ctrl_c_stops_the_service_gracefully_and_the_job_resumes_after_a_restart(

@@ -18,7 +18,6 @@ from tests.support.http import StartService
 from tests.support.jobs import make_finished_job, output_bytes
 from tests.support.zips import check_with_all_tools
 
-
 # A job whose ZIP cannot sit whole in the loopback's socket buffers (several MB each way):
 # its download is still running, holding its lease, while the client reads slowly.
 LARGER_THAN_SOCKET_BUFFERS = {"variations": 8, "size": 8 * 1024 * 1024}
