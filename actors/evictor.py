@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import trio
 from actors.runtime import Mailbox, NoReply
 from refresher import removal
 from refresher.db import Database
+from refresher.full_disk import is_storage_full
 from refresher.removal import Publish, RemovalReason, Reserver
 from refresher.storage import Paths
 from refresher.usage import Usage, eviction_candidates, read_volume, stored_bytes
@@ -112,7 +114,7 @@ class Evictor:
             if request is not None:
                 await self._answer(request)
             else:  # time for the periodic look
-                await self._make_room(None)
+                await self._room_or_full(None)
                 next_check = trio.current_time() + self.interval_s
 
     async def request_room(self, nbytes: int) -> bool:
@@ -144,11 +146,22 @@ class Evictor:
     async def _answer(self, request: RoomRequest) -> None:
         # Closed on the way out whatever happens: a caller never waits on a dead run.
         with request.reply:
-            room = await self._make_room(request.nbytes)
+            room = await self._room_or_full(request.nbytes)
             try:
                 request.reply.send_nowait(room)
             except trio.BrokenResourceError:
                 LOGGER.debug("room for %d bytes: the caller stopped waiting", request.nbytes)
+
+    async def _room_or_full(self, nbytes: int | None) -> bool:
+        """`_make_room`, where a store too full to record an eviction means no room: on a
+        restart the same look would fail again at once, a crash loop."""
+        try:
+            return await self._make_room(nbytes)
+        except sqlite3.Error as err:
+            if not is_storage_full(err):
+                raise
+            LOGGER.warning("no room: the storage is too full to record evictions (%s)", err)
+            return False
 
     async def _make_room(self, nbytes: int | None) -> bool:
         """Evict down to `low` if over `high`, and enough for `nbytes` if given; say if it fits."""

@@ -32,6 +32,7 @@ import trio
 
 from refresher import expiry, reconcile, removal
 from refresher.db import Database
+from refresher.full_disk import is_storage_full, keep_ballast
 from refresher.job_events import status_event
 from refresher.removal import Publish, RemovalReason, Reserver
 from refresher.status import JobStatus
@@ -120,7 +121,16 @@ class Janitor:
         """
         task_status.started()
         while True:
-            await self.sweep()
+            try:
+                await self.sweep()
+                # Room held back for removals on a full volume, taken back once there is.
+                await trio.to_thread.run_sync(keep_ballast, self.paths.ballast)
+            except sqlite3.Error as err:
+                # A pass on a full storage would fail again at once after a restart: a
+                # crash loop. The next pass, an interval later, tries again.
+                if not is_storage_full(err):
+                    raise
+                LOGGER.warning("janitor pass stopped: the storage is full (%s)", err)
             await trio.sleep(self.interval_s)
 
     async def sweep(self) -> SweepReport:

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import trio
@@ -31,6 +33,12 @@ FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 # cap: soon after room returns, without a log line a second while it does not.
 WRITE_RETRY_FIRST_S = 0.5
 WRITE_RETRY_MAX_S = 30.0
+# The ballast: a file of room held back on the volume and given up when a removal finds
+# the storage full, since removing results writes to the database too (its log), and a
+# full volume must not lock out the one thing that frees it. A hundredth of the volume,
+# within these bounds: a reservation and a tombstone take a few pages.
+BALLAST_MIN_BYTES = 64 * 1024
+BALLAST_MAX_BYTES = 4 * 1024 * 1024
 
 
 class StorageFull(Exception):
@@ -103,3 +111,38 @@ async def write_when_room(
             holding.shield = False
         await trio.sleep(delay)
         delay = min(2 * delay, WRITE_RETRY_MAX_S)
+
+
+def keep_ballast(path: Path) -> bool:
+    """Make sure the ballast file is at `path`, where the volume has room for twice it;
+    return whether it is there (blocking)."""
+    stats = os.statvfs(path.parent)
+    size = min(max(stats.f_blocks * stats.f_frsize // 100, BALLAST_MIN_BYTES), BALLAST_MAX_BYTES)
+    try:
+        if path.stat().st_size >= size:
+            return True
+    except FileNotFoundError:
+        pass
+    if stats.f_bavail * stats.f_frsize < 2 * size:
+        return False
+    try:
+        with path.open("wb") as file:
+            file.write(bytes(size))  # real blocks, not a sparse file
+            file.flush()
+            os.fsync(file.fileno())
+    except OSError as err:
+        path.unlink(missing_ok=True)
+        if err.errno in FULL_ERRNOS:
+            return False
+        raise
+    return True
+
+
+def release_ballast(path: Path) -> bool:
+    """Give the ballast's room back to the volume; return whether there was any (blocking)."""
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        return False
+    LOGGER.warning("storage full: released the ballast so that removals can proceed")
+    return True

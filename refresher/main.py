@@ -32,6 +32,7 @@ from refresher import credentials as credentials_store
 from refresher.config import Config
 from refresher.db import Database
 from refresher.ffmpeg import find_ffmpeg
+from refresher.full_disk import keep_ballast
 from refresher.storage import Paths
 from web.app import create_app
 from web.state import AppState
@@ -126,6 +127,8 @@ async def serve(
     ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, config.ffmpeg)
     LOGGER.info("using FFmpeg at %s", ffmpeg)
     db = await Database.open(paths.database)
+    if not await trio.to_thread.run_sync(keep_ballast, paths.ballast):
+        LOGGER.warning("the volume is nearly full: no room held back for removals yet")
     try:
         events = EventHub()
         tracker = DownloadTracker(db, now=now)

@@ -28,6 +28,7 @@ from typing import Protocol
 import trio
 
 from refresher.db import Database, placeholders
+from refresher.full_disk import is_storage_full, release_ballast
 from refresher.job_events import DELETED, JobEvent, status_event
 from refresher.status import FINISHED, TOMBSTONES, JobStatus, sql_list
 from refresher.storage import Paths, remove_tree
@@ -95,6 +96,8 @@ class Removal:
     busy: list[str] = field(default_factory=list)
     # Set when the reserver stopped answering: the jobs after that were not tried.
     unavailable: ReservationUnavailable | None = None
+    # Set when the store had no room to reserve even after the ballast was given up.
+    storage_full: bool = False
 
 
 def expiry_message(finished_at: str | None, expires_at: str) -> str:
@@ -129,10 +132,16 @@ async def remove(
         if enough is not None and enough(granted.keys()):
             break
         try:
-            reserved = await reserver.reserve_for_deletion(job_id, reason=reason)
+            reserved = await _reserve(reserver, paths, job_id, reason)
         except ReservationUnavailable as err:
             outcome.unavailable = err
             LOGGER.warning("removing nothing more for now (%s): %s", reason, err)
+            break
+        except sqlite3.Error as err:
+            if not is_storage_full(err):
+                raise
+            outcome.storage_full = True
+            LOGGER.warning("removing nothing more for now (%s): the storage is full", reason)
             break
         if reserved:
             granted[job_id] = message
@@ -140,6 +149,19 @@ async def remove(
             outcome.busy.append(job_id)
     outcome.retired = await _carry_out(db, paths, granted, reason, now, publish)
     return outcome
+
+
+async def _reserve(reserver: Reserver, paths: Paths, job_id: str, reason: RemovalReason) -> bool:
+    """Reserve through `reserver`; on a storage too full for even that, give up the ballast
+    (`refresher.full_disk`) and try once more: a removal is what frees the storage."""
+    try:
+        return await reserver.reserve_for_deletion(job_id, reason=reason)
+    except sqlite3.Error as err:
+        if not is_storage_full(err) or not await trio.to_thread.run_sync(
+            release_ballast, paths.ballast
+        ):
+            raise
+    return await reserver.reserve_for_deletion(job_id, reason=reason)
 
 
 async def resume(

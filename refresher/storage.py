@@ -36,6 +36,11 @@ class Paths:
         return self.root / "jobs"
 
     @property
+    def ballast(self) -> Path:
+        """Room held back for removals on a full volume (`refresher.full_disk`)."""
+        return self.root / "ballast"
+
+    @property
     def password_file(self) -> Path:
         return self.root / "auth_password"
 

@@ -7,7 +7,14 @@ import logging
 from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from refresher.full_disk import is_storage_full
+
 LOGGER = logging.getLogger(__name__)
+
+STORAGE_FULL = (
+    "The storage is full, so nothing was changed. Delete older jobs or wait until older "
+    "results are removed, then try again."
+)
 
 # Werkzeug's default descriptions are written for HTML pages; these say what to do.
 _MESSAGES = {
@@ -58,5 +65,8 @@ def register(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
+        if is_storage_full(error):  # nothing was changed: the write rolled back
+            LOGGER.warning("storage full on %s %s: %s", request.method, request.path, error)
+            return error_response(507, STORAGE_FULL)
         LOGGER.error("unhandled error on %s %s", request.method, request.path, exc_info=error)
         return error_response(500, "Something went wrong on the server; it has been logged.")

@@ -15,7 +15,7 @@ from refresher.removal import RemovalReason
 from refresher.status import ACTIVE, JobStatus
 from refresher.storage import remove_tree
 from web.access import check_bearer, require_login
-from web.errors import ApiError
+from web.errors import STORAGE_FULL, ApiError
 from web.state import AppState, state
 from web.views import job_detail, job_summary, load_or_404
 
@@ -107,6 +107,8 @@ async def delete_job(job_id: str) -> Response:
     )
     if outcome.unavailable is not None:
         raise ApiError(503, "Deleting is briefly unavailable; try again in a moment.")
+    if outcome.storage_full:
+        raise ApiError(507, STORAGE_FULL)
     if outcome.busy:
         raise ApiError(409, "The job is being downloaded right now; try again when it ends.")
     if not outcome.retired:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
+import sqlite3
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
@@ -15,6 +16,7 @@ from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
 from refresher import jobstore
 from refresher.config import Config
+from refresher.full_disk import is_storage_full
 from refresher.probe import NotAVideo, Probe, probe
 from refresher.status import JobStatus
 from refresher.storage import remove_tree
@@ -197,17 +199,24 @@ async def create_job() -> tuple[Response, int]:
             for upload, probe in zip(form.files, probes, strict=True)
         ]
         seed = secrets.randbits(63)
-        await app_state.db.write(
-            lambda conn: jobstore.insert_job(
-                conn,
-                job_id=job_id,
-                files=files,
-                variations_per_video=variations,
-                seed=seed,
-                now=app_state.now(),
-                ttl_s=config.job_ttl_s,
+        try:
+            await app_state.db.write(
+                lambda conn: jobstore.insert_job(
+                    conn,
+                    job_id=job_id,
+                    files=files,
+                    variations_per_video=variations,
+                    seed=seed,
+                    now=app_state.now(),
+                    ttl_s=config.job_ttl_s,
+                )
             )
-        )
+        except sqlite3.Error as err:
+            # Room is an answer, not a reservation: uploads sent together may fill the
+            # volume between the answer and the job's row.
+            if not is_storage_full(err):
+                raise
+            raise ApiError(507, NO_ROOM) from None
     except BaseException:
         # Bad input, a client that went away, or a crash: nothing of it stays on disk.
         with trio.CancelScope(shield=True):

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import trio
 
-from refresher import effects, encoding
+from refresher import effects, encoding, full_disk
 from refresher.db import Database
 from refresher.full_disk import StorageFull, is_storage_full, write_if_room, write_when_room
 from refresher.probe import probe
@@ -136,3 +136,18 @@ async def test_an_encode_that_fills_the_volume_fails_with_storage_full_and_leave
                 ffmpeg, source, variations, probed=probe(source), on_progress=lambda f: None
             )
         assert list((volume / "out").iterdir()) == []
+
+
+def test_the_ballast_holds_a_hundredth_of_the_volume_until_released(tmp_path: Path) -> None:
+    ballast = tmp_path / "ballast"
+    stats = os.statvfs(tmp_path)
+    expected = min(
+        max(stats.f_blocks * stats.f_frsize // 100, full_disk.BALLAST_MIN_BYTES),
+        full_disk.BALLAST_MAX_BYTES,
+    )
+    assert full_disk.keep_ballast(ballast)
+    assert ballast.stat().st_size == expected
+    assert full_disk.keep_ballast(ballast)  # kept, not written again
+    assert full_disk.release_ballast(ballast)
+    assert not ballast.exists()
+    assert not full_disk.release_ballast(ballast)  # nothing left to give

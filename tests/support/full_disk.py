@@ -3,6 +3,7 @@ store whose disk is full for the writes a test picks."""
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 import subprocess
 from collections.abc import Callable, Iterator
@@ -13,6 +14,7 @@ from typing import TypeVar
 import pytest
 
 from refresher.db import Database
+from refresher.usage import read_volume
 
 T = TypeVar("T")
 
@@ -85,3 +87,23 @@ class FillingDatabase(Database):
             return result
 
         return await super().write(traced)
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes a writer may still put on the volume holding `path` (blocking)."""
+    used, usable = read_volume(path)
+    return usable - used
+
+
+def fill_volume(filler: Path, *, leave_bytes: int) -> int:
+    """Grow `filler` until only `leave_bytes` of its volume stay free (fewer if the volume
+    had fewer); return the bytes it holds. Blocking; call it again to top up."""
+    with filler.open("ab", buffering=0) as out:
+        while (wanted := free_bytes(filler.parent) - leave_bytes) > 0:
+            try:
+                out.write(bytes(min(wanted, 1024 * 1024)))
+            except OSError as err:
+                if err.errno != errno.ENOSPC:
+                    raise
+                break
+    return filler.stat().st_size
