@@ -12,9 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import shutil
 import signal
-import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ from tests.support.full_disk import (
 )
 from tests.support.http import finished as finished_detail
 from tests.support.http import some_variation_done, upload, wait_for_job
-from tests.support.jobs import NOW, make_unfinished_job
+from tests.support.jobs import make_unfinished_job, queue_files_job
 from tests.support.process import drain, logged_in, running_service
 
 # Every FFmpeg here runs for a second or two on an idle machine; the bound is for a
@@ -97,29 +95,6 @@ async def filling_db(tmp_path: Path) -> AsyncIterator[FillingDatabase]:
     assert isinstance(db, FillingDatabase)
     yield db
     await db.aclose()
-
-
-async def queue_clip_job(db: Database, paths: Paths, sources: list[Path], variations: int) -> str:
-    """Queue a job whose uploads are copies of `sources`, as the upload route leaves them."""
-    job_id = str(uuid.uuid4())
-    upload_dir = paths.upload_dir(job_id)
-    upload_dir.mkdir(parents=True)
-    files = []
-    for number, source in enumerate(sources):
-        upload = upload_dir / f"{number}.upload"
-        shutil.copyfile(source, upload)
-        files.append(
-            jobstore.NewFile(
-                str(uuid.uuid4()), source.name, paths.relative(upload), upload.stat().st_size, 1.0
-            )
-        )
-    await db.write(
-        lambda conn: jobstore.insert_job(
-            conn, job_id=job_id, files=files, variations_per_video=variations, seed=5,
-            now=NOW, ttl_s=DAY_S,
-        )
-    )  # fmt: skip
-    return job_id
 
 
 async def load(db: Database, job_id: str) -> jobstore.JobRecord:
@@ -177,7 +152,7 @@ async def test_progress_writes_that_find_the_disk_full_are_skipped_and_the_job_c
     service = await start_service(nursery, filling_db, paths)
     # Six variations of a 320x240 clip are two batches of three: the first one's end
     # moves the progress at least once.
-    job_id = await queue_clip_job(filling_db, paths, [clips.mp4], variations=6)
+    job_id = await queue_files_job(filling_db, paths, [clips.mp4], variations=6)
     service.processor.inbox.post(JobQueued(job_id))
     with trio.fail_after(TIMEOUT_S):
         job = await wait_until(filling_db, job_id, finished)
@@ -190,7 +165,7 @@ async def test_progress_writes_that_find_the_disk_full_are_skipped_and_the_job_c
 async def test_variations_the_store_has_no_room_to_record_are_removed_and_their_file_fails(
     nursery: trio.Nursery, filling_db: FillingDatabase, paths: Paths, clips: Any
 ) -> None:
-    job_id = await queue_clip_job(filling_db, paths, [clips.mp4, clips.mov], variations=2)
+    job_id = await queue_files_job(filling_db, paths, [clips.mp4, clips.mov], variations=2)
     first, second = (await load(filling_db, job_id)).files
     filling_db.full_for = lambda statements: any(
         "INSERT INTO output_files" in sql and first.id in sql for sql in statements
@@ -224,7 +199,7 @@ async def test_a_full_volume_fails_the_file_frees_its_outputs_and_room_lets_the_
             async with trio.open_nursery() as nursery:
                 service = await start_service(nursery, db, paths)
                 # Six variations (~2.4 MB) cannot fit beside the upload and the store.
-                full = await queue_clip_job(db, paths, [clips.long], variations=6)
+                full = await queue_files_job(db, paths, [clips.long], variations=6)
                 service.processor.inbox.post(JobQueued(full))
                 with trio.fail_after(TIMEOUT_S):
                     job = await wait_until(db, full, finished)
@@ -237,7 +212,7 @@ async def test_a_full_volume_fails_the_file_frees_its_outputs_and_room_lets_the_
                 assert service.restarts == 0
 
                 resize_tmpfs(volume, 64 * 1024 * 1024)
-                after = await queue_clip_job(db, paths, [clips.long], variations=6)
+                after = await queue_files_job(db, paths, [clips.long], variations=6)
                 service.processor.inbox.post(JobQueued(after))
                 with trio.fail_after(TIMEOUT_S):
                     job = await wait_until(db, after, finished)
@@ -298,7 +273,7 @@ async def test_a_job_stopped_with_the_service_resumes_and_completes_every_variat
     nursery: trio.Nursery, db: Database, paths: Paths, clips: Any
 ) -> None:
     # Twelve variations of a 320x240 clip encode in three batches of four.
-    job_id = await queue_clip_job(db, paths, [clips.long], variations=12)
+    job_id = await queue_files_job(db, paths, [clips.long], variations=12)
     first = await start_service(nursery, db, paths)
     first.processor.inbox.post(JobQueued(job_id))
     with trio.fail_after(TIMEOUT_S):
@@ -336,7 +311,7 @@ async def test_an_ffmpeg_killed_from_outside_runs_again_and_the_job_completes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr("refresher.ffmpeg.INTERRUPTED_PAUSE_S", 0.05)
-    job_id = await queue_clip_job(db, paths, [clips.long], variations=12)
+    job_id = await queue_files_job(db, paths, [clips.long], variations=12)
     service = await start_service(nursery, db, paths)
     service.processor.inbox.post(JobQueued(job_id))
     with trio.fail_after(TIMEOUT_S):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import random
+import shutil
 import sqlite3
 import uuid
 import zlib
+from pathlib import Path
 
 from refresher import jobstore
 from refresher.config import Config
@@ -129,3 +131,35 @@ def leftovers(config: Config) -> list[str]:
         for folder in ("uploads", "jobs")
         for path in (root / folder).rglob("*")
     )
+
+
+async def queue_files_job(
+    db: Database,
+    paths: Paths,
+    sources: list[Path],
+    variations: int,
+    *,
+    now: float = NOW,
+    ttl_s: float = DAY_S,
+) -> str:
+    """Queue a job whose uploads are copies of `sources`, as the upload route leaves them
+    (without its checks, and without ringing the processor); return its id."""
+    job_id = str(uuid.uuid4())
+    upload_dir = paths.upload_dir(job_id)
+    upload_dir.mkdir(parents=True)
+    files = []
+    for number, source in enumerate(sources):
+        upload = upload_dir / f"{number}.upload"
+        shutil.copyfile(source, upload)
+        files.append(
+            jobstore.NewFile(
+                str(uuid.uuid4()), source.name, paths.relative(upload), upload.stat().st_size, 1.0
+            )
+        )
+    await db.write(
+        lambda conn: jobstore.insert_job(
+            conn, job_id=job_id, files=files, variations_per_video=variations, seed=5,
+            now=now, ttl_s=ttl_s,
+        )
+    )  # fmt: skip
+    return job_id

@@ -5,8 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +14,7 @@ import pytest
 import trio
 
 from actors.processor import JobQueued
-from refresher import effects, jobstore
+from refresher import effects
 from refresher.config import Config
 from refresher.ffmpeg import find_leftover_encoders
 from refresher.main import RunningService
@@ -28,7 +26,7 @@ from tests.support.http import (
     upload,
     wait_for_job,
 )
-from tests.support.jobs import leftovers
+from tests.support.jobs import leftovers, queue_files_job
 
 
 async def test_two_clips_become_six_distinct_clean_variations(
@@ -260,27 +258,12 @@ async def test_job_resumes_after_the_processor_is_killed_mid_encode(
 
 async def queue_job_from_disk(service: RunningService, sources: list[Path], variations: int) -> str:
     """Queue a job whose uploads are `sources` as they are on disk, skipping upload checks
-    (as if a file was damaged on disk after it was accepted)."""
-    job_id = str(uuid.uuid4())
-    upload_dir = service.state.paths.upload_dir(job_id)
-    upload_dir.mkdir(parents=True)
-    files = []
-    for number, source in enumerate(sources):
-        target = upload_dir / f"{number}.upload"
-        shutil.copyfile(source, target)
-        files.append(
-            jobstore.NewFile(
-                str(uuid.uuid4()), source.name, service.state.paths.relative(target),
-                target.stat().st_size, 1.0,
-            )
-        )  # fmt: skip
-    await service.state.db.write(
-        lambda conn: jobstore.insert_job(
-            conn, job_id=job_id, files=files, variations_per_video=variations, seed=5,
-            now=service.state.now(), ttl_s=3600,
-        )
-    )  # fmt: skip
-    service.state.processor_inbox.post(JobQueued(job_id))
+    (as if a file was damaged on disk after it was accepted), and ring the processor."""
+    state = service.state
+    job_id = await queue_files_job(
+        state.db, state.paths, sources, variations, now=state.now(), ttl_s=3600
+    )
+    state.processor_inbox.post(JobQueued(job_id))
     return job_id
 
 
