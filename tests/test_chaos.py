@@ -187,8 +187,15 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
             nursery.start_soon(workload, service, clips, wall_clock, record, stop)
             await chaos(service, record, random.Random(SEED))
             stop.set()
+        # A kill lands when the actor next reaches a checkpoint outside its shields (an
+        # FFmpeg being stopped takes up to seconds): wait for every one to be counted.
         for name in ACTORS:
-            await state.supervisor.wait_until(name, lambda status: status.state == "running")
+            await state.supervisor.wait_until(
+                name,
+                lambda status, kills=record.kills[name]: (
+                    status.restarts == kills and status.state == "running"
+                ),
+            )
         await wait_until_all_ended(service)
         # One janitor pass of our own, as the live one may be between passes.
         janitor = Janitor(state.db, state.paths, state.tracker, interval_s=1, now=wall_clock)
