@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
@@ -11,6 +12,7 @@ import trio.testing
 
 from actors.janitor import Janitor
 from refresher import jobstore
+from refresher.job_events import JobEvent
 from refresher.main import RunningService
 from tests.support.clock import DAY_S, WallClock
 from tests.support.http import StartService, collect_events
@@ -56,6 +58,17 @@ async def ended_with(events: list[tuple[str, Any]], ended: trio.Event) -> str:
     return status
 
 
+async def announcement(
+    service: RunningService, job_id: str, act: Callable[[], Awaitable[object]]
+) -> JobEvent:
+    """The first event the hub tells of the job once `act()` has run. (A stream of a
+    finished job ends at once with its state, so these listen to the hub.)"""
+    async with service.state.events.subscribe(job_id) as heard:
+        await act()
+        with trio.fail_after(STREAM_TIMEOUT_S):
+            return await heard.receive()
+
+
 def janitor_of(service: RunningService, clock: WallClock) -> Janitor:
     state = service.state
     return Janitor(
@@ -92,14 +105,14 @@ async def test_a_queued_job_failed_by_the_janitor_ends_its_stream(
 
 
 async def test_expiry_is_announced(service: RunningService, wall_clock: WallClock) -> None:
-    # A stream of a finished job ends at once with its state, so listen to the hub.
     job_id = await make_finished_job(service.state.db, service.state.paths, now=wall_clock())
-    async with service.state.events.subscribe(job_id) as heard:
+
+    async def expire() -> None:
         wall_clock.advance(DAY_S)
         # This pass, or the service's own janitor's if it runs first, expires the job.
         await janitor_of(service, wall_clock).sweep()
-        with trio.fail_after(STREAM_TIMEOUT_S):
-            event = await heard.receive()
+
+    event = await announcement(service, job_id, expire)
     assert (event.kind, event.data["status"], event.ends_job) == ("status", "expired", True)
     assert event.data["error"] == "Results expired 24 hours after the job finished."
 
@@ -107,11 +120,8 @@ async def test_expiry_is_announced(service: RunningService, wall_clock: WallCloc
 async def test_eviction_is_announced(start_service: StartService) -> None:
     service = await start_service(storage_quota_bytes=10_000)
     job_id = await make_finished_job(service.state.db, service.state.paths, size=6000)
-    async with service.state.events.subscribe(job_id) as heard:
-        # 12 000 bytes stored of a 10 000-byte quota: the evictor must make room.
-        assert await service.state.evictor.request_room(0)
-        with trio.fail_after(STREAM_TIMEOUT_S):
-            event = await heard.receive()
+    # 12 000 bytes stored of a 10 000-byte quota: the evictor must make room.
+    event = await announcement(service, job_id, lambda: service.state.evictor.request_room(0))
     assert (event.data["status"], event.ends_job) == ("evicted", True)
 
 
@@ -128,10 +138,7 @@ async def test_deleting_a_finished_job_is_announced_as_deleted(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
     job_id = await make_finished_job(service.state.db, service.state.paths)
-    async with service.state.events.subscribe(job_id) as heard:
-        assert (await authed.delete(f"/api/jobs/{job_id}")).status_code == 200
-        with trio.fail_after(STREAM_TIMEOUT_S):
-            event = await heard.receive()
+    event = await announcement(service, job_id, lambda: authed.delete(f"/api/jobs/{job_id}"))
     assert (event.data["status"], event.ends_job) == ("deleted", True)
 
 
