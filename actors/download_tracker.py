@@ -22,6 +22,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import outcome
@@ -30,6 +31,7 @@ import trio
 from actors.runtime import Mailbox, NoReply
 from refresher import leases
 from refresher.db import Database
+from refresher.full_disk import is_storage_full, release_ballast
 from refresher.leases import Lease, LeaseRefused
 from refresher.removal import ReservationUnavailable
 from refresher.timestamps import iso
@@ -93,9 +95,14 @@ def _apply(conn: sqlite3.Connection, request: Request, now: str) -> object:
 class DownloadTracker:
     name = "download_tracker"
 
-    def __init__(self, db: Database, *, now: Callable[[], float]) -> None:
+    def __init__(
+        self, db: Database, *, now: Callable[[], float], ballast: Path | None = None
+    ) -> None:
         self.db = db
         self.now = now
+        # Room held back on the volume (`refresher.full_disk`), given up when a release
+        # finds the store full: a lease that stays would keep its job from removal.
+        self.ballast = ballast
         # One id per process: leases taken by this process carry it.
         self.boot_id = uuid.uuid4().hex
         self.inbox: Mailbox[_Envelope] = Mailbox(INBOX_SIZE)
@@ -146,12 +153,20 @@ class DownloadTracker:
         """Give the lease back (a lease already given back is fine). Shielded: it runs to
         the end even in a cancelled task."""
         with trio.CancelScope(shield=True):
-            try:
-                await self._ask(Release(lease.id))
-            except TrackerUnavailable:
-                # The lease stays and keeps the job from deletion: the safe side. The
-                # next process start drops it.
-                LOGGER.error("lease=%s job=%s could not be released", lease.id, lease.job_id)
+            for attempt in range(2):
+                try:
+                    await self._ask(Release(lease.id))
+                    return
+                except TrackerUnavailable:
+                    break
+                except sqlite3.Error as err:
+                    if not is_storage_full(err) or attempt or self.ballast is None:
+                        break
+                    if not await trio.to_thread.run_sync(release_ballast, self.ballast):
+                        break
+            # The lease stays and keeps the job from deletion: the safe side. The next
+            # process start drops it.
+            LOGGER.error("lease=%s job=%s could not be released", lease.id, lease.job_id)
 
     async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:
         """Reserve the job for deletion if no download holds it; return whether granted."""

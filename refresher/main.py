@@ -65,7 +65,8 @@ class _HypercornConfig(HypercornConfig):
     ever. TCP_USER_TIMEOUT, set on the listening socket and inherited by each accepted
     one, makes the kernel drop a connection whose peer acknowledged nothing (a zero
     window included) for that long; the write then fails, Hypercorn tells the app the
-    client is gone, and the streaming body's `finally` releases the lease.
+    client is gone, and the request's handling ends, which releases the lease
+    (`web.closing`).
     """
 
     stall_timeout_s: float = 120.0
@@ -131,7 +132,7 @@ async def serve(
         LOGGER.warning("the volume is nearly full: no room held back for removals yet")
     try:
         events = EventHub()
-        tracker = DownloadTracker(db, now=now)
+        tracker = DownloadTracker(db, now=now, ballast=paths.ballast)
         evictor = Evictor(
             db,
             paths,

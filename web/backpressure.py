@@ -46,6 +46,9 @@ class BodyLimit:
 SMALL_BODY = BodyLimit(
     64 * 1024, "This request's body is larger than 64 KiB, the most this route accepts."
 )
+# A small body that takes longer than this is not a slow line but a client holding the
+# connection: refused, so no one holds a handler (and its buffer) for ever.
+SMALL_BODY_TIMEOUT_S = 30.0
 # The app's config key: endpoint -> its `BodyLimit`, or None for a body its handler
 # streams under the app-wide MAX_CONTENT_LENGTH and limits of its own.
 BODY_LIMITS_KEY = "BODY_LIMITS"
@@ -125,7 +128,14 @@ async def receive_limited_body() -> None:
     """
     body = request.body
     if isinstance(body, BoundedBody) and body.limit is not None:
-        await body
+        with trio.move_on_after(SMALL_BODY_TIMEOUT_S) as deadline:
+            await body
+        if deadline.cancelled_caught:
+            raise ApiError(
+                408,
+                f"The request's body did not arrive within {SMALL_BODY_TIMEOUT_S:g} seconds.",
+                headers={"Connection": "close"},
+            )
 
 
 async def read_json() -> object:

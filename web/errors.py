@@ -12,8 +12,8 @@ from refresher.full_disk import is_storage_full
 LOGGER = logging.getLogger(__name__)
 
 STORAGE_FULL = (
-    "The storage is full, so nothing was changed. Delete older jobs or wait until older "
-    "results are removed, then try again."
+    "The storage is full. Delete older jobs or wait until older results are removed, "
+    "then try again."
 )
 
 # Werkzeug's default descriptions are written for HTML pages; these say what to do.

@@ -92,7 +92,7 @@ async def job_events(job_id: str) -> Response:
                     yield sse(event.kind, event.data)
 
     response = Response(stream(), mimetype="text/event-stream")
-    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Cache-Control"] = "no-store"  # it carries job JSON and signed links
     response.headers["X-Accel-Buffering"] = "no"
     response.timeout = None
     return response

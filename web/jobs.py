@@ -53,10 +53,12 @@ async def _cancel_and_settle(app_state: AppState, job_id: str) -> jobstore.JobRe
             )
         except jobstore.JobNotFound:
             raise ApiError(404, "There is no such job; it may have been deleted.") from None
-        if status == JobStatus.CANCELLED:  # it was still queued: nothing ran, remove its uploads
+        if status == JobStatus.CANCELLED:  # it was still queued: nothing ran
+            # Told at once, before anything that may be cut short or find the disk full:
+            # the janitor removes the uploads of an ended job if this does not.
+            app_state.events.publish(status_event(job_id, JobStatus.CANCELLED))
             await trio.to_thread.run_sync(remove_tree, app_state.paths.upload_dir(job_id))
             await app_state.db.write(lambda conn: jobstore.clear_uploads(conn, job_id))
-            app_state.events.publish(status_event(job_id, JobStatus.CANCELLED))
         else:
             app_state.processor_inbox.post(CancelJob(job_id))
             with trio.move_on_after(SETTLE_TIMEOUT_S):

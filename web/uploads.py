@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import secrets
 import sqlite3
@@ -173,7 +172,7 @@ async def create_job() -> tuple[Response, int]:
         except FormRejected as err:
             raise ApiError(err.status, err.message) from None
         except OSError as err:
-            if err.errno != errno.ENOSPC:
+            if not is_storage_full(err):
                 raise
             raise ApiError(507, NO_ROOM) from None
         if deadline.cancelled_caught:

@@ -12,8 +12,9 @@ import trio.testing
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.runtime import Supervisor
 from refresher import jobstore
-from refresher.db import Database
+from refresher.db import Database, migrate
 from refresher.storage import Paths
+from tests.support.full_disk import FillingDatabase
 from tests.support.jobs import NOW, make_finished_job
 
 T = TypeVar("T")
@@ -143,4 +144,26 @@ async def test_an_acquire_cancelled_while_the_lease_is_written_leaves_no_lease(
         assert await lease_rows(db) == 0
         assert await tracker.reserve_for_deletion(job_id, reason="expired")
     await slow.aclose()
+    await db.aclose()
+
+
+async def test_a_release_that_finds_the_store_full_gives_up_the_ballast_and_lands(
+    nursery: trio.Nursery, paths: Paths, tmp_path: Path
+) -> None:
+    db = FillingDatabase(tmp_path / "full.sqlite3")
+    await db.read(migrate)
+    job_id = await make_finished_job(db, paths)
+    paths.ballast.write_bytes(bytes(4096))
+    tracker = DownloadTracker(db, now=lambda: NOW, ballast=paths.ballast)
+    await start(nursery, tracker)
+    lease = await tracker.acquire(job_id)
+    refusals = iter([True])  # the first release finds no room; then there is some
+    db.full_for = lambda statements: (
+        any("DELETE FROM leases" in s for s in statements) and next(refusals, False)
+    )
+    with trio.fail_after(10):
+        await tracker.release(lease)
+    assert len(db.refused) == 1
+    assert not paths.ballast.exists()
+    assert await lease_rows(db) == 0
     await db.aclose()

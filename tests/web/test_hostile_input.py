@@ -13,6 +13,7 @@ from refresher.main import RunningService
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import make_finished_job
+from web import backpressure
 from web.backpressure import SMALL_BODY, BodyLimit, BoundedBody
 from web.errors import ApiError
 from web.uploads import parse_variations
@@ -405,3 +406,25 @@ async def test_methods_not_allowed_are_405_json(
     response = await client.request(method, path)
     assert_json_error(response, 405, f"{method} is not allowed on {path}.")
     assert response.headers["allow"]
+
+
+@pytest.mark.usefixtures("changes_nothing")
+async def test_a_small_body_that_never_arrives_is_408_not_a_held_connection(
+    service: RunningService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backpressure, "SMALL_BODY_TIMEOUT_S", 0.5)
+    host, port = service.url.removeprefix("http://").split(":")
+    with trio.fail_after(10):
+        sock = trio.socket.socket()
+        await sock.connect((host, int(port)))
+        # A login that declares a body and sends three bytes of it, then nothing.
+        await sock.send(
+            b"POST /api/auth HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b'Content-Length: 100\r\n\r\n{"p'
+        )
+        answer = b""
+        while chunk := await sock.recv(65536):
+            answer += chunk
+        sock.close()
+    assert answer.startswith(b"HTTP/1.1 408 ")
+    assert b'"error"' in answer
