@@ -45,6 +45,8 @@ class Record:
 
     created: set[str] = field(default_factory=set)
     deleted: set[str] = field(default_factory=set)
+    # A DELETE answered 503 may have been reserved, then finished by the janitor.
+    maybe_deleted: set[str] = field(default_factory=set)
     # ETag -> the bytes of every download of that archive that completed.
     downloads: dict[str, list[bytes]] = field(default_factory=dict)
     resumed: int = 0
@@ -126,6 +128,8 @@ async def workload(
                     expected = (200, 409, 503)
                     if answer.status_code == 200:
                         record.deleted.add(job_id)
+                    elif answer.status_code == 503:
+                        record.maybe_deleted.add(job_id)
                 if answer.status_code not in expected:
                     record.violations.append(f"{answer.request.method} answered {answer}")
 
@@ -148,8 +152,15 @@ async def chaos(service: RunningService, record: Record, rng: random.Random) -> 
     for _kill in range(KILLS):
         await trio.sleep(rng.uniform(0.02, 0.3))
         name = rng.choice(ACTORS)
-        # Killing an actor still restarting would be no kill at all: wait until it runs.
-        await supervisor.wait_until(name, lambda status: status.state == "running")
+        # Killing an actor still restarting, or one whose last kill has not landed yet (it
+        # lands at the actor's next unshielded checkpoint: stopping an FFmpeg takes up to
+        # seconds), would be no kill at all: wait until it runs again after the last one.
+        await supervisor.wait_until(
+            name,
+            lambda status, kills=record.kills[name]: (
+                status.state == "running" and status.restarts == kills
+            ),
+        )
         supervisor.kill(name)
         record.kills[name] += 1
 
@@ -190,11 +201,15 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
         # A kill lands when the actor next reaches a checkpoint outside its shields (an
         # FFmpeg being stopped takes up to seconds): wait for every one to be counted.
         for name in ACTORS:
-            await state.supervisor.wait_until(
-                name,
-                lambda status, kills=record.kills[name]: (
-                    status.restarts == kills and status.state == "running"
-                ),
+            with trio.move_on_after(60) as waited:
+                await state.supervisor.wait_until(
+                    name,
+                    lambda status, kills=record.kills[name]: (
+                        status.restarts == kills and status.state == "running"
+                    ),
+                )
+            assert not waited.cancelled_caught, (
+                f"{name}: {record.kills[name]} kills, {state.supervisor.status()[name]}"
             )
         await wait_until_all_ended(service)
         # One janitor pass of our own, as the live one may be between passes.
@@ -213,7 +228,7 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
     )
 
     # No job is lost: each one made is still listed, or its owner deleted it.
-    assert record.created - record.deleted <= set(rows)
+    assert record.created - record.deleted - record.maybe_deleted <= set(rows)
     # Each ended, with a reason where it did not simply complete or get cancelled.
     for job_id, row in rows.items():
         assert row["status"] in TERMINAL, (job_id, row["status"])
