@@ -74,6 +74,17 @@ def folder_names(original_names: list[str]) -> list[str]:
     return folders
 
 
+def output_names(job: JobRecord) -> dict[str, str]:
+    """Each output's file name in the job's archive, by output id: `<folder>_var<N>.mp4`,
+    inside the folder of its source (so a single variation downloads under that name)."""
+    folders = folder_names([file.original_name for file in job.files])
+    return {
+        output.id: f"{folder}_var{output.variation_index}.mp4"
+        for file, folder in zip(job.files, folders, strict=True)
+        for output in file.outputs
+    }
+
+
 def build(job: JobRecord, paths: Paths) -> JobArchive:
     """Lay out the job's archive from its rows (no file is read)."""
     members = _members(job, paths.absolute)
@@ -98,11 +109,12 @@ def size_of(job: JobRecord) -> int:
 def _members(job: JobRecord, locate: Callable[[str], Path]) -> list[Member]:
     """The manifest, then every output under its archive name; `locate` maps stored paths."""
     folders = folder_names([file.original_name for file in job.files])
+    names = output_names(job)
     entries: list[tuple[str, int, int, str]] = []
     variations = []
     for file, folder in zip(job.files, folders, strict=True):
         for output in file.outputs:
-            name = f"{folder}/{folder}_var{output.variation_index}.mp4"
+            name = f"{folder}/{names[output.id]}"
             entries.append((name, output.size, output.crc32, output.path))
             variations.append(
                 {

@@ -16,6 +16,8 @@ from typing import Any
 
 GIB = 1024**3
 MIB = 1024**2
+# Variations per video when an upload does not say (never more than MAX_VARIATIONS).
+DEFAULT_VARIATIONS = 5
 
 
 class ConfigError(ValueError):
@@ -71,6 +73,10 @@ class Config:
     @property
     def job_ttl_s(self) -> float:
         return self.job_ttl_hours * 3600.0
+
+    @property
+    def default_variations(self) -> int:
+        return min(DEFAULT_VARIATIONS, self.max_variations)
 
 
 def _integer(low: int, high: int | None = None) -> Callable[[str], int]:

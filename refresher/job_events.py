@@ -1,7 +1,8 @@
 """What happened to a job, as live subscribers (the page's event streams) hear of it.
 
 Every path that ends or removes a job publishes a `status` event saying so (the
-processor, a cancel, the janitor, the evictor, a DELETE), so every stream can end.
+processor, a cancel, the janitor, the evictor, a DELETE), so every stream can end; an
+upload announces its new job as queued, so a stream of every job sees it appear.
 """
 
 from __future__ import annotations

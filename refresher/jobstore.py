@@ -152,9 +152,10 @@ def insert_job(
     )  # fmt: skip
 
 
-def list_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
-    """Every job, newest first, with its source file names joined by a NUL."""
-    return conn.execute(
+def list_jobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every job's row, newest first, with its source file names joined by a NUL, its
+    variations made so far (`completed_variations`) and its `overall_progress`."""
+    rows = conn.execute(
         """
         SELECT jobs.*, (
             SELECT group_concat(original_name, char(0)) FROM (
@@ -165,6 +166,21 @@ def list_jobs(conn: sqlite3.Connection) -> list[sqlite3.Row]:
         FROM jobs ORDER BY created_at DESC, id DESC
         """
     ).fetchall()
+    files: dict[str, list[sqlite3.Row]] = {}
+    for file in conn.execute(
+        "SELECT job_id, status, progress, completed_variations FROM job_files"
+    ):
+        files.setdefault(file["job_id"], []).append(file)
+    jobs = []
+    for row in rows:
+        job = dict(row)
+        own = files.get(job["id"], [])
+        job["completed_variations"] = sum(file["completed_variations"] for file in own)
+        job["overall_progress"] = overall_progress(
+            job["status"], ((file["status"], file["progress"]) for file in own)
+        )
+        jobs.append(job)
+    return jobs
 
 
 def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:

@@ -11,6 +11,10 @@ from refresher.ffmpeg import MediaError
 
 # PyAV's name for the one demuxer that reads both MP4 and QuickTime MOV.
 MP4_MOV_FORMAT = "mov,mp4,m4a,3gp,3g2,mj2"
+# What people pick such videos by, for a file chooser's `accept`. The probe, not the name
+# or the type a browser declares, decides what is taken.
+ACCEPTED_TYPES = ("video/mp4", "video/quicktime")
+ACCEPTED_EXTENSIONS = (".mp4", ".mov")
 # ISO base media (MP4/MOV) files start with one of these boxes: a file that does but
 # cannot be opened was cut short (its index comes last) rather than something else.
 _ISO_BOXES = {b"ftyp", b"moov", b"mdat", b"wide", b"free", b"skip", b"pnot"}

@@ -1,4 +1,8 @@
-"""Signed, expiring tokens: the bearer token of a login, and the signed links of one job.
+"""Signed, expiring tokens: the bearer token of a login, and links signed for one thing.
+
+A login's token goes in the Authorization header only. A link carries a token scoped to
+exactly what it shows: one job's download, thumbnail or event stream, one variation, or
+the stream of every job's events; a link never opens anything else.
 
 A token is `v1.<payload>.<signature>`, both parts base64url without padding. The payload
 is compact JSON `{"scope": ..., "exp": <unix seconds>}`; the signature is HMAC-SHA256
@@ -13,16 +17,39 @@ import binascii
 import hashlib
 import hmac
 import json
+import math
 from dataclasses import dataclass
 
 VERSION = "v1"
 # The scope of a login token: everything a logged-in person may do.
 SESSION_SCOPE = "session"
+SESSION_TTL_S = 24 * 3600
+# The scope of a link to the one stream of every job's events (the page's live view).
+EVENTS_SCOPE = "events"
+# What a link to one job may open, each on its own: a download link shared with someone
+# shows them neither the job's events nor anything of another job.
+JOB_PURPOSES = ("download", "thumbnail", "events")
 
 
-def job_scope(job_id: str) -> str:
-    """The scope of a job's signed links: its download, events and thumbnail, no more."""
-    return f"job:{job_id}"
+def job_scope(job_id: str, purpose: str) -> str:
+    """The scope of a link to one job for one `purpose` (one of `JOB_PURPOSES`)."""
+    if purpose not in JOB_PURPOSES:
+        raise ValueError(f"purpose must be one of {', '.join(JOB_PURPOSES)}; got {purpose!r}")
+    return f"{purpose}:{job_id}"
+
+
+def output_scope(job_id: str, output_id: str) -> str:
+    """The scope of a link to one variation of one job (its player and its download)."""
+    return f"output:{job_id}:{output_id}"
+
+
+def link_expiry(now: float, lifetime_s: float, bucket_s: float) -> int:
+    """When a link minted at `now` expires: at least `lifetime_s` later, rounded up to the
+    next whole `bucket_s` (unix time), so every link minted within one bucket is the same
+    URL and a browser's cache of what it shows (a thumbnail, a video) keeps working."""
+    if lifetime_s <= 0 or bucket_s <= 0:
+        raise ValueError("lifetime_s and bucket_s must be > 0")
+    return int(math.ceil((now + lifetime_s) / bucket_s) * bucket_s)
 
 
 class TokenError(ValueError):
@@ -56,11 +83,16 @@ def _sign(secret: bytes, signed_part: str) -> bytes:
 
 def issue(secret: bytes, *, scope: str, now: float, ttl_s: float) -> Token:
     """Make a token for `scope` that expires `ttl_s` seconds after `now` (unix time)."""
-    if not secret:
-        raise ValueError("secret must not be empty")
     if ttl_s <= 0:
         raise ValueError("ttl_s must be > 0")
-    expires_at = int(now + ttl_s)
+    return issue_until(secret, scope=scope, expires_at=int(now + ttl_s))
+
+
+def issue_until(secret: bytes, *, scope: str, expires_at: int) -> Token:
+    """Make a token for `scope` that expires at `expires_at` (unix seconds). The same
+    arguments always give the same token."""
+    if not secret:
+        raise ValueError("secret must not be empty")
     payload = json.dumps({"scope": scope, "exp": expires_at}, separators=(",", ":"))
     signed_part = f"{VERSION}.{_b64encode(payload.encode())}"
     value = f"{signed_part}.{_b64encode(_sign(secret, signed_part))}"
@@ -92,7 +124,10 @@ def verify(secret: bytes, value: str, *, scope: str, now: float) -> Token:
         raise TokenError("token payload is malformed") from None
     if not isinstance(token_scope, str) or not isinstance(expires_at, int):
         raise TokenError("token payload is malformed")
-    if not hmac.compare_digest(token_scope.encode(), scope.encode()):
+    # A scope built from a URL's path may hold anything, a lone surrogate too.
+    if not hmac.compare_digest(
+        token_scope.encode(errors="surrogatepass"), scope.encode(errors="surrogatepass")
+    ):
         raise TokenError(f"token is not valid for {scope}")
     if now >= expires_at:
         raise TokenExpired(expires_at)

@@ -1,4 +1,4 @@
-"""Who may call what: a session's bearer token, or a link signed for one job."""
+"""Who may call what: a session's bearer token, or a link signed for one thing."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 CHALLENGE = {"WWW-Authenticate": "Bearer"}
-# Far above the ~140 characters of any token `refresher.tokens` issues.
+# Far above the ~200 characters of any token `refresher.tokens` issues.
 MAX_TOKEN_CHARS = 1024
+INVALID_TOKEN = "That token is not valid; log in again."
+LINK_EXPIRED = "This link has expired; reload the page for a fresh one."
+LOGIN_TOKEN_IN_LINK = "A login token is not accepted in a link; use the Authorization header."
 
 
 def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
@@ -34,34 +37,65 @@ def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
 def check_bearer(*, also_scope: str | None = None) -> None:
     """Accept a session bearer token; raise a 401 `ApiError` otherwise.
 
-    With `also_scope`, a `?token=` query parameter is accepted too: a session token (a
-    browser's EventSource or download manager cannot send headers) or a token signed for
-    `also_scope` alone (a job's signed link).
+    With `also_scope`, and no Authorization header, a `?token=` query parameter is
+    accepted too, but only a token signed for exactly `also_scope` (a link to one thing).
+    A login token in a URL is refused even when genuine: URLs land in logs and histories,
+    and one there would open everything for a day.
     """
     scheme, _, header_token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and header_token.strip():
-        _verify(header_token.strip(), (tokens.SESSION_SCOPE,))
+        _verify_session(header_token.strip())
     elif also_scope is not None and (query_token := request.args.get("token")):
-        _verify(query_token, (tokens.SESSION_SCOPE, also_scope))
+        _verify_link(query_token, also_scope)
     else:
         raise ApiError(401, "Log in first: this needs a bearer token.", headers=CHALLENGE)
 
 
-def _verify(token: str, scopes: tuple[str, ...]) -> None:
+def _readable(token: str) -> bool:
     # A token of ours is short ASCII; anything else is refused unread (non-ASCII would
     # also fail signing with UnicodeEncodeError, a 500).
-    if len(token) <= MAX_TOKEN_CHARS and token.isascii():
-        app_state = state()
-        for scope in scopes:
-            try:
-                tokens.verify(
-                    app_state.credentials.token_secret, token, scope=scope, now=app_state.now()
-                )
-            except tokens.TokenExpired:
-                raise ApiError(
-                    401, "Your session has expired; log in again.", headers=CHALLENGE
-                ) from None
-            except tokens.TokenError:
-                continue
-            return
-    raise ApiError(401, "That token is not valid; log in again.", headers=CHALLENGE)
+    return len(token) <= MAX_TOKEN_CHARS and token.isascii()
+
+
+def _as_session(token: str) -> tokens.Token:
+    """Verify `token` as a login token; raise as `tokens.verify` does."""
+    app_state = state()
+    secret, now = app_state.credentials.token_secret, app_state.now()
+    return tokens.verify(secret, token, scope=tokens.SESSION_SCOPE, now=now)
+
+
+def _verify_session(token: str) -> None:
+    if not _readable(token):
+        raise ApiError(401, INVALID_TOKEN, headers=CHALLENGE)
+    try:
+        _as_session(token)
+    except tokens.TokenExpired:
+        raise ApiError(401, "Your session has expired; log in again.", headers=CHALLENGE) from None
+    except tokens.TokenError:
+        raise ApiError(401, INVALID_TOKEN, headers=CHALLENGE) from None
+
+
+def _is_login_token(token: str) -> bool:
+    """Whether `token` is a genuine login token, expired or not."""
+    try:
+        _as_session(token)
+    except tokens.TokenExpired:
+        return True
+    except tokens.TokenError:
+        return False
+    return True
+
+
+def _verify_link(token: str, scope: str) -> None:
+    if not _readable(token):
+        raise ApiError(401, INVALID_TOKEN, headers=CHALLENGE)
+    if _is_login_token(token):
+        raise ApiError(401, LOGIN_TOKEN_IN_LINK, headers=CHALLENGE)
+    app_state = state()
+    try:
+        tokens.verify(app_state.credentials.token_secret, token, scope=scope, now=app_state.now())
+    except tokens.TokenExpired:
+        raise ApiError(401, LINK_EXPIRED, headers=CHALLENGE) from None
+    except tokens.TokenError:
+        # Forged, or signed for something else (another job, purpose or variation).
+        raise ApiError(401, INVALID_TOKEN, headers=CHALLENGE) from None

@@ -11,7 +11,18 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import BadHost, NotFound
 from werkzeug.routing import MapAdapter
 
-from web import auth, downloads, errors, events, health, jobs, uploads
+from web import (
+    all_events,
+    auth,
+    config_route,
+    downloads,
+    errors,
+    events,
+    health,
+    jobs,
+    outputs,
+    uploads,
+)
 from web.backpressure import BODY_LIMITS_KEY, BoundedRequest, receive_limited_body
 from web.closing import ClosingHTTPConnection
 from web.errors import ApiError
@@ -103,7 +114,10 @@ def create_app(app_state: AppState) -> QuartTrio:
         jobs.blueprint,
         uploads.blueprint,
         events.blueprint,
+        all_events.blueprint,
         downloads.blueprint,
+        outputs.blueprint,
+        config_route.blueprint,
     ):
         app.register_blueprint(blueprint)
     app.before_request(receive_limited_body)

@@ -14,7 +14,6 @@ from web.state import state
 
 LOGGER = logging.getLogger(__name__)
 
-SESSION_TTL_S = 24 * 3600
 # A password in JSON is tiny: past this the body is refused, chunked or not, and no more
 # of it is kept (the app gives this route this limit).
 LOGIN_BODY = BodyLimit(4096, "A login request is a small JSON object; this one is too large.")
@@ -71,6 +70,6 @@ async def login() -> Response:
         app_state.credentials.token_secret,
         scope=tokens.SESSION_SCOPE,
         now=now,
-        ttl_s=SESSION_TTL_S,
+        ttl_s=tokens.SESSION_TTL_S,
     )
     return jsonify({"token": token.value, "expiresAt": timestamps.iso(token.expires_at)})

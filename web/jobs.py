@@ -31,8 +31,9 @@ blueprint = Blueprint("jobs", __name__)
 @blueprint.get("/api/jobs")
 @require_login
 async def list_jobs() -> Response:
-    rows = await state().db.read(jobstore.list_jobs)
-    return jsonify([job_summary(row) for row in rows])
+    app_state = state()
+    rows = await app_state.db.read(jobstore.list_jobs)
+    return jsonify([job_summary(row, app_state) for row in rows])
 
 
 @blueprint.get("/api/jobs/<job_id>")
@@ -122,7 +123,7 @@ async def delete_job(job_id: str) -> Response:
 
 @blueprint.get("/api/jobs/<job_id>/thumbnail")
 async def thumbnail(job_id: str) -> Response:
-    check_bearer(also_scope=tokens.job_scope(job_id))
+    check_bearer(also_scope=tokens.job_scope(job_id, "thumbnail"))
     job = await load_or_404(state(), job_id)
     if job.thumbnail_path is None:
         raise ApiError(404, "This job has no thumbnail.")
@@ -130,6 +131,8 @@ async def thumbnail(job_id: str) -> Response:
     if not await trio.Path(path).exists():
         raise ApiError(404, "This job has no thumbnail.")
     response = await send_file(path, mimetype="image/webp")
+    # Private: its link carries a token. (send_file marks it public; both would contradict.)
+    response.cache_control.public = False
     response.cache_control.private = True
     response.cache_control.max_age = 3600
     return response

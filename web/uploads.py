@@ -14,8 +14,9 @@ from quart import Blueprint, Response, jsonify, request
 from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
 from refresher import jobstore
-from refresher.config import Config
+from refresher.config import DEFAULT_VARIATIONS, Config
 from refresher.full_disk import is_storage_full
+from refresher.job_events import status_event
 from refresher.probe import NotAVideo, Probe, probe
 from refresher.status import JobStatus
 from refresher.storage import remove_tree
@@ -37,7 +38,6 @@ NO_ROOM = (
     "There is no room for this upload right now: the storage is full even after removing "
     "older results. Try fewer or smaller videos, or try again later."
 )
-DEFAULT_VARIATIONS = 5
 # Between a video's width and height, as people write sizes ("3840 by 2160").
 BY = "\N{MULTIPLICATION SIGN}"
 
@@ -221,6 +221,9 @@ async def create_job() -> tuple[Response, int]:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(remove_tree, directory)
         raise
+    # Announced before the processor hears of it, so every open page sees the job queued
+    # before it sees it processing.
+    app_state.events.publish(status_event(job_id, JobStatus.QUEUED))
     app_state.processor_inbox.post(JobQueued(job_id))
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
     body = {

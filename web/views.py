@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Mapping
+from typing import Any
 
-from refresher import archive, jobstore, timestamps, tokens
+from refresher import archive, jobstore, timestamps
 from refresher.status import FINISHED, JobStatus
+from web import links
 from web.errors import ApiError
 from web.state import AppState
 
 
-def thumbnail_url(job_id: str, thumbnail_path: str | None) -> str | None:
-    return f"/api/jobs/{job_id}/thumbnail" if thumbnail_path else None
+def thumbnail_url(app_state: AppState, job_id: str, thumbnail_path: str | None) -> str | None:
+    """The signed link to the job's thumbnail (a bare `<img>` loads it); None if none."""
+    return links.thumbnail_url(app_state, job_id) if thumbnail_path else None
 
 
-def job_summary(row: sqlite3.Row) -> dict[str, object]:
+def job_summary(row: Mapping[str, Any], app_state: AppState) -> dict[str, object]:
+    """The job as `GET /api/jobs` lists it."""
     names = row["file_names"]
     return {
         "id": row["id"],
         "status": row["status"],
         "totalVideos": row["total_videos"],
         "totalVariations": row["total_variations"],
+        "completedVariations": row["completed_variations"],
+        "overallProgress": row["overall_progress"],
         "fileNames": names.split("\0") if names else [],
-        "thumbnailUrl": thumbnail_url(row["id"], row["thumbnail_path"]),
+        "thumbnailUrl": thumbnail_url(app_state, row["id"], row["thumbnail_path"]),
         "createdAt": row["created_at"],
         "expiresAt": row["expires_at"],
         "source": "upload",
@@ -31,28 +37,44 @@ def job_summary(row: sqlite3.Row) -> dict[str, object]:
 
 
 def download_link(app_state: AppState, job: jobstore.JobRecord) -> tuple[str, int] | None:
-    """The signed, job-scoped link to the job's ZIP and the ZIP's size; None if none yet.
+    """The signed link to the job's ZIP (scoped to its download) and the ZIP's size; None
+    if there is none yet.
 
     The link works without a header, so a browser can hand it to its download manager;
     it lasts until the job's results expire.
     """
     if job.status not in FINISHED or not job.outputs:
         return None
-    now = app_state.now()
-    lifetime = timestamps.parse(job.expires_at).timestamp() - now
-    if lifetime <= 0:
+    url = links.download_url(app_state, job.id, int(timestamps.parse(job.expires_at).timestamp()))
+    if url is None:
         return None
-    token = tokens.issue(
-        app_state.credentials.token_secret, scope=tokens.job_scope(job.id), now=now, ttl_s=lifetime
-    )
     # Kept when the job finished; a job finished before the size was kept lays it out.
     size = job.archive_bytes if job.archive_bytes is not None else archive.size_of(job)
-    return f"/api/jobs/{job.id}/download?token={token.value}", size
+    return url, size
+
+
+def _output(
+    app_state: AppState, job: jobstore.JobRecord, output: jobstore.OutputRecord, name: str
+) -> dict[str, object]:
+    """One variation: its effects (as the ZIP's manifest records them), its name in the
+    ZIP, and, once its job has finished, signed links to play and to download it."""
+    playable = job.status in FINISHED
+    url = links.output_url(app_state, job.id, output.id) if playable else None
+    return {
+        "id": output.id,
+        "variationIndex": output.variation_index,
+        "fileSize": output.size,
+        "effects": output.effects,
+        "name": name,
+        "url": url,
+        "downloadUrl": f"{url}&download=1" if url else None,
+    }
 
 
 def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object]:
     """The job as `GET /api/jobs/:id` shows it: everything a page needs, no server paths."""
     link = download_link(app_state, job)
+    names = archive.output_names(job)
     return {
         "jobId": job.id,
         "status": job.status,
@@ -60,7 +82,8 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
         "totalVariations": job.total_variations,
         "completedVariations": sum(file.completed_variations for file in job.files),
         "overallProgress": job.overall_progress,
-        "thumbnailUrl": thumbnail_url(job.id, job.thumbnail_path),
+        "thumbnailUrl": thumbnail_url(app_state, job.id, job.thumbnail_path),
+        "eventsUrl": links.job_events_url(app_state, job.id),
         "files": [
             {
                 "id": file.id,
@@ -70,10 +93,7 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
                 "progress": 100.0 if file.status == JobStatus.COMPLETED else file.progress,
                 "completedVariations": file.completed_variations,
                 "error": file.error,
-                "outputs": [
-                    {"id": out.id, "variationIndex": out.variation_index, "fileSize": out.size}
-                    for out in file.outputs
-                ],
+                "outputs": [_output(app_state, job, out, names[out.id]) for out in file.outputs],
             }
             for file in job.files
         ],

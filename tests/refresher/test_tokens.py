@@ -79,3 +79,54 @@ def test_validly_signed_garbage_payload_is_rejected() -> None:
 def test_issue_checks_its_arguments(secret: bytes, ttl_s: float, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         tokens.issue(secret, scope="session", now=NOW, ttl_s=ttl_s)
+
+
+def test_link_scopes_name_one_job_and_one_purpose_each() -> None:
+    scopes = [
+        tokens.job_scope(job, purpose)
+        for job in ("job-1", "job-2")
+        for purpose in tokens.JOB_PURPOSES
+    ]
+    scopes += [tokens.output_scope("job-1", "out-1"), tokens.output_scope("job-2", "out-1")]
+    scopes += [tokens.EVENTS_SCOPE, tokens.SESSION_SCOPE]
+    # 2 jobs x 3 purposes + 2 outputs + the all-jobs stream + a login: 10, all different.
+    assert len(set(scopes)) == 10
+    token = tokens.issue(SECRET, scope=tokens.job_scope("job-1", "download"), now=NOW, ttl_s=60)
+    with pytest.raises(tokens.TokenError, match=r"^token is not valid for thumbnail:job-1$"):
+        tokens.verify(SECRET, token.value, scope=tokens.job_scope("job-1", "thumbnail"), now=NOW)
+
+
+def test_an_unknown_purpose_is_refused() -> None:
+    with pytest.raises(
+        ValueError, match=r"^purpose must be one of download, thumbnail, events; got 'zip'$"
+    ):
+        tokens.job_scope("job-1", "zip")
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        # NOW is 500 000 whole hours; a link lives at least an hour, to a whole hour.
+        (NOW, NOW + 3600),
+        (NOW + 1, NOW + 7200),
+        (NOW + 3599.5, NOW + 7200),
+        (NOW + 3600, NOW + 7200),
+    ],
+)
+def test_link_expiry_is_rounded_up_to_a_whole_bucket(now: float, expected: float) -> None:
+    assert tokens.link_expiry(now, 3600, 3600) == int(expected)
+
+
+def test_links_minted_within_one_bucket_are_the_same() -> None:
+    scope = tokens.job_scope("job-1", "thumbnail")
+    values = {
+        tokens.issue_until(SECRET, scope=scope, expires_at=tokens.link_expiry(now, 3600, 3600))
+        for now in (NOW + 1, NOW + 1800, NOW + 3600)
+    }
+    assert len(values) == 1
+
+
+def test_a_scope_with_a_lone_surrogate_is_refused_not_an_error() -> None:
+    token = tokens.issue(SECRET, scope=tokens.job_scope("job-1", "events"), now=NOW, ttl_s=60)
+    with pytest.raises(tokens.TokenError, match=r"^token is not valid for events:\ud800$"):
+        tokens.verify(SECRET, token.value, scope=tokens.job_scope("\ud800", "events"), now=NOW)

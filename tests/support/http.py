@@ -63,9 +63,11 @@ def some_variation_done(detail: dict[str, Any]) -> bool:
 async def collect_events(
     client: httpx.AsyncClient, job_id: str, token: str, sink: list[tuple[str, Any]]
 ) -> None:
-    """Read the job's event stream into `sink` as (event, data) until the server ends it."""
+    """Read the job's event stream into `sink` as (event, data) until the server ends it.
+    The login token goes in the header: one in a URL is refused."""
     url = f"/api/jobs/{job_id}/events"
-    async with client.stream("GET", url, params={"token": token}) as response:
+    headers = {"Authorization": f"Bearer {token}"}
+    async with client.stream("GET", url, headers=headers) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         kind = None

@@ -56,10 +56,11 @@ async def test_page_is_served(client: httpx.AsyncClient) -> None:
     page = await client.get("/")
     assert page.status_code == 200
     assert "<title>Video Refresher</title>" in page.text
-    assert 'id="upload"' in page.text
-    script = await client.get("/static/app.js")
-    assert script.status_code == 200
-    assert "javascript" in script.headers["content-type"]
+    assert 'id="view"' in page.text
+    for name in ("app.js", "js/api.js", "js/upload.js"):
+        script = await client.get(f"/static/{name}")
+        assert script.status_code == 200
+        assert "javascript" in script.headers["content-type"]
     missing = await client.get("/static/../refresher/config.py")
     assert missing.status_code == 404
 

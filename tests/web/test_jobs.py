@@ -60,7 +60,8 @@ async def test_two_clips_become_six_distinct_clean_variations(
     text = json.dumps(detail)  # no server paths
     assert str(config.data_dir) not in text
     assert "uploads/" not in text
-    assert "_var" not in text
+    for file in detail["files"]:  # stored as `<file id>_var<N>.mp4`; shown by their ZIP names
+        assert f"{file['id']}_var" not in text
 
     # The event stream showed progress climbing to 100 and then the end.
     progress = [data["progress"] for kind, data in events if kind == "progress"]

@@ -1,195 +1,140 @@
-// The page: log in, upload creatives with a progress bar, follow jobs live, download.
-// Plain ES module, no build step.
-const TOKEN_KEY = "videoRefresherToken";
-// "deleted" is what a job's event stream says last when its owner deleted it.
-const TERMINAL = new Set(["completed", "failed", "cancelled", "expired", "evicted", "deleted"]);
-const $ = (id) => document.getElementById(id);
-const streams = new Map(); // job id -> EventSource
+// The page's entry: hash routes to one view each, the navigation bar, the session.
+//   #/login   #/jobs   #/new   #/jobs/<id>
+// Plain ES modules, no build step.
 
-function session() {
-  try {
-    const saved = JSON.parse(localStorage.getItem(TOKEN_KEY) || "null");
-    return saved && Date.parse(saved.expiresAt) > Date.now() ? saved.token : null;
-  } catch {
-    return null;
-  }
+import { api, clearSession, session, sessionValid, UNREACHABLE } from "./js/api.js";
+import * as detail from "./js/detail.js";
+import { h, toast } from "./js/dom.js";
+import * as jobsView from "./js/jobs.js";
+import * as live from "./js/live.js";
+import * as login from "./js/login.js";
+import * as notify from "./js/notify.js";
+import * as upload from "./js/upload.js";
+
+const view = document.getElementById("view");
+const nav = document.getElementById("nav");
+let cleanup = () => {};
+let config = null;
+let loginNotice = null;
+let returnTo = null;
+
+function navigate(hash, message) {
+  if (message) toast(message);
+  if (location.hash === hash) route();
+  else location.hash = hash;
 }
 
-async function api(path, options = {}) {
-  const headers = { ...(options.headers || {}) };
-  const token = session();
-  if (token) headers.Authorization = `Bearer ${token}`;
-  const response = await fetch(path, { ...options, headers });
-  const body = await response.json().catch(() => ({}));
-  if (response.status === 401 && path !== "/api/auth") showLogin();
-  if (!response.ok) throw new Error(body.error || `The server answered ${response.status}.`);
-  return body;
-}
-
-function showLogin() {
-  localStorage.removeItem(TOKEN_KEY);
-  for (const source of streams.values()) source.close();
-  streams.clear();
-  $("app").hidden = true;
-  $("login").hidden = false;
-  $("password").focus();
-}
-
-function timeLeft(expiresAt) {
-  const ms = Date.parse(expiresAt) - Date.now();
-  if (ms <= 0) return "expired";
-  const hours = Math.floor(ms / 3_600_000);
-  const minutes = Math.floor((ms % 3_600_000) / 60_000);
-  return `${hours} h ${minutes} min left`;
-}
-
-function renderJob(job, item) {
-  item.dataset.jobId = job.jobId;
-  item.querySelector(".job-names").textContent = job.files.map((f) => f.name).join(", ");
-  item.querySelector(".job-status").textContent =
-    `${job.status} · ${job.completedVariations}/${job.totalVariations} variations`;
-  item.querySelector(".job-expiry").textContent = timeLeft(job.expiresAt);
-  item.querySelector(".job-progress").value = job.overallProgress;
-  item.querySelector(".job-error").textContent = job.error || "";
-  const thumb = item.querySelector(".thumb");
-  if (job.thumbnailUrl) thumb.src = `${job.thumbnailUrl}?token=${encodeURIComponent(session())}`;
-  const link = item.querySelector(".job-download");
-  link.hidden = !job.downloadUrl;
-  if (job.downloadUrl) {
-    link.href = job.downloadUrl;
-    link.textContent = `Download ZIP (${(job.downloadBytes / 1e6).toFixed(1)} MB)`;
-  }
-  const active = !TERMINAL.has(job.status);
-  item.querySelector(".job-cancel").hidden = !active;
-  item.querySelector(".job-delete").hidden = active;
-}
-
-function follow(jobId) {
-  if (streams.has(jobId)) return;
-  const url = `/api/jobs/${jobId}/events?token=${encodeURIComponent(session())}`;
-  const source = new EventSource(url);
-  streams.set(jobId, source);
-  const item = () => document.querySelector(`[data-job-id="${jobId}"]`);
-  source.addEventListener("progress", (event) => {
-    const data = JSON.parse(event.data);
-    const bar = item()?.querySelector(".job-progress");
-    if (bar) bar.value = data.overallProgress;
-  });
-  source.addEventListener("status", (event) => {
-    const job = JSON.parse(event.data);
-    if (job.status === "deleted") item()?.remove();
-    else if (job.jobId && item()) renderJob(job, item());
-    if (TERMINAL.has(job.status)) {
-      source.close();
-      streams.delete(jobId);
-      if (job.status === "completed" && Notification?.permission === "granted") {
-        new Notification("Video Refresher", { body: `${job.totalVariations} variations are ready.` });
-      }
+async function loadConfig() {
+  while (!config) {
+    try {
+      config = await api("/api/config");
+    } catch (error) {
+      view.replaceChildren(
+        h("div", { class: "card narrow stack", role: "alert" }, h("h1", {}, "Cannot reach Video Refresher"), h("p", {}, error.message || UNREACHABLE),
+          h("button", { type: "button", class: "button primary", onclick: () => location.reload() }, "Try again")),
+      );
+      await new Promise((resolve) => setTimeout(resolve, 5000));
     }
-  });
+  }
+  return config;
 }
 
-async function showJobs() {
-  $("login").hidden = true;
-  $("app").hidden = false;
-  const summaries = await api("/api/jobs");
-  const details = await Promise.all(summaries.map((job) => api(`/api/jobs/${job.id}`)));
-  const list = $("job-list");
-  list.replaceChildren(
-    ...details.map((job) => {
-      const item = $("job-template").content.firstElementChild.cloneNode(true);
-      renderJob(job, item);
-      if (!TERMINAL.has(job.status)) follow(job.jobId);
-      return item;
-    }),
-  );
-  $("jobs-empty").hidden = details.length > 0;
-}
-
-function uploadWithProgress(form) {
-  return new Promise((resolve, reject) => {
-    const request = new XMLHttpRequest();
-    request.open("POST", "/api/jobs");
-    request.setRequestHeader("Authorization", `Bearer ${session()}`);
-    request.upload.addEventListener("progress", (event) => {
-      if (event.lengthComputable) $("upload-progress").value = (100 * event.loaded) / event.total;
+function drawNav(current) {
+  const loggedIn = sessionValid();
+  const link = (hash, text, name) => h("a", { href: hash, class: "nav-link", "aria-current": current === name ? "page" : null }, text);
+  const items = [h("a", { href: loggedIn ? "#/jobs" : "#/login", class: "brand" }, h("span", { class: "brand-mark", "aria-hidden": "true" }, "↻"), "Video Refresher")];
+  if (loggedIn) {
+    const toggle = h("input", { type: "checkbox", id: "notify-toggle", checked: notify.enabled(), disabled: !notify.supported() || notify.blocked() });
+    toggle.addEventListener("change", async () => {
+      toggle.checked = await notify.setEnabled(toggle.checked);
+      if (notify.blocked()) toast("Notifications are blocked in this browser's site settings.", "error");
     });
-    request.addEventListener("load", () => {
-      let body = {};
-      try {
-        body = JSON.parse(request.responseText);
-      } catch {}
-      if (request.status === 202) resolve(body);
-      else reject(new Error(body.error || `The server answered ${request.status}.`));
-    });
-    request.addEventListener("error", () => reject(new Error("The upload was interrupted.")));
-    request.send(new FormData(form));
-  });
+    items.push(
+      h("nav", { "aria-label": "Main" }, link("#/jobs", "Jobs", "jobs"), link("#/new", "New job", "new")),
+      h("span", { id: "connection", role: "status" }),
+      h("label", { class: "toggle", title: notify.blocked() ? "Blocked in this browser's site settings" : "Tell me when a job ends while this tab is hidden" }, toggle, "Notify me"),
+      h("button", { id: "logout", type: "button", class: "button small", onclick: logout }, "Log out"),
+    );
+  }
+  nav.replaceChildren(...items);
+  showConnection();
 }
 
-$("login").addEventListener("submit", async (event) => {
+const CONNECTION_WORDS = { live: "Live", reconnecting: "Reconnecting…", offline: "Offline, retrying" };
+
+function showConnection() {
+  const shown = nav.querySelector("#connection");
+  if (!shown) return;
+  shown.className = `connection connection-${live.connection}`;
+  shown.textContent = CONNECTION_WORDS[live.connection];
+}
+
+function logout() {
+  live.stopLive();
+  clearSession();
+  loginNotice = "You are logged out.";
+  navigate("#/login");
+}
+
+function endSession(message) {
+  live.stopLive();
+  loginNotice = message || "Your session has ended; log in again.";
+  if (!location.hash.startsWith("#/login")) returnTo = location.hash;
+  navigate("#/login");
+}
+
+async function route() {
+  cleanup();
+  cleanup = () => {};
+  const hash = location.hash || "#/jobs";
+  const [, name = "jobs", id] = hash.split("/");
+  const expired = session() && !sessionValid();
+  if (name !== "login" && !sessionValid()) {
+    if (expired) loginNotice = "Your session has expired; log in again.";
+    clearSession();
+    returnTo = hash;
+    location.replace("#/login");
+    return;
+  }
+  if (name === "login" && sessionValid()) return location.replace("#/jobs");
+  await loadConfig();
+  drawNav(name);
+  const title = { login: "Log in", new: "New job", jobs: id ? "Job" : "Jobs" }[name];
+  document.title = title ? `${title} · Video Refresher` : "Video Refresher";
+  if (name === "login") {
+    cleanup = login.render(view, {
+      notice: loginNotice,
+      onLoggedIn: () => {
+        loginNotice = null;
+        live.startLive();
+        navigate(returnTo && !returnTo.startsWith("#/login") ? returnTo : "#/jobs");
+        returnTo = null;
+      },
+    });
+  } else if (name === "new") {
+    cleanup = upload.render(view, { config, navigate });
+  } else if (name === "jobs" && id) {
+    cleanup = detail.render(view, { id: decodeURIComponent(id), navigate });
+  } else if (name === "jobs") {
+    cleanup = jobsView.render(view);
+  } else {
+    view.replaceChildren(h("div", { class: "card narrow" }, h("h1", { tabindex: "-1" }, "Nothing here"), h("a", { href: "#/jobs" }, "Go to your jobs")));
+  }
+  if (name !== "login") {
+    live.startLive();
+    view.querySelector("h1")?.focus({ preventScroll: true });
+  }
+}
+
+window.addEventListener("hashchange", route);
+// The skip link must not change the hash: that is the router's.
+document.querySelector(".skip-link").addEventListener("click", (event) => {
   event.preventDefault();
-  $("login-error").textContent = "";
-  try {
-    const created = await api("/api/auth", {
-      method: "POST",
-      headers: { "Content-Type": "application/json" },
-      body: JSON.stringify({ password: $("password").value }),
-    });
-    localStorage.setItem(TOKEN_KEY, JSON.stringify(created));
-    $("password").value = "";
-    await showJobs();
-  } catch (error) {
-    $("login-error").textContent = error.message;
-  }
+  view.focus();
 });
-
-$("upload").addEventListener("submit", async (event) => {
-  event.preventDefault();
-  $("upload-error").textContent = "";
-  $("upload-button").disabled = true;
-  $("upload-progress").hidden = false;
-  $("upload-progress").value = 0;
-  $("upload-status").textContent = "Uploading…";
-  if (window.Notification && Notification.permission === "default") Notification.requestPermission();
-  try {
-    const job = await uploadWithProgress(event.target);
-    $("upload-status").textContent = `Queued ${job.totalVariations} variations.`;
-    event.target.reset();
-    await showJobs();
-  } catch (error) {
-    $("upload-status").textContent = "";
-    $("upload-error").textContent = error.message;
-  } finally {
-    $("upload-button").disabled = false;
-    $("upload-progress").hidden = true;
-  }
+window.addEventListener("session-ended", (event) => endSession(event.detail.message));
+live.onFinished(notify.notifyFinished);
+live.onChange((jobId) => {
+  if (jobId === null) showConnection();
 });
-
-$("job-list").addEventListener("click", async (event) => {
-  const item = event.target.closest(".job");
-  if (!item) return;
-  const jobId = item.dataset.jobId;
-  try {
-    if (event.target.classList.contains("job-cancel")) {
-      await api(`/api/jobs/${jobId}/cancel`, { method: "POST" });
-    } else if (event.target.classList.contains("job-delete")) {
-      await api(`/api/jobs/${jobId}`, { method: "DELETE" });
-    } else {
-      return;
-    }
-    await showJobs();
-  } catch (error) {
-    item.querySelector(".job-error").textContent = error.message;
-  }
-});
-
-$("logout").addEventListener("click", showLogin);
-
-fetch("/api/health")
-  .then((response) => response.json())
-  .then((health) => ($("service-status").textContent = `service ${health.status}, v${health.version}`))
-  .catch(() => ($("service-status").textContent = "service unreachable"));
-
-if (session()) showJobs().catch(showLogin);
-else showLogin();
+route();
