@@ -6,6 +6,7 @@ in the test's Trio loop, and a test that must restart it calls back into the loo
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from collections.abc import Callable
@@ -236,3 +237,51 @@ async def test_a_notification_fires_when_a_job_ends_while_the_tab_is_hidden(
     assert notifications == [
         {"title": "Video Refresher: creative.mp4", "body": "1 variation is ready to download."}
     ]
+
+
+def drive_refusals(url: str, files: list[Path], fake: Path) -> dict[str, Any]:
+    with chromium() as browser:
+        _context, page = new_page(browser, url)
+        log_in(page)
+        page.click("nav >> text=New job")
+        drop_files(page, "#drop-zone", files)
+        expect(page.locator("#file-list li")).to_have_count(len(files))
+        expect(page.locator("#file-list")).not_to_contain_text("checking…")
+        refused = page.locator("#file-list .file-reason").all_text_contents()
+        total = page.locator("#variations-total").text_content()
+        # A file the browser cannot judge goes to the server, whose sentence is shown.
+        for button in page.locator("#file-list button").all()[::-1]:
+            button.click()
+        expect(page.locator("#upload-button")).to_be_disabled()
+        page.set_input_files("#file-picker", str(fake))
+        expect(page.locator("#file-list")).not_to_contain_text("checking…")
+        page.click("#upload-button")
+        expect(page.locator("#upload-message")).not_to_be_empty()
+        return {
+            "refused": refused,
+            "total": total,
+            "server": page.locator("#upload-message").text_content(),
+            "hash": page.url.rsplit("#", 1)[1],
+        }
+
+
+async def test_wrong_and_oversize_files_are_refused_before_sending_and_the_server_is_quoted(
+    server: Server, clips: Clips, tmp_path: Path
+) -> None:
+    await server.stop()
+    server.config = dataclasses.replace(server.config, max_upload_bytes=300_000)
+    await server.start()
+    notes = tmp_path / "brief.txt"
+    notes.write_text("not a video")
+    fake = tmp_path / "fake.mp4"
+    fake.write_bytes(b"\0" * 4096)
+    assert clips.long.stat().st_size > 300_000
+    files = [clips.mp4, notes, clips.long]
+    result = await in_browser(drive_refusals, server.url, files, fake)
+    wrong_type, too_big = result["refused"]
+    assert wrong_type == "Refused: Not an MP4 or MOV video."
+    assert too_big.startswith("Refused: It is ")
+    assert too_big.endswith(" KiB; the largest accepted is 293 KiB.")
+    assert result["total"] == "5 variations in all"
+    assert result["server"] == "“fake.mp4” is not a video file. Upload MP4 or MOV videos."
+    assert result["hash"] == "/new"

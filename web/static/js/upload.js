@@ -76,7 +76,7 @@ export function render(root, { config, navigate }) {
       ...entries.map((entry, index) => {
         const facts = [formatBytes(entry.file.size)];
         if (entry.probed?.duration) facts.push(formatDuration(entry.probed.duration));
-        else if (!entry.probed) facts.push("checking…");
+        else if (!entry.probed && !entry.reason) facts.push("checking…");
         if (entry.probed?.width) facts.push(`${entry.probed.width}×${entry.probed.height}`);
         return h(
           "li",
