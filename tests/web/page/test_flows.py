@@ -222,6 +222,13 @@ def drive_hidden_tab(url: str, clip: Path) -> list[dict[str, str]]:
         _context, page = new_page(browser, url)
         log_in(page)
         expect(page.locator("#notify-toggle")).to_be_checked()
+        # Turned off, it stays off after a reload; turned on again, it stays on.
+        page.uncheck("#notify-toggle")
+        page.reload()
+        expect(page.locator("#notify-toggle")).not_to_be_checked()
+        page.check("#notify-toggle")
+        page.reload()
+        expect(page.locator("#notify-toggle")).to_be_checked()
         upload_in_page(page, [clip], variations=1)
         page.evaluate("window.__setHidden(true)")
         expect(page.locator(".detail-head .badge")).to_have_text("Completed", timeout=120_000)
