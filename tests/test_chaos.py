@@ -40,6 +40,9 @@ ACTORS = ("processor", "janitor", "evictor", "download_tracker", "events")
 QUOTA_BYTES = 1_500_000
 MAX_JOBS = 40
 KEEPALIVE_EXPIRY_S = 2.0
+# An actor stops at its next checkpoint outside a shield (stopping an FFmpeg takes up to
+# seconds) and restarts within its backoff: a kill not counted by then is lost.
+KILL_LANDS_WITHIN_S = 60.0
 
 
 @dataclass
@@ -164,11 +167,15 @@ async def chaos(service: RunningService, record: Record, rng: random.Random) -> 
         # Killing an actor still restarting, or one whose last kill has not landed yet (it
         # lands at the actor's next unshielded checkpoint: stopping an FFmpeg takes up to
         # seconds), would be no kill at all: wait until it runs again after the last one.
-        await supervisor.wait_until(
-            name,
-            lambda status, kills=record.kills[name]: (
-                status.state == "running" and status.restarts == kills
-            ),
+        with trio.move_on_after(KILL_LANDS_WITHIN_S) as waited:
+            await supervisor.wait_until(
+                name,
+                lambda status, kills=record.kills[name]: (
+                    status.state == "running" and status.restarts == kills
+                ),
+            )
+        assert not waited.cancelled_caught, (
+            f"{name}: kill {record.kills[name]} never landed: {supervisor.status()[name]}"
         )
         supervisor.kill(name)
         record.kills[name] += 1
