@@ -197,13 +197,19 @@ async def test_ranges_validators_and_head(
     await no_leases(service)
 
 
-async def test_a_player_holds_the_job_until_its_stream_ends(
-    service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
-) -> None:
+async def large_variation(service: RunningService, authed: httpx.AsyncClient) -> tuple[str, str]:
+    """A finished job of one variation larger than the socket buffers: its id and the
+    variation's signed player link."""
     job_id = await make_finished_job(
         service.state.db, service.state.paths, variations=1, size=LARGER_THAN_SOCKET_BUFFERS
     )
-    url = (await outputs_of(authed, job_id))[0]["url"]
+    return job_id, (await outputs_of(authed, job_id))[0]["url"]
+
+
+async def test_a_player_holds_the_job_until_its_stream_ends(
+    service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    job_id, url = await large_variation(service, authed)
     async with anonymous.stream("GET", url) as response:
         stream = response.aiter_raw()
         received = len(await stream.__anext__())
@@ -224,10 +230,7 @@ async def test_a_player_holds_the_job_until_its_stream_ends(
 async def test_a_player_that_goes_away_releases_its_lease(
     service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
-    job_id = await make_finished_job(
-        service.state.db, service.state.paths, variations=1, size=LARGER_THAN_SOCKET_BUFFERS
-    )
-    url = (await outputs_of(authed, job_id))[0]["url"]
+    _job_id, url = await large_variation(service, authed)
     async with anonymous.stream("GET", url) as response:
         await response.aiter_raw().__anext__()
         assert await lease_count(service) == 1
