@@ -27,7 +27,7 @@ import trio
 
 from actors.runtime import Mailbox
 from refresher import effects, encoding, jobstore, thumbnails
-from refresher.batches import BatchMaker
+from refresher.batches import BatchMaker, Draws
 from refresher.db import Database
 from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders, remove_files
 from refresher.full_disk import StorageFull, write_if_room, write_when_room
@@ -269,15 +269,21 @@ class Processor:
         # Decoding once for several variations pays; how many fit in memory depends on the
         # frame size. A batch's outputs are recorded as soon as it ends, so a restart
         # resumes after the last finished batch.
+        draws = Draws(
+            strength=effects.Strength(job.strength),
+            seed=job.seed,
+            position=file.position,
+            frame=effects.Frame(probed.width, probed.height, probed.fps, probed.has_audio),
+            subtle=file_effects,
+            mirror=job.mirror,
+        )
         per_encode = encoding.variations_per_encode(probed.width, probed.height)
         error: str | None = None
         async with trio.open_nursery() as watchers:
             watchers.start_soon(self._report_progress, job.id, file.id, progress)
             try:
                 for batch in encoding.split_batches(pending, per_encode):
-                    await self._encode_batch(
-                        job, file, source, probed, batch, file_effects, progress
-                    )
+                    await self._encode_batch(job, file, source, probed, batch, draws, progress)
             except (MediaError, StorageFull, OSError) as err:
                 error = str(err)
             watchers.cancel_scope.cancel()
@@ -290,7 +296,7 @@ class Processor:
         source: Path,
         probed: Probe,
         indices: list[int],
-        file_effects: list[effects.Effects],
+        draws: Draws,
         progress: _FileProgress,
     ) -> None:
         if await self.db.read(lambda conn: jobstore.cancel_requested(conn, job.id)):
@@ -306,7 +312,7 @@ class Processor:
             progress.changed.set()
 
         await self.batches.make(
-            job.id, file, source, probed, indices, file_effects, on_progress=on_progress
+            job.id, file, source, probed, indices, draws, on_progress=on_progress
         )
         progress.running.pop(key, None)
         progress.done += len(indices)

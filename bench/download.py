@@ -26,7 +26,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from refresher import jobstore
+from refresher import jobstore, outputstore
 from refresher.db import connect, migrate
 from refresher.status import JobStatus
 from refresher.storage import Paths
@@ -65,10 +65,12 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
         ttl_s=86_400,
     )  # fmt: skip
     for index, path, size, crc in outputs:
-        jobstore.record_output(
-            conn, output_id=str(uuid.uuid4()), job_id=job_id, file_id=source.id,
-            variation_index=index, path=paths.relative(path), size=size, crc32=crc,
-            effects={}, now=now,
+        outputstore.record_output(
+            conn, job_id=job_id, file_id=source.id, now=now,
+            output=outputstore.NewOutput(
+                output_id=str(uuid.uuid4()), variation_index=index,
+                path=paths.relative(path), size=size, crc32=crc, effects={},
+            ),
         )  # fmt: skip
     jobstore.finish_job(conn, job_id, status=JobStatus.COMPLETED, error=None, now=now, ttl_s=86_400)
     jobstore.clear_uploads(conn, job_id)

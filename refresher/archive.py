@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from refresher import timestamps
+from refresher.measure import Measured
 from refresher.zipplan import Member, ZipPlan
 
 if TYPE_CHECKING:  # jobstore keeps each finished job's archive size, so it imports this
@@ -123,12 +124,17 @@ def _members(job: JobRecord, locate: Callable[[str], Path]) -> list[Member]:
                     "variation": output.variation_index,
                     "size": output.size,
                     "effects": output.effects,
+                    "attempts": output.attempts,
+                    "measured": Measured.from_json(output.measured).shown()
+                    if output.measured
+                    else None,
                 }
             )
     manifest = json.dumps(
         {
             "jobId": job.id,
             "seed": job.seed,
+            "strength": job.strength,
             "createdAt": job.created_at,
             "finishedAt": job.finished_at,
             "variations": variations,

@@ -14,6 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from refresher.effects import Strength
+
 GIB = 1024**3
 MIB = 1024**2
 # Variations per video when an upload does not say (never more than MAX_VARIATIONS).
@@ -42,6 +44,8 @@ class Config:
     evict_high: float = 0.85
     evict_low: float = 0.75
     janitor_interval_s: float = 300.0
+    # The strength an upload gets when it names none (`refresher.effects.Strength`).
+    default_strength: str = "subtle"
     max_upload_bytes: int = 500 * MIB
     max_files: int = 10
     max_variations: int = 20
@@ -137,6 +141,13 @@ def _origins(text: str) -> tuple[str, ...]:
     return origins
 
 
+def _strength(text: str) -> str:
+    value = text.strip().lower()
+    if value not in set(Strength):
+        raise ValueError(f"must be one of {', '.join(Strength)}")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -157,6 +168,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "evict_high": _number(0.0, 1.0, low_open=True),
     "evict_low": _number(0.0, 1.0, low_open=True),
     "janitor_interval_s": _number(0.0, low_open=True),
+    "default_strength": _strength,
     "max_upload_bytes": _integer(1),
     "max_files": _integer(1, 1000),
     "max_variations": _integer(1, 100),

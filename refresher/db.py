@@ -111,6 +111,17 @@ MIGRATIONS: tuple[str, ...] = (
     -- forgets outputs), so that showing a job lays out no archive.
     ALTER TABLE jobs ADD COLUMN archive_bytes INTEGER;
     """,
+    """
+    -- 4: strength levels, and what measuring each variation found (refresher.measure).
+    ALTER TABLE jobs ADD COLUMN strength TEXT NOT NULL DEFAULT 'subtle'
+        CHECK (strength IN ('subtle', 'standard', 'strong'));
+    ALTER TABLE jobs ADD COLUMN mirror INTEGER NOT NULL DEFAULT 0 CHECK (mirror IN (0, 1));
+    ALTER TABLE job_files ADD COLUMN still_path TEXT;
+    ALTER TABLE output_files ADD COLUMN measured_json TEXT;
+    ALTER TABLE output_files ADD COLUMN pdq_hashes BLOB;
+    ALTER TABLE output_files ADD COLUMN attempts INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE output_files ADD COLUMN still_path TEXT;
+    """,
 )
 
 

@@ -28,9 +28,17 @@ from pathlib import Path
 import trio
 
 from refresher.effects import Effects
-from refresher.ffmpeg import EncodeFailed, exit_failure, partial_path, remove_files, run_ffmpeg
-from refresher.filtergraph import tee_escape, variation_filter
+from refresher.ffmpeg import (
+    PARTIAL_SUFFIX,
+    EncodeFailed,
+    exit_failure,
+    partial_path,
+    remove_files,
+    run_ffmpeg,
+)
+from refresher.filtergraph import audio_filter, tee_escape, variation_filter
 from refresher.full_disk import StorageFull, is_storage_full
+from refresher.measure import Sampling, reference_filter
 from refresher.probe import Probe
 
 # One FFmpeg at a time: a process that decodes once and encodes up to
@@ -116,17 +124,34 @@ def split_batches(indices: Sequence[int], per_encode: int) -> list[list[int]]:
     return batches
 
 
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """The source's samples for measuring (`refresher.measure`), written by the same
+    FFmpeg: `path` gets them, and every output a keyframe at each sample's time."""
+
+    path: Path
+    plan: Sampling
+
+
 def encode_args(
-    source: Path, variations: Sequence[Variation], *, probed: Probe, threads: int | None = None
+    source: Path,
+    variations: Sequence[Variation],
+    *,
+    probed: Probe,
+    threads: int | None = None,
+    reference: Reference | None = None,
 ) -> list[str]:
     """Return FFmpeg's arguments (without the executable) to write each variation.
 
     The source is decoded once; each variation gets the decoded frames through a filter
     graph and an x264 encoder of its own (H.264, yuv420p). The audio, if any, is encoded
-    to AAC once and muxed into every output by the `tee` muxer. Outputs are MP4 with
-    `+faststart` and none of the source's metadata, chapters or other streams.
-    `threads` (FFMPEG_THREADS) goes to the decoder, each filter graph and each encoder;
-    by default each runs on one thread, and FFmpeg runs them all side by side.
+    to AAC once and muxed into every output by the `tee` muxer, unless the variations
+    change it (`standard`, `strong`: see `needs_audio_pass`). Outputs
+    are MP4 with `+faststart` and none of the source's metadata, chapters or other
+    streams. `threads` (FFMPEG_THREADS) goes to the decoder, each filter graph and each
+    encoder; by default each runs on one thread, and FFmpeg runs them all side by side.
+    With a `reference`, its samples are written too (FFV1, lossless) and each output
+    has a keyframe at each sample, so measuring decodes keyframes only.
     """
     if not variations:
         raise ValueError("variations must not be empty")
@@ -137,29 +162,67 @@ def encode_args(
     # every encoder in lockstep, and the encoders idle while it works (measured, five
     # outputs: 1.87 of 2 cores busy against 1.95, 6 % more wall time per variation).
     for index, variation in enumerate(variations):
-        args += [
-            "-map",
-            "0:v:0",
-            f"-filter:v:{index}",
-            variation_filter(variation.effects, probed),
-        ]
+        args += ["-map", "0:v:0", f"-filter:v:{index}", variation_filter(variation.effects, probed)]
+        if reference is not None:
+            keyframes = reference.plan.keyframe_expression(variation.effects.speed)
+            args += [f"-force_key_frames:v:{index}", keyframes]
     args += [
         "-c:v", "libx264", "-preset", X264_PRESET, "-x264-params", X264_PARAMS,
         "-crf", str(X264_CRF), "-maxrate", VIDEO_MAXRATE, "-bufsize", VIDEO_BUFSIZE,
         "-threads", stage_threads, "-pix_fmt", "yuv420p",
     ]  # fmt: skip
-    if probed.has_audio:
+    shared_audio = probed.has_audio and not needs_audio_pass(variations, probed)
+    if shared_audio:
         args += ["-map", "0:a:0", "-c:a", "aac", "-b:a", AUDIO_BITRATE]
     args += ["-map_metadata", "-1", "-map_chapters", "-1", "-fflags", "+bitexact"]
-    # Each file takes its own video stream and the one audio stream; the quotes keep the
-    # stream specifiers' `:` and `,` from ending the option.
-    streams = "v:{index},a" if probed.has_audio else "v:{index}"
+    # Each file takes its own video stream and the one audio stream, if shared; the
+    # quotes keep the stream specifiers' `:` and `,` from ending the option.
+    streams = "v:{index},a" if shared_audio else "v:{index}"
     slaves = [
         f"[select=\\'{streams.format(index=index)}\\':f=mp4:movflags=+faststart]"
         + tee_escape(str(variation.output))
         for index, variation in enumerate(variations)
     ]
-    return [*args, "-f", "tee", "-y", "|".join(slaves)]
+    args += ["-f", "tee", "-y", "|".join(slaves)]
+    if reference is not None:
+        # Every sample as it is (no frame repeated to fill a constant rate).
+        args += ["-map", "0:v:0", "-filter:v", reference_filter(reference.plan)]
+        args += ["-c:v", "ffv1", "-fps_mode", "passthrough", "-map_metadata", "-1"]
+        args += ["-f", "matroska", "-y", str(reference.path)]
+    return args
+    # Every sample as it is (no frame repeated to fill a constant rate).
+
+
+def needs_audio_pass(variations: Sequence[Variation], probed: Probe) -> bool:
+    """Whether each variation's audio is made by a pass of its own (`audio_args`).
+
+    Variations that change their sound also change their speed, each its own. One FFmpeg
+    making several outputs with sound at different speeds stalled for good (FFmpeg 9,
+    five outputs at 0.96 to 1.04: its scheduler holds back the outputs ahead in time,
+    and the audio of one waits on another). Video alone at different speeds runs
+    through, so the first pass makes the pictures and a short second pass per variation
+    copies them beside its own audio: 0.25 CPU s a 12 s variation.
+    """
+    return probed.has_audio and any(audio_filter(v.effects) for v in variations)
+
+
+def audio_args(video: Path, source: Path, effects: Effects, output: Path) -> list[str]:
+    """FFmpeg's arguments to copy `video` (pass one's output) beside `source`'s audio,
+    changed by the variation's `effects`, into the MP4 `output`."""
+    return [
+        "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
+        "-i", str(video), "-i", str(source),
+        "-map", "0:v:0", "-c:v", "copy",
+        "-map", "1:a:0", "-filter:a", audio_filter(effects) or "anull",
+        "-c:a", "aac", "-b:a", AUDIO_BITRATE,
+        "-map_metadata", "-1", "-map_chapters", "-1", "-fflags", "+bitexact",
+        "-movflags", "+faststart", "-f", "mp4", "-y", str(output),
+    ]  # fmt: skip
+
+
+def video_path(output: Path) -> Path:
+    """Where pass one writes a variation's pictures when its audio gets a pass of its own."""
+    return output.with_name(output.name + ".video" + PARTIAL_SUFFIX)
 
 
 async def encode_variations(
@@ -172,6 +235,7 @@ async def encode_variations(
     threads: int | None = None,
     on_started: Callable[[int], None] | None = None,
     env: Mapping[str, str] | None = None,
+    reference: Reference | None = None,
 ) -> list[EncodedOutput]:
     """Make `variations` of `source` with one FFmpeg (decoding once); return them in order.
 
@@ -180,7 +244,8 @@ async def encode_variations(
     the finished file.
     `on_progress` gets 0..1 (steps of at least PROGRESS_STEP, then exactly 1.0 once);
     `on_started` gets FFmpeg's PID; `env` adds variables to FFmpeg's environment. Either
-    lets the service find an FFmpeg that outlived a crash of its own.
+    lets the service find an FFmpeg that outlived a crash of its own. A `reference`
+    file is left for the caller to measure with and remove (removed here on failure).
 
     On failure no partial file is left, and FFmpeg's exit status is raised as what
     `exit_failure` makes of it: `FFmpegInterrupted` (a signal from outside stopped it),
@@ -189,7 +254,17 @@ async def encode_variations(
     reaped, no partial file is left, and then Cancelled propagates.
     """
     partials = [Variation(partial_path(v.output), v.effects) for v in variations]
-    command = [ffmpeg, *encode_args(source, partials, probed=probed, threads=threads)]
+    audio_pass = needs_audio_pass(variations, probed)
+    firsts = (
+        [Variation(video_path(v.output), v.effects) for v in variations] if audio_pass else partials
+    )
+    command = [
+        ffmpeg,
+        *encode_args(source, firsts, probed=probed, threads=threads, reference=reference),
+    ]
+    leftovers = [p.output for p in partials] + [f.output for f in firsts]
+    if reference is not None:
+        leftovers.append(reference.path)
     reporter = _ProgressReporter(probed.duration_s, on_progress)
     done = False
     try:
@@ -200,6 +275,15 @@ async def encode_variations(
         )
         if returncode != 0:
             raise exit_failure(returncode, stderr_tail, writing="the variations")
+        if audio_pass:
+            for first, partial in zip(firsts, partials, strict=True):
+                returncode, stderr_tail = await run_ffmpeg(
+                    [ffmpeg, *audio_args(first.output, source, first.effects, partial.output)],
+                    on_started=on_started, env=env,
+                )  # fmt: skip
+                if returncode != 0:
+                    raise exit_failure(returncode, stderr_tail, writing="the variations")
+            await trio.to_thread.run_sync(remove_files, [first.output for first in firsts])
         pairs = [(p.output, v.output) for p, v in zip(partials, variations, strict=True)]
         outputs = await trio.to_thread.run_sync(_publish, pairs)
         done = True
@@ -210,7 +294,7 @@ async def encode_variations(
     finally:
         if not done:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(remove_files, [p.output for p in partials])
+                await trio.to_thread.run_sync(remove_files, leftovers)
     reporter.finish()
     return outputs
 

@@ -41,6 +41,11 @@ class OutputRecord:
     crc32: int
     effects: dict[str, Any]
     created_at: str
+    # What measuring it found (`refresher.measure.Measured.as_json`), None if not measured;
+    # how many draws it took; its comparison still.
+    measured: dict[str, Any] | None = None
+    attempts: int = 1
+    still_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class FileRecord:
     completed_variations: int
     error: str | None
     outputs: tuple[OutputRecord, ...]
+    still_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -77,6 +83,8 @@ class JobRecord:
     # The size of the job's ZIP, kept when it finished with outputs; None for a job not
     # finished, without outputs, a tombstone, or finished before the size was kept.
     archive_bytes: int | None
+    strength: str
+    mirror: bool
     files: tuple[FileRecord, ...]
 
     @property
@@ -121,13 +129,15 @@ def insert_job(
     seed: int,
     now: float,
     ttl_s: float,
+    strength: str = "subtle",
+    mirror: bool = False,
 ) -> None:
     """Record a queued job and its uploaded files (call inside one write transaction)."""
     created = iso(now)
     conn.execute(
         """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
-                             variations_per_video, total_variations, seed)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+                             variations_per_video, total_variations, seed, strength, mirror)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
         (
             job_id,
             JobStatus.QUEUED,
@@ -138,6 +148,8 @@ def insert_job(
             variations_per_video,
             len(files) * variations_per_video,
             seed,
+            strength,
+            int(mirror),
         ),
     )
     conn.executemany(
@@ -201,6 +213,9 @@ def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
                 crc32=out["crc32"],
                 effects=json.loads(out["effects_json"]),
                 created_at=out["created_at"],
+                measured=json.loads(out["measured_json"]) if out["measured_json"] else None,
+                attempts=out["attempts"],
+                still_path=out["still_path"],
             )
         )
     files = tuple(
@@ -216,6 +231,7 @@ def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
             completed_variations=file["completed_variations"],
             error=file["error"],
             outputs=tuple(outputs.get(file["id"], ())),
+            still_path=file["still_path"],
         )
         for file in conn.execute(
             "SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (job_id,)
@@ -223,6 +239,7 @@ def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     )
     fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
     fields["status"] = JobStatus(fields["status"])
+    fields["mirror"] = bool(fields["mirror"])
     return JobRecord(**fields, files=files)
 
 
@@ -283,38 +300,6 @@ def set_file_progress(conn: sqlite3.Connection, file_id: str, progress: float, n
         "UPDATE job_files SET progress = ?, updated_at = ? WHERE id = ?",
         (progress, iso(now), file_id),
     )
-
-
-def record_output(
-    conn: sqlite3.Connection,
-    *,
-    output_id: str,
-    job_id: str,
-    file_id: str,
-    variation_index: int,
-    path: str,
-    size: int,
-    crc32: int,
-    effects: dict[str, Any],
-    now: float,
-) -> int:
-    """Record a finished variation and count it on its file; return the file's count."""
-    stamp = iso(now)
-    conn.execute(
-        """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path, size,
-                                     crc32, effects_json, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (output_id, job_id, file_id, variation_index, path, size, crc32,
-         json.dumps(effects, sort_keys=True), stamp),
-    )  # fmt: skip
-    count: int = conn.execute(
-        "SELECT count(*) FROM output_files WHERE job_file_id = ?", (file_id,)
-    ).fetchone()[0]
-    conn.execute(
-        "UPDATE job_files SET completed_variations = ?, updated_at = ? WHERE id = ?",
-        (count, stamp, file_id),
-    )
-    return count
 
 
 def cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:

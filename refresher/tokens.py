@@ -28,7 +28,7 @@ SESSION_TTL_S = 24 * 3600
 EVENTS_SCOPE = "events"
 # What a link to one job may open, each on its own: a download link shared with someone
 # shows them neither the job's events nor anything of another job.
-JOB_PURPOSES = ("download", "thumbnail", "events")
+JOB_PURPOSES = ("download", "thumbnail", "events", "stills")
 
 
 def job_scope(job_id: str, purpose: str) -> str:

@@ -21,6 +21,7 @@ from web import (
     health,
     jobs,
     outputs,
+    stills,
     uploads,
 )
 from web.backpressure import BODY_LIMITS_KEY, BoundedRequest, receive_limited_body
@@ -118,6 +119,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         downloads.blueprint,
         outputs.blueprint,
         config_route.blueprint,
+        stills.blueprint,
     ):
         app.register_blueprint(blueprint)
     app.before_request(receive_limited_body)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from quart import Blueprint, Response, jsonify
 
-from refresher import probe, tokens
+from refresher import effects, probe, tokens
 from web.state import state
 
 blueprint = Blueprint("config", __name__)
@@ -32,5 +32,15 @@ async def limits() -> Response:
             "maxFps": config.max_fps,
             "resultsLifetimeS": config.job_ttl_s,
             "sessionLifetimeS": tokens.SESSION_TTL_S,
+            "strengths": [
+                {
+                    "value": strength.value,
+                    "label": strength.value.capitalize(),
+                    "description": effects.DESCRIPTIONS[strength],
+                }
+                for strength in effects.Strength
+            ],
+            "defaultStrength": config.default_strength,
+            "mirrorAvailable": True,
         }
     )

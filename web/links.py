@@ -48,6 +48,14 @@ def thumbnail_url(app_state: AppState, job_id: str) -> str:
     return f"/api/jobs/{job_id}/thumbnail?token={token}"
 
 
+def still_url(app_state: AppState, job_id: str, name: str) -> str:
+    """The link to one comparison still of a job (`source-<file id>` or an output's id);
+    every still of a job shares the token."""
+    scope = tokens.job_scope(job_id, "stills")
+    token = _token(app_state, scope, MEDIA_LINK_S, MEDIA_BUCKET_S)
+    return f"/api/jobs/{job_id}/stills/{name}?token={token}"
+
+
 def job_events_url(app_state: AppState, job_id: str) -> str:
     scope = tokens.job_scope(job_id, "events")
     token = _token(app_state, scope, EVENTS_LINK_S, EVENTS_BUCKET_S)

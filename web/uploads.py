@@ -15,6 +15,7 @@ from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
 from refresher import jobstore
 from refresher.config import DEFAULT_VARIATIONS, Config
+from refresher.effects import Strength
 from refresher.full_disk import is_storage_full
 from refresher.job_events import status_event
 from refresher.probe import NotAVideo, Probe, probe
@@ -62,6 +63,32 @@ def parse_variations(raw: str | None, maximum: int) -> int:
     if not 1 <= value <= maximum:
         raise ApiError(400, rule)
     return value
+
+
+def parse_strength(raw: str | None, default: str) -> str:
+    """The `strength` field: one of `Strength`'s values, the configured default if absent."""
+    if raw is None or not raw.strip():
+        return default
+    value = raw.strip().lower()
+    if value not in set(Strength):
+        names = ", ".join(Strength)
+        raise ApiError(400, f"strength must be one of {names}; got “{raw.strip()[:20]}”.")
+    return value
+
+
+# What a form may send for a yes/no field (a checkbox sends "on").
+_YES = {"true", "1", "on", "yes"}
+_NO = {"false", "0", "off", "no", ""}
+
+
+def parse_mirror(raw: str | None) -> bool:
+    """The `mirror` field: opt-in mirroring (it flips text and logos), off if absent."""
+    value = (raw or "").strip().lower()
+    if value in _YES:
+        return True
+    if value in _NO:
+        return False
+    raise ApiError(400, f"mirror must be true or false; got “{(raw or '').strip()[:20]}”.")
 
 
 def media_limit_breach(name: str, probed: Probe, config: Config) -> str | None:
@@ -184,6 +211,10 @@ async def create_job() -> tuple[Response, int]:
                 "faster connection.",
             )
         variations = parse_variations(form.fields.get("variations"), config.max_variations)
+        strength = parse_strength(form.fields.get("strength"), config.default_strength)
+        mirror = parse_mirror(form.fields.get("mirror"))
+        if mirror and strength == Strength.SUBTLE:
+            raise ApiError(400, "mirror applies only at the standard or strong strength.")
         if not form.files:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")
         probes = [await probe_upload(upload, config) for upload in form.files]
@@ -208,6 +239,8 @@ async def create_job() -> tuple[Response, int]:
                     seed=seed,
                     now=app_state.now(),
                     ttl_s=config.job_ttl_s,
+                    strength=strength,
+                    mirror=mirror,
                 )
             )
         except sqlite3.Error as err:
@@ -232,6 +265,8 @@ async def create_job() -> tuple[Response, int]:
         "files": [{"id": f.id, "name": f.original_name, "size": f.file_size} for f in files],
         "variationsPerVideo": variations,
         "totalVariations": variations * len(files),
+        "strength": strength,
+        "mirror": mirror,
         "statusUrl": f"/api/jobs/{job_id}",
     }
     return jsonify(body), 202

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from refresher import archive, jobstore, timestamps
+from refresher.measure import Measured
 from refresher.status import FINISHED, JobStatus
 from web import links
 from web.errors import ApiError
@@ -60,6 +61,8 @@ def _output(
     ZIP, and, once its job has finished, signed links to play and to download it."""
     playable = job.status in FINISHED
     url = links.output_url(app_state, job.id, output.id) if playable else None
+    measured = Measured.from_json(output.measured) if output.measured else None
+    still = links.still_url(app_state, job.id, output.id) if output.still_path else None
     return {
         "id": output.id,
         "variationIndex": output.variation_index,
@@ -68,6 +71,10 @@ def _output(
         "name": name,
         "url": url,
         "downloadUrl": f"{url}&download=1" if url else None,
+        "measured": measured.shown() if measured else None,
+        "verdict": measured.verdict if measured else None,
+        "attempts": output.attempts,
+        "stillUrl": still,
     }
 
 
@@ -80,6 +87,8 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
         "status": job.status,
         "totalVideos": job.total_videos,
         "totalVariations": job.total_variations,
+        "strength": job.strength,
+        "mirror": job.mirror,
         "completedVariations": sum(file.completed_variations for file in job.files),
         "overallProgress": job.overall_progress,
         "thumbnailUrl": thumbnail_url(app_state, job.id, job.thumbnail_path),
@@ -93,6 +102,9 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
                 "progress": 100.0 if file.status == JobStatus.COMPLETED else file.progress,
                 "completedVariations": file.completed_variations,
                 "error": file.error,
+                "stillUrl": links.still_url(app_state, job.id, f"source-{file.id}")
+                if file.still_path
+                else None,
                 "outputs": [_output(app_state, job, out, names[out.id]) for out in file.outputs],
             }
             for file in job.files

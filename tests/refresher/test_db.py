@@ -40,7 +40,19 @@ def test_migrations_build_the_schema_from_empty(tmp_path: Path) -> None:
         "id", "status", "created_at", "updated_at", "finished_at", "expires_at",
         "total_videos", "variations_per_video", "total_variations", "seed",
         "thumbnail_path", "error", "cancelled_at", "deleted_reason", "archive_bytes",
+        "strength", "mirror",
     }  # fmt: skip
+    output_columns = {row[1] for row in conn.execute("PRAGMA table_info(output_files)")}
+    assert {"measured_json", "pdq_hashes", "attempts", "still_path"} <= output_columns
+
+
+def test_strength_is_checked_by_the_schema(tmp_path: Path) -> None:
+    conn = connect(tmp_path / "db.sqlite3")
+    migrate(conn)
+    insert_job(conn, "j1")
+    assert tuple(conn.execute("SELECT strength, mirror FROM jobs").fetchone()) == ("subtle", 0)
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute("UPDATE jobs SET strength = 'extreme'")
 
 
 def test_migrate_again_changes_nothing(tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import uuid
 import zlib
 from pathlib import Path
 
-from refresher import jobstore
+from refresher import jobstore, outputstore
 from refresher.config import Config
 from refresher.db import Database
 from refresher.status import JobStatus
@@ -55,10 +55,13 @@ async def make_finished_job(
             now=now, ttl_s=ttl_s,
         )  # fmt: skip
         for file_id, index, path, content in outputs:
-            jobstore.record_output(
-                conn, output_id=str(uuid.uuid4()), job_id=job_id, file_id=file_id,
-                variation_index=index, path=paths.relative(path), size=len(content),
-                crc32=zlib.crc32(content), effects={"rotation": index}, now=now,
+            outputstore.record_output(
+                conn, job_id=job_id, file_id=file_id, now=now,
+                output=outputstore.NewOutput(
+                    output_id=str(uuid.uuid4()), variation_index=index,
+                    path=paths.relative(path), size=len(content), crc32=zlib.crc32(content),
+                    effects={"rotation": index},
+                ),
             )  # fmt: skip
         for file in files:
             jobstore.set_file_state(
@@ -109,10 +112,12 @@ async def make_unfinished_job(
         assert claimed is not None
         assert claimed.id == job_id
         if output_bytes:
-            jobstore.record_output(
-                conn, output_id=str(uuid.uuid4()), job_id=job_id, file_id=new_file.id,
-                variation_index=1, path=paths.relative(output), size=output_bytes, crc32=0,
-                effects={}, now=now,
+            outputstore.record_output(
+                conn, job_id=job_id, file_id=new_file.id, now=now,
+                output=outputstore.NewOutput(
+                    output_id=str(uuid.uuid4()), variation_index=1,
+                    path=paths.relative(output), size=output_bytes, crc32=0, effects={},
+                ),
             )  # fmt: skip
 
     await db.write(record)

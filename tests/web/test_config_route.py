@@ -7,6 +7,7 @@ from typing import Any
 import httpx
 
 from refresher.config import Config
+from refresher.effects import DESCRIPTIONS
 from tests.support.http import StartService, upload
 
 CHANGED = {
@@ -35,6 +36,12 @@ def limits_of(config: Config) -> dict[str, Any]:
         "maxFps": config.max_fps,
         "resultsLifetimeS": config.job_ttl_s,
         "sessionLifetimeS": 24 * 3600,
+        "strengths": [
+            {"value": value, "label": value.capitalize(), "description": DESCRIPTIONS[value]}
+            for value in ("subtle", "standard", "strong")
+        ],
+        "defaultStrength": config.default_strength,
+        "mirrorAvailable": True,
     }
 
 

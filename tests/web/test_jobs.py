@@ -205,8 +205,15 @@ async def test_cancel_mid_encode_keeps_finished_variations(
         assert again.json() == {"error": "The job has already ended (cancelled)."}
     job_files = sorted(p.name for p in (config.data_dir / "jobs" / job_id).iterdir())
     # Only finished variations (and the thumbnail) remain: no partial output.
-    assert [name for name in job_files if name != "thumbnail.webp"] == sorted(
-        f"{detail['files'][0]['id']}_var{out['variationIndex']}.mp4" for out in kept
+    file_id = detail["files"][0]["id"]
+    assert [name for name in job_files if name not in ("thumbnail.webp", "stills")] == sorted(
+        f"{file_id}_var{out['variationIndex']}.mp4" for out in kept
+    )
+    # And the comparison stills of those alone, beside the source's.
+    stills = sorted(p.name for p in (config.data_dir / "jobs" / job_id / "stills").iterdir())
+    assert stills == sorted(
+        [f"{file_id}_source.jpg"]
+        + [f"{file_id}_var{out['variationIndex']}.jpg" for out in kept]
     )
     assert list((config.data_dir / "uploads").iterdir()) == []
     assert await trio.to_thread.run_sync(find_leftover_encoders, config.data_dir) == []

@@ -1,0 +1,94 @@
+"""Finished variations in the database: recording them, with what measuring them found.
+
+A variation's PDQ hashes are kept with it, so that one made later (in another batch, or
+after a restart) is compared with it without decoding it again, and so that its nearest
+sibling can be brought up to date when a closer one arrives.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import Any
+
+from refresher.timestamps import iso
+
+
+@dataclass(frozen=True)
+class NewOutput:
+    """A finished variation to record."""
+
+    output_id: str
+    variation_index: int
+    path: str
+    size: int
+    crc32: int
+    effects: dict[str, Any]
+    measured: dict[str, Any] | None = None
+    pdq_hashes: bytes | None = None
+    attempts: int = 1
+    still_path: str | None = None
+
+
+def record_output(
+    conn: sqlite3.Connection, *, job_id: str, file_id: str, output: NewOutput, now: float
+) -> int:
+    """Record a finished variation and count it on its file; return the file's count."""
+    stamp = iso(now)
+    measured = json.dumps(output.measured, sort_keys=True) if output.measured else None
+    conn.execute(
+        """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path, size,
+                                     crc32, effects_json, created_at, measured_json,
+                                     pdq_hashes, attempts, still_path)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (output.output_id, job_id, file_id, output.variation_index, output.path,
+         output.size, output.crc32, json.dumps(output.effects, sort_keys=True), stamp,
+         measured, output.pdq_hashes, output.attempts, output.still_path),
+    )  # fmt: skip
+    count: int = conn.execute(
+        "SELECT count(*) FROM output_files WHERE job_file_id = ?", (file_id,)
+    ).fetchone()[0]
+    conn.execute(
+        "UPDATE job_files SET completed_variations = ?, updated_at = ? WHERE id = ?",
+        (count, stamp, file_id),
+    )
+    return count
+
+
+@dataclass(frozen=True)
+class Sibling:
+    """A recorded variation of a file, as its later siblings are compared with it."""
+
+    output_id: str
+    variation_index: int
+    pdq_hashes: bytes
+    measured: dict[str, Any]
+
+
+def siblings(conn: sqlite3.Connection, file_id: str) -> list[Sibling]:
+    """The file's recorded variations that were measured."""
+    return [
+        Sibling(
+            row["id"], row["variation_index"], row["pdq_hashes"], json.loads(row["measured_json"])
+        )
+        for row in conn.execute(
+            """SELECT id, variation_index, pdq_hashes, measured_json FROM output_files
+               WHERE job_file_id = ? AND pdq_hashes IS NOT NULL AND measured_json IS NOT NULL
+               ORDER BY variation_index""",
+            (file_id,),
+        )
+    ]
+
+
+def update_measured(conn: sqlite3.Connection, measured: dict[str, dict[str, Any]]) -> None:
+    """Replace the measures of the outputs named in `measured` (their nearest sibling
+    moved when a closer one was recorded)."""
+    conn.executemany(
+        "UPDATE output_files SET measured_json = ? WHERE id = ?",
+        [(json.dumps(value, sort_keys=True), output_id) for output_id, value in measured.items()],
+    )
+
+
+def set_file_still(conn: sqlite3.Connection, file_id: str, still_path: str) -> None:
+    conn.execute("UPDATE job_files SET still_path = ? WHERE id = ?", (still_path, file_id))
