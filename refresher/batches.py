@@ -198,8 +198,8 @@ class BatchMaker:
                 for index, _ in chosen
             ]
             wanted = [
-                measure.Wanted(output.path, variation.effects.speed, still)
-                for output, variation, still in zip(encoded, variations, stills, strict=True)
+                measure.Wanted(output.path, still)
+                for output, still in zip(encoded, stills, strict=True)
             ]
             try:
                 source_sampled, sampled = await _sample(

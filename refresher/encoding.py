@@ -164,8 +164,7 @@ def encode_args(
     for index, variation in enumerate(variations):
         args += ["-map", "0:v:0", f"-filter:v:{index}", variation_filter(variation.effects, probed)]
         if reference is not None:
-            keyframes = reference.plan.keyframe_expression(variation.effects.speed)
-            args += [f"-force_key_frames:v:{index}", keyframes]
+            args += [f"-force_key_frames:v:{index}", reference.plan.keyframe_expression()]
     args += [
         "-c:v", "libx264", "-preset", X264_PRESET, "-x264-params", X264_PARAMS,
         "-crf", str(X264_CRF), "-maxrate", VIDEO_MAXRATE, "-bufsize", VIDEO_BUFSIZE,

@@ -40,6 +40,8 @@ def shear_margins(window_w: int, window_h: int, rotation_rad: float) -> tuple[in
     window needs: rows shift sideways by up to sin·(region height)/2, columns up or down
     by up to sin·(window width)/2."""
     a = abs(math.sin(rotation_rad))
+    if a == 0:
+        return 0, 0
     margin_y = math.ceil(a * window_w / 2) + _SLACK_PX
     margin_y += margin_y % 2
     region_h = window_h + 2 * margin_y
@@ -57,7 +59,7 @@ def window(
     bottom one. Raise ValueError if the rotation does not fit the zoom's room.
     """
     frame_w, frame_h = even(width), even(height)
-    window_w, window_h = even(frame_w / zoom), even(frame_h / zoom)
+    window_w, window_h = max(2, even(frame_w / zoom)), max(2, even(frame_h / zoom))
     margin_x, margin_y = shear_margins(window_w, window_h, rotation_rad)
     region_w, region_h = window_w + 2 * margin_x, window_h + 2 * margin_y
     if region_w > frame_w or region_h > frame_h:

@@ -8,15 +8,22 @@ once a second of source time (at most MAX_SAMPLES times, spread evenly, for long
 - The source's samples come from the FFmpeg that makes the variations (it decodes the
   source anyway): `reference_filter` picks the first frame at or after each sample time
   and FFV1 keeps it losslessly in a small file beside the outputs.
-- Each variation is encoded with a keyframe at each sample's time in its own clock (a
-  faster variation reaches source second k sooner), so reading its samples decodes only
-  keyframes, not the whole video.
+- Each variation is encoded with a keyframe at each second of its own clock, so reading
+  its samples decodes only keyframes, not the whole video. Each video is sampled in its
+  own clock, as vPDQ (or anyone hashing the downloaded files) samples it: a variation
+  whose speed changed shows, at its second k, the source a little before or after k.
+
+A sample is the first frame at or after each whole second from the start, as vPDQ takes
+every Nth frame from the first (FFmpeg's `fps=1:round=up` picks the same frames; plain
+`fps=1` picks the frame nearest each half second, which on moving footage is another
+picture).
 
 For a variation, each of its sampled frames gets the distance to the nearest frame of the
-other video's (as vPDQ matches frames, whatever their order); `pdq_median` is the median
+other video's (as vPDQ matches frames, whatever their order and timing); `pdq_median` is the median
 of those distances, `pdq_matched_share` the share within MATCH_DISTANCE. A variation is
 *matched* to a video when that share reaches MATCH_SHARE. SSIM is FFmpeg's `ssim` filter
-("All") between each sampled frame and the source's sample at the same moment, averaged.
+("All") between each sampled frame and the source's sample at the same moment of
+playback (what a person comparing the two side by side sees), averaged.
 Frames are compared at no more than MEASURE_LONG x MEASURE_SHORT and hashed at no more
 than PDQ_SIDE a side: PDQ reduces every image to 64 x 64 first, so an independent hash of
 the full-size frames agrees within a few bits (a test checks it).
@@ -70,9 +77,9 @@ class Sampling:
         """The sample the comparison stills show."""
         return self.count // 2
 
-    def keyframe_expression(self, speed: float) -> str:
-        """`-force_key_frames` for a variation playing at `speed`: one at each sample."""
-        return f"expr:gte(t,n_forced*{self.period_s / speed:.6f})"
+    def keyframe_expression(self) -> str:
+        """`-force_key_frames` for a variation: one at each sample time."""
+        return f"expr:gte(t,n_forced*{self.period_s:.6f})"
 
 
 def sampling(duration_s: float, width: int, height: int) -> Sampling:
@@ -97,6 +104,16 @@ def reference_filter(plan: Sampling) -> str:
         f"select='gte(t,selected_n*{plan.period_s:.6f})',setpts=PTS+{REFERENCE_OFFSET_S}/TB,"
         f"scale={plan.width}:{plan.height}:flags=bicubic,format=yuv420p"
     )
+
+
+def reference_args(source: Path, plan: Sampling, path: Path) -> list[str]:
+    """FFmpeg's arguments to write `source`'s samples to `path` on their own (the service
+    writes them while making the variations; this is for measuring other videos)."""
+    return [
+        "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
+        "-map", "0:v:0", "-filter:v", reference_filter(plan), "-c:v", "ffv1",
+        "-fps_mode", "passthrough", "-f", "matroska", str(path),
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -212,11 +229,13 @@ def measure(source: Sampled, variation: Sampled, others: Sequence[np.ndarray]) -
 
 @dataclass(frozen=True)
 class Wanted:
-    """A variation to sample: its file, its speed, and where to write its still."""
+    """A variation to sample: its file, and where to write its still."""
 
     path: Path
-    speed: float
     still: Path | None = None
+    # Encoded with a keyframe at each sample (`Sampling.keyframe_expression`); a video
+    # made otherwise (the original's method, say) is decoded whole.
+    keyframes_only: bool = True
 
 
 def sample_batch(
@@ -249,7 +268,7 @@ def _sample(
 ) -> tuple[Sampled, list[Sampled]]:
     ref_frames = ref_file.decode(video=0)
     streams = [
-        _samples_of(container, plan, wanted.speed)
+        _samples_of(container, plan, keyframes_only=wanted.keyframes_only)
         for container, wanted in zip(containers, variations, strict=True)
     ]
     graphs = [_SsimGraph(plan) for _ in variations]
@@ -284,19 +303,20 @@ def _sample(
 
 
 def _samples_of(
-    container: av.container.InputContainer, plan: Sampling, speed: float
+    container: av.container.InputContainer, plan: Sampling, *, keyframes_only: bool
 ) -> Iterator[av.VideoFrame]:
-    """The frame at each sample time of a variation playing at `speed`: the first keyframe
-    at or after it (a tolerance of half a frame for rounded timestamps)."""
+    """The frame at each sample time of a variation: the first (key)frame at or after it
+    (a tolerance of half a frame for rounded timestamps)."""
     stream = container.streams.video[0]
-    stream.codec_context.skip_frame = "NONKEY"
+    if keyframes_only:
+        stream.codec_context.skip_frame = "NONKEY"
     rate = float(stream.average_rate or 30)
     index = 0
     for frame in container.decode(stream):
         if frame.time is None:
             continue
-        while index < plan.count and frame.time >= index * plan.period_s / speed - 0.5 / rate:
-            if frame.time < (index + 1) * plan.period_s / speed - 0.5 / rate:
+        while index < plan.count and frame.time >= index * plan.period_s - 0.5 / rate:
+            if frame.time < (index + 1) * plan.period_s - 0.5 / rate:
                 yield frame
             index += 1
         if index >= plan.count:

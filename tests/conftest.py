@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+from bench.footage import make_footage
 from refresher.config import Config
 from refresher.ffmpeg import find_ffmpeg
 from refresher.main import RunningService, serve
@@ -29,6 +30,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
         mov=make_clip(ffmpeg, directory / "spot.mov", ClipSpec(seconds=1.0, container="mov")),
         long=make_clip(ffmpeg, directory / "long.mp4", ClipSpec(seconds=4.0)),
     )
+
+
+@pytest.fixture(scope="session")
+def footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Natural footage (a pan across photographs, with sound): 640x360, 10 s, made once."""
+    path = tmp_path_factory.mktemp("footage") / "pan.mp4"
+    return make_footage(find_ffmpeg(None), path, width=640, height=360, seconds=10.0)
 
 
 @pytest.fixture

@@ -212,8 +212,7 @@ async def test_cancel_mid_encode_keeps_finished_variations(
     # And the comparison stills of those alone, beside the source's.
     stills = sorted(p.name for p in (config.data_dir / "jobs" / job_id / "stills").iterdir())
     assert stills == sorted(
-        [f"{file_id}_source.jpg"]
-        + [f"{file_id}_var{out['variationIndex']}.jpg" for out in kept]
+        [f"{file_id}_source.jpg"] + [f"{file_id}_var{out['variationIndex']}.jpg" for out in kept]
     )
     assert list((config.data_dir / "uploads").iterdir()) == []
     assert await trio.to_thread.run_sync(find_leftover_encoders, config.data_dir) == []

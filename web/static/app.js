@@ -114,7 +114,7 @@ async function route() {
   } else if (name === "new") {
     cleanup = upload.render(view, { config, navigate });
   } else if (name === "jobs" && id) {
-    cleanup = detail.render(view, { id: decodeURIComponent(id), navigate });
+    cleanup = detail.render(view, { id: decodeURIComponent(id), config, navigate });
   } else if (name === "jobs") {
     cleanup = jobsView.render(view);
   } else {

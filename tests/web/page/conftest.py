@@ -1,19 +1,41 @@
 """The page's tests: the real service on 127.0.0.1, on a wall clock that agrees with the
-browser's, which a test can stop and start again."""
+browser's, which a test can stop and start again; and natural footage to measure."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from bench.footage import make_footage
 from refresher.config import Config
+from refresher.ffmpeg import find_ffmpeg
 from refresher.main import serve
 from tests.support.clock import WallClock
+
+# Every still in the comparison view scrolled to in turn, so each lazy image loads.
+SCROLL_THROUGH_STILLS = """async () => {
+  for (const img of document.querySelectorAll('#compare img')) {
+    img.scrollIntoView({ block: 'center' });
+    await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+  }
+}"""
+STILLS_LOADED = """() => [...document.querySelectorAll('#compare img')]
+  .every((img) => img.complete && img.naturalWidth > 0)"""
+
+
+@pytest.fixture(scope="session")
+def teaser(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4 s pan over photographs, made once: shorter than the shared `footage`, so a page
+    test waits less; natural, since test patterns measure unlike real video, and its stills
+    show what a person would compare."""
+    path = tmp_path_factory.mktemp("footage") / "autumn teaser.mp4"
+    return make_footage(find_ffmpeg(None), path, width=640, height=360, seconds=4)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +19,9 @@ import trio
 from playwright.sync_api import Page, expect
 
 from refresher.ffmpeg import find_ffmpeg
-from tests.support.browser import chromium, drop_files, log_in, new_page
+from tests.support.browser import BROKEN_IMAGES, chromium, drop_files, log_in, new_page
 from tests.support.clips import Clips, ClipSpec, make_clip
-from tests.web.page.conftest import Server
+from tests.web.page.conftest import SCROLL_THROUGH_STILLS, STILLS_LOADED, Server
 
 pytestmark = pytest.mark.slow
 
@@ -292,3 +293,111 @@ async def test_wrong_and_oversize_files_are_refused_before_sending_and_the_serve
     assert result["total"] == "5 variations in all"
     assert result["server"] == "“fake.mp4” is not a video file. Upload MP4 or MOV videos."
     assert result["hash"] == "/new"
+
+
+VERDICTS = {
+    "Distinct from the source",
+    "Looks the same to a perceptual hash",
+    "Distinct from the source, but close to another variation",
+}
+# What the numbers behind a verdict read, e.g. "PDQ median 47 of 256 · 0 % of frames matched
+# · SSIM 0.912 · nearest sibling 52 · 2 draws" (a median of an even count may be a half).
+MEASURED = (
+    r"^PDQ median \d+(\.5)? of 256 · \d+ % of frames matched · SSIM [01]\.\d{3}"
+    r"( · nearest sibling \d+(\.5)?)? · \d+ draws?$"
+)
+
+
+def drive_strength_verdicts_and_stills(url: str, teaser: Path) -> dict[str, Any]:
+    with chromium() as browser:
+        _context, page = new_page(browser, url)
+        log_in(page)
+        config = page.evaluate("fetch('/api/config').then((response) => response.json())")
+        page.click("nav >> text=New job")
+        checked = page.locator("input[name=strength]:checked")
+        first_choice = checked.get_attribute("value")
+        # By keyboard: the arrows move through the group; mirroring needs standard or strong.
+        page.check("#strength-subtle")
+        expect(page.locator("#mirror")).to_be_disabled()
+        page.focus("#strength-subtle")
+        page.keyboard.press("ArrowDown")
+        expect(checked).to_have_attribute("value", "standard")
+        expect(page.locator("#mirror")).to_be_enabled()
+        page.keyboard.press("ArrowDown")
+        expect(checked).to_have_attribute("value", "strong")
+        page.check("#mirror")
+        page.reload()  # both choices are kept
+        expect(page.locator("#strength-strong")).to_be_checked()
+        expect(page.locator("#mirror")).to_be_checked()
+        page.click("nav >> text=Jobs")
+
+        job_id = upload_in_page(page, [teaser], variations=2)
+        expect(page.locator(".detail-head .badge")).to_have_text("Completed", timeout=120_000)
+        sent = page.evaluate(
+            """(id) => fetch(`/api/jobs/${id}`, { headers: { Authorization: 'Bearer ' +
+                JSON.parse(localStorage.getItem('videoRefresherSession')).token } })
+                .then((response) => response.json())""",
+            job_id,
+        )
+        verdicts = page.locator(".output .verdict")
+        expect(verdicts).to_have_count(2)
+        words = page.locator(".output .verdict-words").all_text_contents()
+        numbers = [verdict.get_attribute("title") for verdict in verdicts.all()]
+        # The numbers show beneath a verdict while it has the keyboard's focus (a screen
+        # reader has them all along, in a box clipped to one pixel).
+        width = "(numbers) => numbers.getBoundingClientRect().width"
+        shown = page.locator(".output .verdict-numbers").first
+        unfocused = shown.evaluate(width)
+        verdicts.first.focus()
+        focused = shown.evaluate(width)
+
+        compare = page.locator("#compare")
+        expect(compare.locator(".compare-item")).to_have_count(3)  # the source and two
+        captions = compare.locator("figcaption strong").all_text_contents()
+        page.evaluate(SCROLL_THROUGH_STILLS)
+        page.wait_for_function(STILLS_LOADED)
+        stills = compare.locator("img.still").count()
+
+        # A still that fails to load leaves a placeholder, never a broken image.
+        page.route("**/stills/source-*", lambda route: route.fulfill(status=404))
+        page.reload()
+        page.evaluate(SCROLL_THROUGH_STILLS)
+        expect(compare.locator(".still-placeholder")).to_have_text(["Still unavailable"])
+        page.wait_for_function(STILLS_LOADED)
+        return {
+            "config": config,
+            "first_choice": first_choice,
+            "sent": {"strength": sent["strength"], "mirror": sent["mirror"]},
+            "strength": page.locator("#job-strength").text_content(),
+            "words": words,
+            "numbers": numbers,
+            "widths": (unfocused, focused),
+            "captions": captions,
+            "stills": stills,
+            "after_failure": (compare.locator("img.still").count(), page.evaluate(BROKEN_IMAGES)),
+        }
+
+
+async def test_choose_strong_and_mirror_remembered_then_see_a_verdict_and_stills_side_by_side(
+    server: Server, teaser: Path
+) -> None:
+    result = await in_browser(drive_strength_verdicts_and_stills, server.url, teaser)
+    config = result["config"]
+    assert [strength["value"] for strength in config["strengths"]] == [
+        "subtle",
+        "standard",
+        "strong",
+    ]
+    assert result["first_choice"] == config["defaultStrength"]
+    assert result["sent"] == {"strength": "strong", "mirror": True}
+    strong = next(item["label"] for item in config["strengths"] if item["value"] == "strong")
+    assert result["strength"] == f"Strength: {strong} · mirrored"
+    assert len(result["words"]) == 2
+    assert set(result["words"]) <= VERDICTS
+    for numbers in result["numbers"]:
+        assert re.match(MEASURED, numbers), numbers
+    unfocused, focused = result["widths"]
+    assert unfocused <= 1 < focused
+    assert result["captions"] == ["Source", "Variation 1", "Variation 2"]
+    assert result["stills"] == 3  # every still loaded: none replaced by a placeholder
+    assert result["after_failure"] == (2, [])

@@ -1,16 +1,33 @@
-// The job view: live progress per file, each variation's effects and a player for it,
-// the ZIP download, and Cancel or Delete.
+// The job view: live progress per file, each variation's effects, verdict and a player
+// for it, the stills side by side, the ZIP download, and Cancel or Delete.
 
 import { api } from "./api.js";
+import { compareSection, verdictNote } from "./compare.js";
 import { ACTIVE, confirmAction, formatBytes, formatTime, h, progressBar, statusBadge, timeLeft, toast, TOMBSTONES } from "./dom.js";
 import { namesOf, thumbnail } from "./jobs.js";
 import { loadJob, onChange, removeJob } from "./live.js";
 
+const signed = (value, digits) => `${value >= 0 ? "+" : ""}${value.toFixed(digits)}`;
+const factor = (value) => `${signed((value - 1) * 100, 1)} %`;
 const EFFECT_WORDS = {
   rotation_rad: (value) => ["Rotation", `${((value * 180) / Math.PI).toFixed(2)}°`],
-  brightness: (value) => ["Brightness", `${value >= 0 ? "+" : ""}${(value * 100).toFixed(1)} %`],
-  contrast: (value) => ["Contrast", `${value >= 1 ? "+" : ""}${((value - 1) * 100).toFixed(1)} %`],
-  saturation: (value) => ["Saturation", `${value >= 1 ? "+" : ""}${((value - 1) * 100).toFixed(1)} %`],
+  brightness: (value) => ["Brightness", `${signed(value * 100, 1)} %`],
+  contrast: (value) => ["Contrast", factor(value)],
+  saturation: (value) => ["Saturation", factor(value)],
+  zoom: (value) => ["Crop-zoom", factor(value)],
+  anchor_x: (value) => ["Crop across", `${Math.round(value * 100)} %`],
+  anchor_y: (value) => ["Crop down", `${Math.round(value * 100)} %`],
+  gamma: (value) => ["Gamma", factor(value)],
+  hue_deg: (value) => ["Hue", `${signed(value, 1)}°`],
+  tint_u: (value) => ["Blue tint", signed(value, 1)],
+  tint_v: (value) => ["Red tint", signed(value, 1)],
+  grain: (value) => ["Grain", String(value)],
+  speed: (value) => ["Speed", factor(value)],
+  fps: (value) => ["Frame rate", `${value} fps`],
+  audio_gain_db: (value) => ["Volume", `${signed(value, 1)} dB`],
+  eq_hz: (value) => ["Equaliser band", `${value} Hz`],
+  eq_gain_db: (value) => ["Equaliser gain", `${signed(value, 1)} dB`],
+  mirror: (value) => ["Mirrored", value ? "yes" : "no"],
 };
 
 function effectList(effects) {
@@ -21,7 +38,14 @@ function effectList(effects) {
   return h("dl", { class: "effects" }, ...rows.flat());
 }
 
-function fileSection(file, onPlay) {
+// "Strong · mirrored", in the words the server gives each strength.
+function strengthWords(job, config) {
+  const label = config?.strengths?.find((strength) => strength.value === job.strength)?.label;
+  const name = label || `${job.strength.charAt(0).toUpperCase()}${job.strength.slice(1)}`;
+  return job.mirror ? `${name} · mirrored` : name;
+}
+
+function fileSection(file, onPlay, jobActive) {
   const section = h(
     "li",
     { class: "file-card", dataset: { fileId: file.id } },
@@ -40,6 +64,7 @@ function fileSection(file, onPlay) {
             "li",
             { class: "output" },
             h("div", { class: "card-row" }, h("strong", {}, `Variation ${output.variationIndex}`), h("span", { class: "small muted" }, formatBytes(output.fileSize))),
+            verdictNote(output, { jobActive, focusable: true, id: `verdict-${output.id}` }),
             h("details", { dataset: { outputId: output.id } }, h("summary", {}, "Effects"), effectList(output.effects)),
             // Links come once the job has finished (until then its files may still move).
             output.url
@@ -66,10 +91,11 @@ function partialWarning(job) {
   return null;
 }
 
-export function render(root, { id, navigate }) {
+export function render(root, { id, config, navigate }) {
   const player = h("section", { id: "player", class: "card stack", hidden: true, "aria-label": "Player" });
   const content = h("div", { class: "stack" }, h("p", { class: "muted" }, "Loading…"));
   let playing = null;
+  const stills = new Map(); // each still shown, kept across redraws (compare.js)
 
   const play = (file, output) => {
     playing = output.id;
@@ -127,6 +153,7 @@ export function render(root, { id, navigate }) {
         h("div", { class: "card-row" }, h("h1", { tabindex: "-1", class: "detail-title", title: names.join("\n") }, names.join(", ") || "Job"), statusBadge(job.status)),
         h("p", { class: "small muted" }, `Created ${formatTime(job.createdAt)}`, job.finishedAt ? ` · ended ${formatTime(job.finishedAt)}` : "",
           TOMBSTONES.has(job.status) ? "" : left ? ` · results kept ${left} more` : " · results expired"),
+        job.strength ? h("p", { id: "job-strength", class: "small" }, "Strength: ", h("strong", {}, strengthWords(job, config))) : null,
         TOMBSTONES.has(job.status) ? null : h("div", { class: "stack" }, progressBar(job.overallProgress, "Overall progress"), h("span", { id: "overall-percent", class: "small" }, `${Math.floor(job.overallProgress || 0)} % · ${job.completedVariations ?? 0} of ${job.totalVariations} variations made`)),
         job.error ? h("p", { class: "message message-error" }, job.error) : null,
         warning ? h("p", { class: "message message-warning" }, warning) : null,
@@ -136,7 +163,9 @@ export function render(root, { id, navigate }) {
     // Drawn anew on every change: keep the keyboard's place and the effects left open.
     const focused = document.activeElement?.id;
     const open = new Set([...content.querySelectorAll("details[open]")].map((details) => details.dataset.outputId));
-    content.replaceChildren(header, h("h2", {}, "Videos"), h("ul", { class: "file-cards" }, ...(job.files || []).map((file) => fileSection(file, play))));
+    const jobActive = ACTIVE.has(job.status);
+    const compare = compareSection(job, stills);
+    content.replaceChildren(header, h("h2", {}, "Videos"), h("ul", { class: "file-cards" }, ...(job.files || []).map((file) => fileSection(file, play, jobActive))), ...(compare ? [compare] : []));
     for (const details of content.querySelectorAll("details")) details.open = open.has(details.dataset.outputId);
     if (focused && focused !== "player-video") document.getElementById(focused)?.focus({ preventScroll: true });
     if (playing && !(job.files || []).some((file) => file.outputs?.some((output) => output.id === playing))) player.hidden = true;

@@ -1,5 +1,6 @@
 // The new-job view: a drop zone, the chosen files checked against the server's limits
-// before anything is sent, variations, and an upload with bytes, speed, time left, Cancel.
+// before anything is sent, variations, their strength (remembered), and an upload with
+// bytes, speed, time left, Cancel.
 
 import { uploadJob } from "./api.js";
 import { formatBytes, formatDuration, h, progressBar, setProgress } from "./dom.js";
@@ -22,6 +23,75 @@ function localProbe(file) {
     setTimeout(() => done({ duration: null, width: null, height: null }), 5000);
     video.src = url;
   });
+}
+
+// The strength and mirror last chosen, kept across reloads: {strength, mirror}.
+const CHOICES_KEY = "videoRefresherChoices";
+// Mirroring flips text and logos, so it is opt-in, and only where variations change enough.
+const MIRRORABLE = new Set(["standard", "strong"]);
+
+function savedChoices() {
+  try {
+    return JSON.parse(localStorage.getItem(CHOICES_KEY) || "null") || {};
+  } catch {
+    return {};
+  }
+}
+
+function saveChoices(choices) {
+  localStorage.setItem(CHOICES_KEY, JSON.stringify(choices));
+}
+
+// The strength radio group (one radio per strength the server offers, each with its line
+// on what changes) and the mirror opt-in; null parts when the server offers none.
+function strengthChoice(config) {
+  const strengths = Array.isArray(config.strengths) ? config.strengths : [];
+  if (!strengths.length) return { fieldset: null, mirrorRow: null, strength: () => null, mirror: () => null };
+  const values = strengths.map((strength) => strength.value);
+  const saved = savedChoices();
+  const initial = values.includes(saved.strength) ? saved.strength : values.includes(config.defaultStrength) ? config.defaultStrength : values[0];
+  let mirrorWanted = saved.mirror === true;
+  const radios = strengths.map((strength) =>
+    h("input", { type: "radio", name: "strength", id: `strength-${strength.value}`, value: strength.value, checked: strength.value === initial, "aria-describedby": `strength-${strength.value}-hint` }),
+  );
+  const fieldset = h(
+    "fieldset",
+    { id: "strength", class: "strengths" },
+    h("legend", {}, "Strength"),
+    ...strengths.map((strength, index) =>
+      h(
+        "label",
+        { class: "strength-option", for: `strength-${strength.value}` },
+        radios[index],
+        h("span", { class: "strength-text" }, h("span", { class: "strength-label" }, strength.label || strength.value), h("span", { id: `strength-${strength.value}-hint`, class: "small muted" }, strength.description || "")),
+      ),
+    ),
+  );
+  const mirrorBox = h("input", { type: "checkbox", id: "mirror", name: "mirror", "aria-describedby": "mirror-hint" });
+  const mirrorHint = h("span", { id: "mirror-hint", class: "small muted" });
+  const mirrorRow = config.mirrorAvailable
+    ? h("div", { class: "mirror-row" }, h("label", { class: "toggle mirror-toggle", for: "mirror" }, mirrorBox, "Mirror (flips text and logos)"), mirrorHint)
+    : null;
+  const strength = () => radios.find((radio) => radio.checked)?.value || initial;
+  const mirrorAllowed = () => Boolean(mirrorRow) && MIRRORABLE.has(strength());
+  // A disabled box shows unticked; ticked again when a strength that mirrors comes back.
+  const sync = () => {
+    mirrorBox.disabled = !mirrorAllowed();
+    mirrorBox.checked = mirrorAllowed() && mirrorWanted;
+    mirrorHint.textContent = mirrorAllowed() ? "Leave it off when the creative shows text or a logo." : "Only at standard or strong.";
+  };
+  // Kept only once the person chooses: until then a new server default applies.
+  const chosen = () => {
+    sync();
+    saveChoices({ strength: strength(), mirror: mirrorWanted });
+  };
+  for (const radio of radios) radio.addEventListener("change", chosen);
+  mirrorBox.addEventListener("change", () => {
+    mirrorWanted = mirrorBox.checked;
+    chosen();
+  });
+  sync();
+  return { fieldset, mirrorRow, strength, mirror: () => (mirrorRow ? mirrorAllowed() && mirrorWanted : null) };
 }
 
 function extensionOf(name) {
@@ -60,6 +130,7 @@ export function render(root, { config, navigate }) {
   const list = h("ul", { id: "file-list", class: "file-list", "aria-label": "Chosen files" });
   const variations = h("input", { id: "variations", name: "variations", type: "number", min: "1", max: String(config.maxVariations), value: String(config.defaultVariations), required: true, inputmode: "numeric" });
   const total = h("span", { id: "variations-total", class: "muted" });
+  const choice = strengthChoice(config);
   const send = h("button", { id: "upload-button", type: "submit", class: "button primary", disabled: true }, "Upload and refresh");
   const cancel = h("button", { id: "upload-cancel", type: "button", class: "button", hidden: true }, "Cancel upload");
   const bar = progressBar(0, "Upload progress");
@@ -144,6 +215,8 @@ export function render(root, { config, navigate }) {
     picker,
     list,
     h("div", { class: "field-row" }, h("label", { for: "variations" }, "Variations per video"), variations, total),
+    choice.fieldset,
+    choice.mirrorRow,
     h("div", { class: "actions" }, send, cancel),
     progress,
     message,
@@ -154,6 +227,8 @@ export function render(root, { config, navigate }) {
     const body = new FormData();
     for (const entry of accepted()) body.append("videos", entry.file, entry.file.name);
     body.append("variations", String(variationCount()));
+    if (choice.strength()) body.append("strength", choice.strength());
+    if (choice.mirror() !== null) body.append("mirror", choice.mirror() ? "true" : "false");
     askOnce();
     const started = performance.now();
     message.textContent = "";
