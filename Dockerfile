@@ -1,14 +1,22 @@
+# pdqhash (the PDQ perceptual hash) is built from source: wheels are made in a stage with
+# a compiler, and only they reach the image.
+FROM python:3.11-slim AS build
+RUN apt-get update && apt-get install -y --no-install-recommends g++ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY refresher ./refresher
+COPY actors ./actors
+COPY web ./web
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
 FROM python:3.11-slim
 
 # No Debian FFmpeg: the service would prefer one on PATH, and Debian's 5.1 runs a
 # process's several outputs on one thread. The imageio-ffmpeg wheel brings FFmpeg 9,
 # which the encoder settings were measured with.
 WORKDIR /app
-COPY pyproject.toml README.md ./
-COPY refresher ./refresher
-COPY actors ./actors
-COPY web ./web
-RUN pip install --no-cache-dir .
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir --no-index --find-links /wheels video-refresher && rm -rf /wheels
 
 # MALLOC_ARENA_MAX: download chunks are read in worker threads; with glibc's default of
 # one arena per thread they stay cached per thread (measured: 8 parallel downloads grew

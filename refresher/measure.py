@@ -163,13 +163,8 @@ class Measured:
         }
 
     def as_json(self) -> dict[str, object]:
-        return {
-            "pdqMedian": self.pdq_median,
-            "pdqMatchedShare": self.pdq_matched_share,
-            "ssim": self.ssim,
-            "nearestSiblingPdq": self.nearest_sibling_pdq,
-            "siblingMatched": self.sibling_matched,
-        }
+        """What is stored: the four numbers and whether a sibling matched."""
+        return {**self.shown(), "siblingMatched": self.sibling_matched}
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> Measured:
@@ -364,27 +359,24 @@ class _SsimGraph:
         ref.time_base = frame.time_base = Fraction(1, 1)
         self.main.push(frame)
         self.ref.push(ref)
-        try:
-            out = self.sink.pull()
-        except (av.BlockingIOError, av.EOFError):
-            return
-        score = out.metadata.get("lavfi.ssim.All")
-        if score is not None:
-            self.scores.append(float(score))
+        self._drain()
 
     def mean(self) -> float | None:
         """The mean score, once every pair is in (the filter may hold back the last)."""
         self.main.push(None)
         self.ref.push(None)
+        self._drain()
+        return round(statistics.fmean(self.scores), 4) if self.scores else None
+
+    def _drain(self) -> None:
         while True:
             try:
                 out = self.sink.pull()
             except (av.BlockingIOError, av.EOFError):
-                break
+                return
             score = out.metadata.get("lavfi.ssim.All")
             if score is not None:
                 self.scores.append(float(score))
-        return round(statistics.fmean(self.scores), 4) if self.scores else None
 
 
 def write_jpeg(frame: av.VideoFrame, path: Path) -> None:

@@ -89,8 +89,8 @@ def test_link_scopes_name_one_job_and_one_purpose_each() -> None:
     ]
     scopes += [tokens.output_scope("job-1", "out-1"), tokens.output_scope("job-2", "out-1")]
     scopes += [tokens.EVENTS_SCOPE, tokens.SESSION_SCOPE]
-    # 2 jobs x 3 purposes + 2 outputs + the all-jobs stream + a login: 10, all different.
-    assert len(set(scopes)) == 10
+    # 2 jobs x 4 purposes + 2 outputs + the all-jobs stream + a login: 12, all different.
+    assert len(set(scopes)) == 12
     token = tokens.issue(SECRET, scope=tokens.job_scope("job-1", "download"), now=NOW, ttl_s=60)
     with pytest.raises(tokens.TokenError, match=r"^token is not valid for thumbnail:job-1$"):
         tokens.verify(SECRET, token.value, scope=tokens.job_scope("job-1", "thumbnail"), now=NOW)
@@ -98,7 +98,8 @@ def test_link_scopes_name_one_job_and_one_purpose_each() -> None:
 
 def test_an_unknown_purpose_is_refused() -> None:
     with pytest.raises(
-        ValueError, match=r"^purpose must be one of download, thumbnail, events; got 'zip'$"
+        ValueError,
+        match=r"^purpose must be one of download, thumbnail, events, stills; got 'zip'$",
     ):
         tokens.job_scope("job-1", "zip")
 
