@@ -150,7 +150,7 @@ def encode_args(
     are MP4 with `+faststart` and none of the source's metadata, chapters or other
     streams. `threads` (FFMPEG_THREADS) goes to the decoder, each filter graph and each
     encoder; by default each runs on one thread, and FFmpeg runs them all side by side.
-    With a `reference`, its samples are written too (FFV1, lossless) and each output
+    With a `reference`, its samples are written too (Ut Video, lossless) and each output
     has a keyframe at each sample, so measuring decodes keyframes only.
     """
     if not variations:
@@ -186,7 +186,7 @@ def encode_args(
     if reference is not None:
         # Every sample as it is (no frame repeated to fill a constant rate).
         args += ["-map", "0:v:0", "-filter:v", reference_filter(reference.plan)]
-        args += ["-c:v", "ffv1", "-fps_mode", "passthrough", "-map_metadata", "-1"]
+        args += ["-c:v", "utvideo", "-fps_mode", "passthrough", "-map_metadata", "-1"]
         args += ["-f", "matroska", "-y", str(reference.path)]
     return args
     # Every sample as it is (no frame repeated to fill a constant rate).

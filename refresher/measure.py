@@ -7,7 +7,8 @@ once a second of source time (at most MAX_SAMPLES times, spread evenly, for long
 
 - The source's samples come from the FFmpeg that makes the variations (it decodes the
   source anyway): `reference_filter` picks the first frame at or after each sample time
-  and FFV1 keeps it losslessly in a small file beside the outputs.
+  and Ut Video keeps it losslessly in a small file beside the outputs (it decodes 4x
+  faster than FFV1: 27 ms against 120 ms for twelve 720p frames, in 5.8 MB against 3.7).
 - Each variation is encoded with a keyframe at each second of its own clock, so reading
   its samples decodes only keyframes, not the whole video. Each video is sampled in its
   own clock, as vPDQ (or anyone hashing the downloaded files) samples it: a variation
@@ -111,7 +112,7 @@ def reference_args(source: Path, plan: Sampling, path: Path) -> list[str]:
     writes them while making the variations; this is for measuring other videos)."""
     return [
         "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", str(source),
-        "-map", "0:v:0", "-filter:v", reference_filter(plan), "-c:v", "ffv1",
+        "-map", "0:v:0", "-filter:v", reference_filter(plan), "-c:v", "utvideo",
         "-fps_mode", "passthrough", "-f", "matroska", str(path),
     ]  # fmt: skip
 
