@@ -251,8 +251,8 @@ def sample_batch(
             finally:
                 for container in containers:
                     container.close()
-    except (av.FFmpegError, OSError, StopIteration) as err:
-        raise MeasureFailed(f"the samples could not be read: {err}") from err
+    except Exception as err:  # measuring must never fail a variation that was made
+        raise MeasureFailed(f"the samples could not be read: {err!r}") from err
 
 
 def _sample(
@@ -375,9 +375,9 @@ class _SsimGraph:
                 out = self.sink.pull()
             except (av.BlockingIOError, av.EOFError):
                 return
-            score = out.metadata.get("lavfi.ssim.All")
-            if score is not None:
-                self.scores.append(float(score))
+            score = float(out.metadata.get("lavfi.ssim.All", "nan"))
+            if math.isfinite(score):  # a frame too small for SSIM's window gives NaN
+                self.scores.append(score)
 
 
 def write_jpeg(frame: av.VideoFrame, path: Path) -> None:

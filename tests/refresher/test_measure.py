@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from refresher import measure
+from refresher import effects, encoding, measure
+from refresher.ffmpeg import find_ffmpeg
+from refresher.probe import probe
+from tests.support.clips import ClipSpec, make_clip
 
 
 def hashes(*bits_set: int) -> np.ndarray:
@@ -74,3 +80,30 @@ def test_sampling(
 ) -> None:
     plan = measure.sampling(duration, *size)
     assert (plan.period_s, plan.count, (plan.width, plan.height)) == (period, count, compared)
+
+
+@pytest.mark.parametrize("size", [(4, 4), (16, 16)])
+async def test_a_tiny_video_is_measured_without_a_nan(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """SSIM's 8x8 window does not fit a 4x4 frame: no score, never NaN (not JSON)."""
+    ffmpeg = find_ffmpeg(None)
+    source = make_clip(ffmpeg, tmp_path / "tiny.mp4", ClipSpec(width=size[0], height=size[1]))
+    probed = probe(source)
+    plan = measure.sampling(probed.duration_s, probed.width, probed.height)
+    output = tmp_path / "v.mp4"
+    reference = encoding.Reference(tmp_path / "ref.mkv", plan)
+    chosen = effects.draw(
+        effects.Strength.STRONG, effects.Frame(probed.width, probed.height, probed.fps, True),
+        seed=1, position=0, index=1,
+    )  # fmt: skip
+    await encoding.encode_variations(
+        ffmpeg, source, [encoding.Variation(output, chosen)], probed=probed,
+        on_progress=lambda _: None, reference=reference,
+    )  # fmt: skip
+    source_samples, [sample] = measure.sample_batch(
+        reference.path, plan, [measure.Wanted(output)], source_still=None
+    )
+    measured = measure.measure(source_samples, sample, [])
+    json.dumps(measured.as_json(), allow_nan=False)
+    assert measured.ssim is None or 0 < measured.ssim <= 1
