@@ -26,7 +26,7 @@ from pathlib import Path
 import trio
 
 from actors.runtime import Mailbox
-from refresher import effects, encoding, jobstore, thumbnails
+from refresher import effects, encoding, jobstore, metrics, thumbnails
 from refresher.batches import BatchMaker, Draws
 from refresher.db import Database
 from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders, remove_files
@@ -384,4 +384,5 @@ class Processor:
                 holding=finishing,
             )
         LOGGER.info("job=%s %s", job_id, status)
+        metrics.JOBS_FINISHED.labels(status).inc()
         self._publish(job_id, "status", status=status, error=error)

@@ -26,6 +26,8 @@ from typing import Generic, Protocol, TypeVar
 
 import trio
 
+from refresher import metrics
+
 LOGGER = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -244,6 +246,7 @@ class Supervisor:
             self._set_state(status, "stopped")
             raise SupervisorGaveUp(name, len(times), self._period_s)
         status.restarts += 1
+        metrics.ACTOR_RESTARTS.labels(name).inc()
 
 
 def _describe(error: BaseException) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from refresher import effects, encoding, jobstore, measure, outputstore
+from refresher import effects, encoding, jobstore, measure, metrics, outputstore
 from refresher.db import Database
 from refresher.effects import Effects
 from refresher.ffmpeg import MediaError, encoder_mark, remove_files, rerun_if_interrupted
@@ -127,6 +127,7 @@ class BatchMaker:
         needed = file.file_size * len(indices)
         if self.request_room is not None and not await self.request_room(needed):
             raise NoRoom(needed)
+        began = trio.current_time()
         job_dir = self.paths.job_dir(job_id)
         plan = measure.sampling(probed.duration_s, probed.width, probed.height)
         reference = encoding.Reference(job_dir / f"{file.id}_reference.mkv", plan)
@@ -165,6 +166,9 @@ class BatchMaker:
                 )
             raise
         await self._record(job_id, file, recorded, kept, attempts, source_still)
+        metrics.VARIATIONS_ENCODED.inc(len(kept))
+        for _ in kept:
+            metrics.ENCODE_SECONDS.observe((trio.current_time() - began) / len(kept))
 
     async def _encode_and_sample(
         self,

@@ -12,6 +12,7 @@ import trio
 
 from actors.runtime import SupervisorGaveUp
 from refresher import config as config_module
+from refresher import logs
 from refresher import main as service
 
 
@@ -44,11 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_module.ConfigError as err:
         print(f"video-refresher: {err}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=config.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stdout,
-    )
+    logs.configure(config.log_level, config.log_format)
     gave_up: list[BaseException] = []
     try:
         trio.run(service.run, config)

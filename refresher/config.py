@@ -46,6 +46,10 @@ class Config:
     janitor_interval_s: float = 300.0
     # The strength an upload gets when it names none (`refresher.effects.Strength`).
     default_strength: str = "subtle"
+    # The internal port Prometheus metrics are served on; None: not served.
+    metrics_port: int | None = None
+    # `text` (the default) or `json`: one JSON object per line, for log shippers.
+    log_format: str = "text"
     max_upload_bytes: int = 500 * MIB
     max_files: int = 10
     max_variations: int = 20
@@ -148,6 +152,13 @@ def _strength(text: str) -> str:
     return value
 
 
+def _log_format(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"text", "json"}:
+        raise ValueError("must be text or json")
+    return value
+
+
 def _log_level(text: str) -> str:
     level = text.strip().upper()
     if level not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -169,6 +180,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "evict_low": _number(0.0, 1.0, low_open=True),
     "janitor_interval_s": _number(0.0, low_open=True),
     "default_strength": _strength,
+    "metrics_port": _integer(0, 65535),
+    "log_format": _log_format,
     "max_upload_bytes": _integer(1),
     "max_files": _integer(1, 1000),
     "max_variations": _integer(1, 100),

@@ -16,11 +16,13 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
+from prometheus_client import make_asgi_app
 
 from actors.download_tracker import DownloadTracker
 from actors.events import EventHub
@@ -29,6 +31,7 @@ from actors.janitor import Janitor
 from actors.processor import Processor
 from actors.runtime import BACKOFF_MAX_S, MAX_RESTARTS, Supervisor
 from refresher import credentials as credentials_store
+from refresher import metrics
 from refresher.config import Config
 from refresher.db import Database
 from refresher.ffmpeg import find_ffmpeg
@@ -51,6 +54,8 @@ class RunningService:
 
     urls: list[str]
     state: AppState
+    # Where Prometheus scrapes (`METRICS_PORT`); None when not served.
+    metrics_url: str | None = None
 
     @property
     def url(self) -> str:
@@ -199,6 +204,9 @@ async def serve(
                 )
 
             async with trio.open_nursery() as server_nursery:
+                metrics_url = None
+                if config.metrics_port is not None:
+                    metrics_url = await _serve_metrics(server_nursery, config, db, shutdown)
                 urls = await server_nursery.start(
                     lambda task_status: hypercorn_serve(
                         app,
@@ -208,7 +216,9 @@ async def serve(
                     )
                 )
                 LOGGER.info("listening on %s", ", ".join(urls))
-                task_status.started(RunningService(urls=urls, state=app_state))
+                task_status.started(
+                    RunningService(urls=urls, state=app_state, metrics_url=metrics_url)
+                )
             # Hypercorn returns once its drain is over; now stop the actors.
             actors_nursery.cancel_scope.cancel()
     finally:
@@ -216,6 +226,52 @@ async def serve(
             cleanup.shield = True
             await db.aclose()
     LOGGER.info("stopped")
+
+
+async def _serve_metrics(
+    nursery: trio.Nursery, config: Config, db: Database, shutdown: trio.Event
+) -> str:
+    """Serve Prometheus metrics on `METRICS_PORT` until `shutdown`, keeping the gauges
+    fresh; return the URL to scrape."""
+    paths = Paths(config.data_dir)
+
+    async def refresh_gauges() -> None:
+        while not shutdown.is_set():
+            await db.read(
+                lambda conn: metrics.refresh_gauges(conn, paths.root, config.storage_quota_bytes)
+            )
+            with trio.move_on_after(metrics.GAUGE_PERIOD_S):
+                await shutdown.wait()
+
+    hypercorn_config = HypercornConfig()
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    hypercorn_config.bind = [f"{host}:{config.metrics_port}"]
+    hypercorn_config.accesslog = None
+    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
+    hypercorn_config.include_server_header = False
+    exposition = make_asgi_app(metrics.REGISTRY)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await exposition(scope, receive, send)
+            return
+        # Nothing to start or stop; answered, so Hypercorn does not warn of its absence.
+        while (await receive())["type"] != "lifespan.shutdown":
+            await send({"type": "lifespan.startup.complete"})
+        await send({"type": "lifespan.shutdown.complete"})
+
+    urls: list[str] = await nursery.start(
+        lambda task_status: hypercorn_serve(
+            app,
+            hypercorn_config,
+            shutdown_trigger=shutdown.wait,
+            mode="asgi",
+            task_status=task_status,
+        )
+    )
+    nursery.start_soon(refresh_gauges)
+    LOGGER.info("metrics on %s/metrics", urls[0])
+    return f"{urls[0]}/metrics"
 
 
 async def run(config: Config) -> None:

@@ -27,6 +27,7 @@ from typing import Protocol
 
 import trio
 
+from refresher import metrics
 from refresher.db import Database, placeholders
 from refresher.full_disk import is_storage_full, release_ballast
 from refresher.job_events import DELETED, JobEvent, status_event
@@ -203,6 +204,7 @@ async def _carry_out(
     moment = now()
     retired = await db.write(lambda conn: retire(conn, messages, reason, now=moment))
     final = DELETED if reason is RemovalReason.DELETED else _TOMBSTONE[reason]
+    metrics.REMOVALS.labels(reason.value).inc(len(retired))
     for job_id in retired:
         publish(status_event(job_id, final, messages[job_id]))
     return retired

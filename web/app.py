@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from quart import Response, request, send_from_directory
+from quart import Response, g, request, send_from_directory
 from quart.wrappers import BaseRequestWebsocket
 from quart_trio import QuartTrio
 from werkzeug.exceptions import BadHost, NotFound
 from werkzeug.routing import MapAdapter
 
+from refresher import metrics
 from web import (
     all_events,
     auth,
@@ -123,6 +125,20 @@ def create_app(app_state: AppState) -> QuartTrio:
     ):
         app.register_blueprint(blueprint)
     app.before_request(receive_limited_body)
+
+    @app.before_request
+    async def start_clock() -> None:
+        g.request_began = time.perf_counter()
+
+    @app.after_request
+    async def count_request(response: Response) -> Response:
+        # The route's pattern, not its path: one series per route, whatever the ids.
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        metrics.HTTP_REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+        began = getattr(g, "request_began", None)
+        if began is not None:
+            metrics.HTTP_SECONDS.labels(route).observe(time.perf_counter() - began)
+        return response
 
     @app.get("/")
     async def index() -> Response:

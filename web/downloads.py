@@ -18,7 +18,7 @@ from contextlib import aclosing
 import trio
 from quart import Blueprint, Response, request
 
-from refresher import archive, tokens
+from refresher import archive, metrics, tokens
 from refresher.status import FINISHED, TOMBSTONES
 from refresher.zipplan import ZipPlan
 from web import ranges
@@ -53,6 +53,7 @@ def _read_exactly(path: str, offset: int, length: int) -> bytes:
 
 async def _stream(plan: ZipPlan, start: int, end: int, job_id: str) -> AsyncIterator[bytes]:
     sent = 0
+    metrics.DOWNLOADS.labels("started").inc()
     try:
         pending = bytearray()
         for piece in plan.pieces(start, end):
@@ -80,6 +81,8 @@ async def _stream(plan: ZipPlan, start: int, end: int, job_id: str) -> AsyncIter
             yield bytes(pending)
             sent += len(pending)
     finally:
+        metrics.DOWNLOADED_BYTES.inc(sent)
+        metrics.DOWNLOADS.labels("completed" if sent == end - start else "cut").inc()
         LOGGER.info("job=%s download ended after %d of %d bytes", job_id, sent, end - start)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from quart import Blueprint, Response, request
 
-from refresher import archive, jobstore, timestamps, tokens
+from refresher import archive, jobstore, metrics, timestamps, tokens
 from refresher.status import FINISHED, TOMBSTONES
 from web import ranges
 from web.access import check_bearer
@@ -40,6 +40,7 @@ def etag_of(output: jobstore.OutputRecord) -> str:
 
 async def _stream(path: Path, start: int, end: int, job_id: str) -> AsyncIterator[bytes]:
     sent = 0
+    metrics.DOWNLOADS.labels("started").inc()
     try:
         chunks = file_chunks(str(path), start, end - start)
         async with aclosing(chunks):
@@ -47,6 +48,8 @@ async def _stream(path: Path, start: int, end: int, job_id: str) -> AsyncIterato
                 yield chunk
                 sent += len(chunk)
     finally:
+        metrics.DOWNLOADED_BYTES.inc(sent)
+        metrics.DOWNLOADS.labels("completed" if sent == end - start else "cut").inc()
         LOGGER.info("job=%s output stream ended after %d of %d bytes", job_id, sent, end - start)
 
 

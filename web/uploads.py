@@ -13,7 +13,7 @@ from quart import Blueprint, Response, jsonify, request
 
 from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
-from refresher import jobstore
+from refresher import jobstore, metrics
 from refresher.config import DEFAULT_VARIATIONS, Config
 from refresher.effects import Strength
 from refresher.full_disk import is_storage_full
@@ -259,6 +259,7 @@ async def create_job() -> tuple[Response, int]:
     app_state.events.publish(status_event(job_id, JobStatus.QUEUED))
     app_state.processor_inbox.post(JobQueued(job_id))
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
+    metrics.UPLOADED_BYTES.inc(sum(file.file_size for file in files))
     body = {
         "jobId": job_id,
         "status": JobStatus.QUEUED,
