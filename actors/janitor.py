@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 
 import trio
 
-from refresher import expiry, reconcile, removal
+from refresher import expiry, metrics, reconcile, removal
 from refresher.db import Database
 from refresher.full_disk import is_storage_full, keep_ballast
 from refresher.job_events import status_event
@@ -146,6 +146,7 @@ class Janitor:
         report.purged = await self.db.write(lambda conn: expiry.purge_tombstones(conn, before))
         failed = await self.db.write(lambda conn: expiry.fail_stale_queued(conn, now))
         report.failed_queued = len(failed)
+        metrics.JOBS_FINISHED.labels(JobStatus.FAILED).inc(len(failed))
         for job_id, error in failed.items():
             LOGGER.debug("job=%s failed: queued past its expiry", job_id)
             self.publish(status_event(job_id, JobStatus.FAILED, error))

@@ -9,7 +9,7 @@ import trio
 from quart import Blueprint, Response, jsonify, send_file
 
 from actors.processor import CancelJob
-from refresher import jobstore, removal, tokens
+from refresher import jobstore, metrics, removal, tokens
 from refresher.job_events import status_event
 from refresher.removal import RemovalReason
 from refresher.status import ACTIVE, JobStatus
@@ -58,6 +58,7 @@ async def _cancel_and_settle(app_state: AppState, job_id: str) -> jobstore.JobRe
             # Told at once, before anything that may be cut short or find the disk full:
             # the janitor removes the uploads of an ended job if this does not.
             app_state.events.publish(status_event(job_id, JobStatus.CANCELLED))
+            metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED).inc()
             await trio.to_thread.run_sync(remove_tree, app_state.paths.upload_dir(job_id))
             await app_state.db.write(lambda conn: jobstore.clear_uploads(conn, job_id))
         else:
