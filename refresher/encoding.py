@@ -189,7 +189,6 @@ def encode_args(
         args += ["-c:v", "utvideo", "-fps_mode", "passthrough", "-map_metadata", "-1"]
         args += ["-f", "matroska", "-y", str(reference.path)]
     return args
-    # Every sample as it is (no frame repeated to fill a constant rate).
 
 
 def needs_audio_pass(variations: Sequence[Variation], probed: Probe) -> bool:
