@@ -19,7 +19,7 @@ import functools
 import logging
 import sqlite3
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +92,10 @@ class BatchMaker:
     def output_path(self, job_id: str, file_id: str, index: int) -> Path:
         return self.paths.job_dir(job_id) / f"{file_id}_var{index}.mp4"
 
+    def still_path(self, job_id: str, file_id: str, index: int) -> Path:
+        """Variation `index`'s comparison still."""
+        return self.paths.job_dir(job_id) / STILLS / f"{file_id}_var{index}.jpg"
+
     def remove_leftovers(self, job_id: str, file_id: str, recorded: set[int]) -> None:
         """Remove the file's outputs but the `recorded` variations: what a run that died
         left (blocking)."""
@@ -133,6 +137,7 @@ class BatchMaker:
         reference = encoding.Reference(job_dir / f"{file.id}_reference.mkv", plan)
         source_still = job_dir / STILLS / f"{file.id}_source.jpg"
         recorded = await self.db.read(lambda conn: outputstore.siblings(conn, file.id))
+        recorded_hashes = [measure.Sampled.unpack(s.pdq_hashes).hashes for s in recorded]
         kept: dict[int, _Made] = {}
         attempts = dict.fromkeys(indices, 1)
         pending = list(indices)
@@ -146,7 +151,7 @@ class BatchMaker:
                 )  # fmt: skip
                 again = []
                 for candidate in made:
-                    others = [s.hashes for s in _hashes(recorded, kept.values())]
+                    others = recorded_hashes + [m.sample.hashes for m in kept.values() if m.sample]
                     if (
                         draws.retries
                         and candidate.matched(others)
@@ -159,16 +164,17 @@ class BatchMaker:
                         kept[candidate.index] = candidate
                 pending = again
         except BaseException:
-            stills = [job_dir / STILLS / f"{file.id}_var{index}.jpg" for index in indices]
+            stills = [self.still_path(job_id, file.id, index) for index in indices]
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(
                     remove_files, [made.output.path for made in kept.values()] + stills
                 )
             raise
-        await self._record(job_id, file, recorded, kept, attempts, source_still)
+        await self._record(job_id, file, recorded, recorded_hashes, kept, attempts, source_still)
         metrics.VARIATIONS_ENCODED.inc(len(kept))
+        per_variation = (trio.current_time() - began) / len(kept)
         for _ in kept:
-            metrics.ENCODE_SECONDS.observe((trio.current_time() - began) / len(kept))
+            metrics.ENCODE_SECONDS.observe(per_variation)
 
     async def _encode_and_sample(
         self,
@@ -197,10 +203,7 @@ class BatchMaker:
                 ),
                 what=f"job={job_id} file={file.id}",
             )  # fmt: skip
-            stills = [
-                self.paths.job_dir(job_id) / STILLS / f"{file.id}_var{index}.jpg"
-                for index, _ in chosen
-            ]
+            stills = [self.still_path(job_id, file.id, index) for index, _ in chosen]
             wanted = [
                 measure.Wanted(output.path, still)
                 for output, still in zip(encoded, stills, strict=True)
@@ -232,6 +235,7 @@ class BatchMaker:
         job_id: str,
         file: jobstore.FileRecord,
         recorded: list[outputstore.Sibling],
+        recorded_hashes: list[np.ndarray],
         kept: dict[int, _Made],
         attempts: dict[int, int],
         source_still: Path,
@@ -244,7 +248,7 @@ class BatchMaker:
         new_hashes = {index: made.sample.hashes for index, made in kept.items() if made.sample}
         rows = []
         for index, made in sorted(kept.items()):
-            others = [s.hashes for s in _hashes(recorded, ())] + [
+            others = recorded_hashes + [
                 hashes for other, hashes in new_hashes.items() if other != index
             ]
             measured = made.measured(others)
@@ -261,9 +265,8 @@ class BatchMaker:
                 )
             )  # fmt: skip
         updates = {}
-        for sibling in recorded:
+        for sibling, mine in zip(recorded, recorded_hashes, strict=True):
             before = measure.Measured.from_json(sibling.measured)
-            mine = measure.Sampled.unpack(sibling.pdq_hashes).hashes
             nearest, matched = measure.siblings(mine, list(new_hashes.values()))
             if nearest is None:
                 continue
@@ -317,15 +320,6 @@ class _Made:
     def matched(self, others: Sequence[np.ndarray]) -> bool:
         measured = self.measured(others)
         return measured is not None and (measured.source_matched or measured.sibling_matched)
-
-
-def _hashes(
-    recorded: Sequence[outputstore.Sibling], kept: Iterable[_Made]
-) -> list[measure.Sampled]:
-    """The samples of the recorded siblings and of the variations kept so far."""
-    return [measure.Sampled.unpack(s.pdq_hashes) for s in recorded] + [
-        made.sample for made in kept if made.sample is not None
-    ]
 
 
 def _ignore(_fraction: float) -> None:

@@ -86,17 +86,22 @@ class _HypercornConfig(HypercornConfig):
         return sockets
 
 
-def _hypercorn_config(config: Config) -> HypercornConfig:
-    hypercorn_config = _HypercornConfig()
-    hypercorn_config.stall_timeout_s = config.download_stall_s
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hypercorn_config.bind = [f"{host}:{config.port}"]
-    hypercorn_config.graceful_timeout = config.shutdown_grace_s
+def _bound(hypercorn_config: HypercornConfig, host: str, port: int) -> HypercornConfig:
+    """`hypercorn_config` listening on `host:port`, logging through our setup (not a
+    second stderr handler of Hypercorn's own), without a Server header."""
+    shown = f"[{host}]" if ":" in host else host
+    hypercorn_config.bind = [f"{shown}:{port}"]
     hypercorn_config.accesslog = None
-    # Through our logging setup, not a second stderr handler of Hypercorn's own.
     hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
     hypercorn_config.include_server_header = False
     return hypercorn_config
+
+
+def _hypercorn_config(config: Config) -> HypercornConfig:
+    hypercorn_config = _HypercornConfig()
+    hypercorn_config.stall_timeout_s = config.download_stall_s
+    hypercorn_config.graceful_timeout = config.shutdown_grace_s
+    return _bound(hypercorn_config, config.host, config.port)
 
 
 async def serve(
@@ -206,7 +211,9 @@ async def serve(
             async with trio.open_nursery() as server_nursery:
                 metrics_url = None
                 if config.metrics_port is not None:
-                    metrics_url = await _serve_metrics(server_nursery, config, db, shutdown)
+                    metrics_url = await _serve_metrics(
+                        server_nursery, config, config.metrics_port, db, shutdown
+                    )
                 urls = await server_nursery.start(
                     lambda task_status: hypercorn_serve(
                         app,
@@ -229,9 +236,9 @@ async def serve(
 
 
 async def _serve_metrics(
-    nursery: trio.Nursery, config: Config, db: Database, shutdown: trio.Event
+    nursery: trio.Nursery, config: Config, port: int, db: Database, shutdown: trio.Event
 ) -> str:
-    """Serve Prometheus metrics on `METRICS_PORT` until `shutdown`, keeping the gauges
+    """Serve Prometheus metrics on `port` (`METRICS_PORT`) until `shutdown`, keeping the gauges
     fresh; return the URL to scrape."""
     paths = Paths(config.data_dir)
 
@@ -243,12 +250,7 @@ async def _serve_metrics(
             with trio.move_on_after(metrics.GAUGE_PERIOD_S):
                 await shutdown.wait()
 
-    hypercorn_config = HypercornConfig()
-    host = f"[{config.host}]" if ":" in config.host else config.host
-    hypercorn_config.bind = [f"{host}:{config.metrics_port}"]
-    hypercorn_config.accesslog = None
-    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
-    hypercorn_config.include_server_header = False
+    hypercorn_config = _bound(HypercornConfig(), config.host, port)
     exposition = make_asgi_app(metrics.REGISTRY)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:

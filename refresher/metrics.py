@@ -77,6 +77,12 @@ VOLUME_FREE_BYTES = Gauge(
 )  # fmt: skip
 
 
+def download_ended(sent: int, wanted: int) -> None:
+    """Count a download's bytes, and whether it sent all `wanted` or was cut."""
+    DOWNLOADED_BYTES.inc(sent)
+    DOWNLOADS.labels("completed" if sent == wanted else "cut").inc()
+
+
 def refresh_gauges(conn: sqlite3.Connection, data_dir: Path, quota_bytes: int) -> None:
     """Read the gauges' values from the store and the volume (blocking)."""
     counts = dict(

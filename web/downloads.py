@@ -81,8 +81,7 @@ async def _stream(plan: ZipPlan, start: int, end: int, job_id: str) -> AsyncIter
             yield bytes(pending)
             sent += len(pending)
     finally:
-        metrics.DOWNLOADED_BYTES.inc(sent)
-        metrics.DOWNLOADS.labels("completed" if sent == end - start else "cut").inc()
+        metrics.download_ended(sent, end - start)
         LOGGER.info("job=%s download ended after %d of %d bytes", job_id, sent, end - start)
 
 

@@ -6,7 +6,7 @@ import contextlib
 import logging
 
 import trio
-from quart import Blueprint, Response, jsonify, send_file
+from quart import Blueprint, Response, jsonify
 
 from actors.processor import CancelJob
 from refresher import jobstore, metrics, removal, tokens
@@ -16,6 +16,7 @@ from refresher.status import ACTIVE, JobStatus
 from refresher.storage import remove_tree
 from web.access import check_bearer, require_login
 from web.errors import STORAGE_FULL, ApiError
+from web.serving import send_private_image
 from web.state import AppState, state
 from web.views import job_detail, job_summary, load_or_404
 
@@ -131,9 +132,4 @@ async def thumbnail(job_id: str) -> Response:
     path = state().paths.absolute(job.thumbnail_path)
     if not await trio.Path(path).exists():
         raise ApiError(404, "This job has no thumbnail.")
-    response = await send_file(path, mimetype="image/webp")
-    # Private: its link carries a token. (send_file marks it public; both would contradict.)
-    response.cache_control.public = False
-    response.cache_control.private = True
-    response.cache_control.max_age = 3600
-    return response
+    return await send_private_image(path, "image/webp")

@@ -48,8 +48,7 @@ async def _stream(path: Path, start: int, end: int, job_id: str) -> AsyncIterato
                 yield chunk
                 sent += len(chunk)
     finally:
-        metrics.DOWNLOADED_BYTES.inc(sent)
-        metrics.DOWNLOADS.labels("completed" if sent == end - start else "cut").inc()
+        metrics.download_ended(sent, end - start)
         LOGGER.info("job=%s output stream ended after %d of %d bytes", job_id, sent, end - start)
 
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncGenerator
 from datetime import datetime
+from pathlib import Path
 from urllib.parse import quote
 
 import trio
-from quart import request
+from quart import Response, request, send_file
 
 from actors.download_tracker import LeaseRefused, TrackerUnavailable
 from web import ranges
@@ -47,6 +48,16 @@ async def hold_lease(app_state: AppState, job_id: str) -> None:
     # Released when the connection's handling of this request ends: also when the client
     # leaves before the body's first byte, where a generator's `finally` never runs.
     on_close(lambda: app_state.tracker.release(lease))
+
+
+async def send_private_image(path: Path, mimetype: str) -> Response:
+    """An image whose link carries a token: cached by the browser alone, for an hour."""
+    response = await send_file(path, mimetype=mimetype)
+    # Private: its link carries a token. (send_file marks it public; both would contradict.)
+    response.cache_control.public = False
+    response.cache_control.private = True
+    response.cache_control.max_age = 3600
+    return response
 
 
 def content_disposition(kind: str, filename: str) -> str:

@@ -8,11 +8,12 @@ so they outlive the uploads; a bearer token or the job's signed `stills` link op
 from __future__ import annotations
 
 import trio
-from quart import Blueprint, Response, send_file
+from quart import Blueprint, Response
 
 from refresher import tokens
 from web.access import check_bearer
 from web.errors import ApiError
+from web.serving import send_private_image
 from web.state import state
 from web.views import load_or_404
 
@@ -36,9 +37,4 @@ async def still(job_id: str, name: str) -> Response:
     path = state().paths.absolute(stored)
     if not await trio.Path(path).exists():
         raise ApiError(404, missing)
-    response = await send_file(path, mimetype="image/jpeg")
-    # Private: its link carries a token. (send_file marks it public; both would contradict.)
-    response.cache_control.public = False
-    response.cache_control.private = True
-    response.cache_control.max_age = 3600
-    return response
+    return await send_private_image(path, "image/jpeg")
