@@ -207,8 +207,12 @@ async def test_a_kill_mid_download_leaves_no_lease_and_the_job_downloads_and_del
         assert response.status_code == 200
         archive_bytes = int(response.headers["Content-Length"])
         received = 0
+        # Held until the kill: a dropped iterator is finalised whenever the garbage
+        # collector gets to it, and closing it would end the download (and its lease)
+        # before the count below.
+        chunks = response.aiter_raw()
         with trio.fail_after(TIMEOUT_S):
-            async for chunk in response.aiter_raw():
+            async for chunk in chunks:
                 received += len(chunk)
                 if received >= 1024 * 1024:
                     break
