@@ -26,7 +26,12 @@ from web import (
     stills,
     uploads,
 )
-from web.backpressure import BODY_LIMITS_KEY, BoundedRequest, receive_limited_body
+from web.backpressure import (
+    BODY_LIMITS_KEY,
+    BoundedRequest,
+    close_if_body_unread,
+    receive_limited_body,
+)
 from web.closing import ClosingHTTPConnection
 from web.errors import ApiError
 from web.state import EXTENSION_KEY, AppState
@@ -147,6 +152,8 @@ def create_app(app_state: AppState) -> QuartTrio:
     @app.get("/static/<path:name>")
     async def static_file(name: str) -> Response:
         return await _send_static(name)
+
+    app.after_request(close_if_body_unread)
 
     @app.after_request
     async def add_security_headers(response: Response) -> Response:

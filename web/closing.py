@@ -45,6 +45,7 @@ class ClosingHTTPConnection(BackpressureHTTPConnection):
 
         async def send_last_shielded(message: ASGISendEvent) -> None:
             if message["type"] == "http.response.body" and not message.get("more_body", False):
+                self.abandon_body()
                 with trio.CancelScope(shield=True):
                     await send(message)
             else:

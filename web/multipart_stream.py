@@ -8,6 +8,7 @@ are kept in memory only up to a small limit.
 
 from __future__ import annotations
 
+import os
 import unicodedata
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 # Bytes gathered before one write to disk: big writes keep thread hops few (one per MiB).
 WRITE_BUFFER_BYTES = 1024 * 1024
+# The most buffers one writev takes (Linux: 1024).
+IOV_MAX = os.sysconf("SC_IOV_MAX")
 MAX_FIELD_BYTES = 4096
 MAX_NAME_CHARS = 200
 
@@ -61,11 +64,28 @@ def boundary_of(content_type: str) -> bytes | None:
     return options.get(b"boundary") or None
 
 
+def _create(path: Path) -> int:
+    """Open a new file for writing (never an existing one); its descriptor."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+
+
+def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
+    """Write the pieces in order with as few system calls as the kernel allows."""
+    views = [memoryview(piece) for piece in pieces]
+    while views:
+        written = os.writev(fd, views[:IOV_MAX])
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if written:
+            views[0] = views[0][written:]
+
+
 class _Events:
     """Collects the parser's callbacks; the async side replays them after each chunk."""
 
     def __init__(self) -> None:
-        self.items: list[tuple[str, bytes]] = []
+        self.items: list[tuple[str, bytes | memoryview]] = []
         self.header_field = b""
         self.header_value = b""
         self.finished = False
@@ -86,7 +106,10 @@ class _Events:
             self.header_field = self.header_value = b""
 
         def on_part_data(data: bytes, start: int, end: int) -> None:
-            self.items.append(("data", data[start:end]))
+            # A view of the chunk, not a copy, when the parser hands us the chunk itself
+            # (immutable); its own look-behind buffer changes later, so that is copied.
+            piece = memoryview(data)[start:end] if isinstance(data, bytes) else data[start:end]
+            self.items.append(("data", piece))
 
         def on_end() -> None:
             self.finished = True
@@ -126,13 +149,15 @@ async def receive_form(
     current: ReceivedFile | None = None
     field_name: str | None = None
     field_value = bytearray()
-    sink: trio.abc.AsyncResource | None = None
-    pending = bytearray()
+    sink: int | None = None  # the open file's descriptor
+    pending: list[bytes | memoryview] = []
+    pending_bytes = 0
 
     async def flush() -> None:
+        nonlocal pending, pending_bytes
         if pending and sink is not None:
-            await sink.write(bytes(pending))  # type: ignore[attr-defined]
-            pending.clear()
+            await trio.to_thread.run_sync(_write_all, sink, pending)
+        pending, pending_bytes = [], 0
 
     try:
         async for chunk in body:
@@ -145,7 +170,7 @@ async def receive_form(
                 if kind == "begin":
                     headers = {}
                 elif kind.startswith("header:"):
-                    headers[kind.removeprefix("header:")] = data
+                    headers[kind.removeprefix("header:")] = bytes(data)
                 elif kind == "headers_done":
                     _, options = parse_options_header(headers.get("content-disposition", b""))
                     name = options.get(b"name", b"").decode("utf-8", "replace")
@@ -169,7 +194,7 @@ async def receive_form(
                         path=directory / f"{len(form.files)}.upload",
                     )
                     form.files.append(current)
-                    sink = await trio.open_file(current.path, "xb")
+                    sink = await trio.to_thread.run_sync(_create, current.path)
                 elif kind == "data":
                     if current is not None:
                         current.size += len(data)
@@ -177,8 +202,9 @@ async def receive_form(
                             raise FormRejected(
                                 413, f"“{current.name}” is larger than the {limit_words} limit."
                             )
-                        pending.extend(data)
-                        if len(pending) >= WRITE_BUFFER_BYTES:
+                        pending.append(data)
+                        pending_bytes += len(data)
+                        if pending_bytes >= WRITE_BUFFER_BYTES:
                             await flush()
                     elif field_name is not None:
                         field_value.extend(data)
@@ -187,7 +213,7 @@ async def receive_form(
                 elif kind == "end":
                     if current is not None and sink is not None:
                         await flush()
-                        await sink.aclose()
+                        await trio.to_thread.run_sync(os.close, sink)
                         sink, current = None, None
                     elif field_name is not None:
                         form.fields[field_name] = field_value.decode("utf-8", "replace")
@@ -197,5 +223,4 @@ async def receive_form(
         return form
     finally:
         if sink is not None:
-            with trio.CancelScope(shield=True):
-                await sink.aclose()
+            os.close(sink)

@@ -13,7 +13,9 @@ async def test_receive_loop_waits_for_a_streaming_reader() -> None:
     body.append(chunk)
     body.append(chunk)
     await body.wait_drained()
-    assert len(await body.__anext__()) == HIGH_WATER_BYTES  # now it streams
+    # Now it streams, one chunk at a time as they arrived (never copied together).
+    assert await body.__anext__() is chunk
+    assert await body.__anext__() is chunk
     body.append(chunk)
     await body.wait_drained()  # below the mark: no wait
     body.append(chunk)  # at the mark: the receive loop must wait
@@ -27,6 +29,6 @@ async def test_receive_loop_waits_for_a_streaming_reader() -> None:
         nursery.start_soon(receive_loop)
         await trio.testing.wait_all_tasks_blocked()
         assert not waited.is_set()
-        assert len(await body.__anext__()) == HIGH_WATER_BYTES
+        assert await body.__anext__() is chunk  # half taken: below the mark again
         await trio.testing.wait_all_tasks_blocked()
         assert waited.is_set()

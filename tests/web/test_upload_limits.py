@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import signal
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -18,6 +20,7 @@ from refresher.probe import Probe
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import StartService, upload
 from tests.support.jobs import leftovers
+from tests.support.process import GRACE_S, drain, running_service
 from web.uploads import NO_ROOM, media_limit_breach, room_checked
 
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY.decode()}"
@@ -99,6 +102,45 @@ async def test_chunked_body_that_outgrows_the_room_is_507_and_leaves_nothing(
         assert response.json() == {"error": NO_ROOM}
         assert (await http.get("/api/jobs")).json() == []
     assert leftovers(config) == []
+
+
+async def test_an_upload_refused_part_way_leaves_no_connection_behind(tmp_path: Path) -> None:
+    """A client still sending a large body hears the refusal, and the connection ends, so
+    a graceful shutdown right after it ends within its grace.
+
+    Hypercorn queues the request's end for the app from inside the answer's last send
+    and waits for room in that small queue: a receive loop still waiting for a reader of
+    the unread body (its buffer full) never made that room. The send, shielded, hung for
+    ever, and with it the connection and every later graceful shutdown. (The service
+    runs as a process of its own, so that such a hang fails this test, not the run.)"""
+    body = tmp_path / "body"
+    part = b"--" + BOUNDARY + b'\r\nContent-Disposition: form-data; name="videos"; '
+    part += b'filename="big.mp4"\r\nContent-Type: video/mp4\r\n\r\n'
+    body.write_bytes(part + bytes(128 * MIB) + b"\r\n--" + BOUNDARY + b"--\r\n")
+    quota = str(4 * MIB)
+    async with running_service(tmp_path / "data", STORAGE_QUOTA_BYTES=quota) as service:
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+            login = await http.post("/api/auth", json={"password": service.password})
+        sent = await trio.run_process(
+            ["curl", "-sS", "-m", "30", "-D", "-", "-H", "Transfer-Encoding: chunked",
+             "-H", f"Content-Type: {MULTIPART}",
+             "-H", f"Authorization: Bearer {login.json()['token']}",
+             "--data-binary", f"@{body}", f"{service.url}/api/jobs"],
+            capture_stdout=True, check=False,
+        )  # fmt: skip
+        # The last of the heads: curl may have been told to go on (100) first.
+        answer = sent.stdout.decode()
+        answer = answer[answer.rfind("HTTP/1.1 ") :]
+        assert answer.startswith("HTTP/1.1 507"), answer
+        assert "connection: close" in answer.lower()
+        assert json.loads(answer.partition("\r\n\r\n")[2]) == {"error": NO_ROOM}
+        service.process.send_signal(signal.SIGTERM)
+        with trio.move_on_after(GRACE_S + 10):
+            output = await drain(service)
+            await service.process.wait()
+        assert service.process.returncode == 0, "still running after its grace"
+    assert "Traceback" not in output, output
+    assert list((tmp_path / "data").glob("uploads/*")) == []
 
 
 # --- media limits -------------------------------------------------------------------------
