@@ -1,37 +1,39 @@
 """Download benchmark: our ZIP route against a raw `socket.sendfile` server, same bytes.
 
-    python -m bench.download [--gib 2] [--clients 8]
+    python -m bench.download [--gib 2] [--clients 8] [--rounds 3]
 
 Builds a finished job of `--gib` GiB of outputs in a temporary data dir, serves it with
 the real service (a subprocess, as in production) and the same files with a minimal
-HTTP/1.1 server that uses `socket.sendfile` (the fastest thing Python can do), and
-downloads with curl: one client, then `--clients` at once. Prints throughput of each,
-the ratios (targets: ours >= 0.85 of raw; 8 clients keep >= 0.85 of one client's
-aggregate) and the service's RSS growth during the single download (target < 32 MiB).
+HTTP/1.1 server that uses `socket.sendfile` (`bench.raw`, in a process of its own), and
+downloads with curl: one client, then `--clients` at once, the two servers taking turns
+for `--rounds` rounds. Reports the median throughput of each against raw's (targets:
+>= 0.85 with one client, >= 0.7 with eight), each server's CPU seconds per GB served
+(every download cycle on a 2-CPU machine is taken from encoding), and the service's RSS
+growth over its memory before any download (target < 32 MiB for one download).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
-import signal
-import socket
-import subprocess
+import statistics
 import sys
 import tempfile
 import threading
 import time
 import uuid
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from bench.raw import RawServer
+from bench.service import Service, cpu_seconds, curl_many, rss_bytes
+from bench.verdict import Row, at_least, below, table
 from refresher import jobstore, outputstore
 from refresher.db import connect, migrate
 from refresher.status import JobStatus
 from refresher.storage import Paths
 
-PASSWORD = "benchmark-password"
 CHUNK = 8 * 1024 * 1024
 
 
@@ -79,144 +81,126 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
     return job_id, [path for _, path, _, _ in outputs]
 
 
-def raw_sendfile_server(files: list[Path]) -> tuple[int, threading.Event]:
-    """Serve the files back to back on `GET /` with socket.sendfile; return the port."""
-    total = sum(path.stat().st_size for path in files)
-    listener = socket.create_server(("127.0.0.1", 0))
-    stop = threading.Event()
+@dataclass
+class Pass:
+    """Downloads of one server: bytes, wall seconds and the server's CPU seconds."""
 
-    def handle(conn: socket.socket) -> None:
-        with conn:
-            conn.recv(65536)
-            head = f"HTTP/1.1 200 OK\r\nContent-Length: {total}\r\nConnection: close\r\n\r\n"
-            conn.sendall(head.encode())
-            for path in files:
-                with open(path, "rb") as file:
-                    conn.sendfile(file)
+    bytes: int = 0
+    wall_s: float = 0.0
+    cpu_s: float = 0.0
+    rates: list[float] = field(default_factory=list)
 
-    def serve() -> None:
-        listener.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conn, _ = listener.accept()
-            except TimeoutError:
-                continue
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    def add(self, got: int, wall_s: float, cpu_s: float) -> None:
+        self.bytes += got
+        self.wall_s += wall_s
+        self.cpu_s += cpu_s
+        self.rates.append(got / wall_s / 1e6)
 
-    threading.Thread(target=serve, daemon=True).start()
-    return listener.getsockname()[1], stop
+    @property
+    def median_mb_s(self) -> float:
+        return statistics.median(self.rates)
+
+    @property
+    def cpu_s_per_gb(self) -> float:
+        return self.cpu_s / (self.bytes / 1e9)
 
 
-def curl_many(url: str, clients: int, headers: list[str] | None = None) -> tuple[int, float]:
-    """Download `url` with `clients` curls at once; return total bytes and wall seconds."""
-    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}\n"]
-    for header in headers or []:
-        args += ["-H", header]
-    started = time.perf_counter()
-    procs = [subprocess.Popen([*args, url], stdout=subprocess.PIPE) for _ in range(clients)]
-    total = sum(int(proc.communicate()[0]) for proc in procs)
-    return total, time.perf_counter() - started
+def timed(url: str, clients: int, pid: int, headers: list[str] | None, into: Pass) -> None:
+    cpu_before = cpu_seconds(pid)
+    got, wall_s = curl_many(url, clients, headers)
+    into.add(got, wall_s, cpu_seconds(pid) - cpu_before)
 
 
-def rss_bytes(pid: int) -> int:
-    text = Path(f"/proc/{pid}/status").read_text()
-    match = re.search(r"VmRSS:\s+(\d+) kB", text)
-    return int(match.group(1)) * 1024 if match else 0
+class PeakWatch:
+    """The largest growth of a process's RSS over `before`, sampled every 20 ms."""
+
+    def __init__(self, pid: int, before: int) -> None:
+        self.pid, self.before, self.peak = pid, before, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, rss_bytes(self.pid) - self.before)
+            time.sleep(0.02)
+
+    def __enter__(self) -> PeakWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
 
 
-def start_service(data_dir: Path) -> tuple[subprocess.Popen[str], str]:
-    env = {
-        **os.environ,
-        "DATA_DIR": str(data_dir),
-        "HOST": "127.0.0.1",
-        "PORT": "0",
-        "AUTH_PASSWORD": PASSWORD,
-        "LOG_LEVEL": "WARNING",
-        # As in production (Dockerfile): fewer malloc arenas keep the chunks that worker
-        # threads read from piling up in per-thread arenas (129 -> 43 MiB for 8 clients).
-        "MALLOC_ARENA_MAX": "2",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "refresher", "serve", "--log-level", "INFO"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert process.stdout is not None
-    for line in process.stdout:
-        if match := re.search(r"listening on (http://\S+)", line):
-            return process, match.group(1).rstrip(",")
-    raise RuntimeError("service did not start")
-
-
-def login(url: str) -> str:
-    out = subprocess.run(
-        ["curl", "-sS", "-H", "Content-Type: application/json", "-d",
-         f'{{"password": "{PASSWORD}"}}', f"{url}/api/auth"],
-        capture_output=True, text=True, check=True,
-    ).stdout  # fmt: skip
-    token = re.search(r'"token":"([^"]+)"', out)
-    assert token, out
-    return token.group(1)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gib", type=float, default=2.0)
-    parser.add_argument("--clients", type=int, default=8)
-    options = parser.parse_args()
-    with tempfile.TemporaryDirectory() as scratch:
+def measure(gib: float = 2.0, clients: int = 8, rounds: int = 3) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="bench-download-") as scratch:
         paths = Paths(Path(scratch) / "data")
-        print(f"making a {options.gib:g} GiB job...", flush=True)
-        job_id, files = make_job(paths, int(options.gib * 1024**3))
-        raw_port, stop_raw = raw_sendfile_server(files)
-        service, url = start_service(paths.root)
-        try:
-            auth = [f"Authorization: Bearer {login(url)}"]
-            download = f"{url}/api/jobs/{job_id}/download"
-            raw = f"http://127.0.0.1:{raw_port}/"
+        print(f"download: making a {gib:g} GiB job ...", flush=True)
+        job_id, files = make_job(paths, int(gib * 1024**3))
+        with RawServer("sendfile", *files) as raw, Service(paths.root) as service:
+            ours = f"{service.url}/api/jobs/{job_id}/download"
             # The service's memory before it served any download: growth is counted from
             # here, so buffers kept after a first download count too.
-            baseline = rss_bytes(service.pid)
-            curl_many(download, 1, auth)  # warm the page cache and the code paths
-            results = {}
-            for name, target, headers in (("raw sendfile", raw, None), ("our ZIP", download, auth)):
-                peak, before = 0, baseline
-                done = threading.Event()
+            before = rss_bytes(service.pid)
+            curl_many(ours, 1, service.auth)  # warm the page cache and the code paths
+            curl_many(raw.url, 1)
+            single = {"raw": Pass(), "ours": Pass()}
+            many = {"raw": Pass(), "ours": Pass()}
+            # The two servers take turns, so that load from elsewhere falls on both; the
+            # medians of the rounds count. Single downloads first, so that their memory
+            # is not what eight at once left behind.
+            peak = {}
+            for clients_now, passes in ((1, single), (clients, many)):
+                print(f"  {rounds} rounds of {clients_now} client(s) at once", flush=True)
+                with PeakWatch(service.pid, before) as watch:
+                    for _ in range(rounds):
+                        timed(raw.url, clients_now, raw.pid, None, passes["raw"])
+                        timed(ours, clients_now, service.pid, service.auth, passes["ours"])
+                peak[clients_now] = watch.peak
+    size = f"{gib:g} GiB ZIP"
+    return [
+        Row(
+            f"download, {size}, 1 client",
+            "MB/s",
+            single["ours"].median_mb_s,
+            single["raw"].median_mb_s,
+            at_least(0.85, on="ratio"),
+        ),
+        Row(
+            f"download, {size}, {clients} clients at once",
+            "MB/s",
+            many["ours"].median_mb_s,
+            many["raw"].median_mb_s,
+            at_least(0.7, on="ratio"),
+        ),
+        Row(
+            "download CPU per GB served, 1 client",
+            "CPU s/GB",
+            single["ours"].cpu_s_per_gb,
+            single["raw"].cpu_s_per_gb,
+        ),
+        Row(
+            f"download CPU per GB served, {clients} clients",
+            "CPU s/GB",
+            many["ours"].cpu_s_per_gb,
+            many["raw"].cpu_s_per_gb,
+        ),
+        Row("service RSS growth, 1 download", "MiB", peak[1] / 1024**2, None, below(32)),
+        Row(f"service RSS growth, {clients} downloads", "MiB", peak[clients] / 1024**2),
+    ]
 
-                def watch(before: int = before, done: threading.Event = done) -> None:
-                    nonlocal peak
-                    while not done.is_set():
-                        peak = max(peak, rss_bytes(service.pid) - before)
-                        time.sleep(0.02)
 
-                watcher = threading.Thread(target=watch)
-                watcher.start()
-                one = curl_many(target, 1, headers)
-                peak_one = peak
-                many = curl_many(target, options.clients, headers)
-                done.set()
-                watcher.join()
-                results[name] = (one, many, (peak_one, peak))
-        finally:
-            service.send_signal(signal.SIGTERM)
-            service.wait(timeout=30)
-            stop_raw.set()
-    print(f"\n{'server':<14}{'1 client MB/s':>16}{f'{options.clients} clients MB/s':>20}")
-    for name, ((bytes1, secs1), (bytes8, secs8), _) in results.items():
-        print(f"{name:<14}{bytes1 / secs1 / 1e6:>16.0f}{bytes8 / secs8 / 1e6:>20.0f}")
-    (raw1, rawt1), (raw8, rawt8), _ = results["raw sendfile"]
-    (our1, ourt1), (our8, ourt8), (peak_one, peak_many) = results["our ZIP"]
-    ours_single, raw_single = our1 / ourt1, raw1 / rawt1
-    ours_many = our8 / ourt8
-    print(f"\nours / raw, 1 client:        {ours_single / raw_single:.2f}  (target >= 0.85)")
-    print(f"ours / raw, {options.clients} clients:       {ours_many / (raw8 / rawt8):.2f}")
-    scaling = ours_many / ours_single
-    print(f"ours, {options.clients} clients / 1 client:  {scaling:.2f}  (target >= 0.85)")
-    print(f"service RSS growth, 1 download: {peak_one / 1024**2:.1f} MiB (target < 32)")
-    print(f"service RSS growth, {options.clients} downloads at once: {peak_many / 1024**2:.1f} MiB")
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--gib", type=float, default=2.0)
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    options = parser.parse_args(argv)
+    rows = measure(options.gib, options.clients, options.rounds)
+    print("\n".join(table(rows)))
+    return 1 if any(row.passed is False for row in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

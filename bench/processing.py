@@ -50,6 +50,7 @@ from pathlib import Path
 import trio
 
 from bench.footage import make_footage
+from bench.verdict import Row, at_least, at_most, exactly
 from refresher import batches, effects, encoding, measure
 from refresher.effects import Effects, Strength
 from refresher.ffmpeg import find_ffmpeg, remove_files
@@ -365,15 +366,22 @@ async def measure_ssim(ffmpeg: str, source: Path, probed: Probe, results: list[R
 
 
 class Rules:
-    """The rules checked, each printed with PASS or FAIL."""
+    """The rules checked, each printed with PASS or FAIL, and every figure as a `Row`."""
 
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.passed = True
+        self.rows: list[Row] = []
 
     def check(self, holds: bool, text: str) -> None:
         self.passed = self.passed and holds
         self.lines.append(f"{'PASS' if holds else 'FAIL'}  {text}")
+
+    def add(self, row: Row, text: str) -> None:
+        """Record `row`; when it has a target, check it, described by `text`."""
+        self.rows.append(row)
+        if row.passed is not None:
+            self.check(row.passed, text)
 
 
 def compare_report(
@@ -392,13 +400,25 @@ def compare_report(
     print_line(f"per variation SSIM, original: {' '.join(f'{s:.4f}' for s in original.ssim)}")
     print_line(f"per variation SSIM, ours:     {' '.join(f'{s:.4f}' for s in ours.ssim)}")
     ratio = original.wall_s / ours.wall_s
-    rules.check(
-        ratio >= TARGET_RATIO,
+    rules.add(
+        Row(
+            "processing, subtle: variations per minute (measuring included)",
+            "var/min",
+            60 * count / ours.wall_s,
+            60 * count / original.wall_s,
+            at_least(TARGET_RATIO, on="ratio"),
+        ),
         f"subtle: ours (measuring included) {ratio:.2f}x the original's variations per "
         f"minute, >= {TARGET_RATIO:.0f}x",
     )
-    rules.check(
-        min(ours.ssim) >= min(original.ssim),
+    rules.add(
+        Row(
+            "processing, subtle: lowest whole-video SSIM",
+            "SSIM",
+            min(ours.ssim),
+            min(original.ssim),
+            at_least(1.0, on="ratio"),
+        ),
         f"subtle: our lowest SSIM {min(ours.ssim):.4f} >= the original's lowest "
         f"{min(original.ssim):.4f} (FFmpeg ssim, whole video)",
     )
@@ -413,8 +433,14 @@ def _spread(values: Sequence[float | None], digits: int) -> str:
 
 
 def strengths_report(
-    runs: list[StrengthRun], count: int, rules: Rules, print_line: Callable[[str], None]
+    runs: list[StrengthRun],
+    count: int,
+    rules: Rules,
+    print_line: Callable[[str], None],
+    original_rate: float | None = None,
 ) -> None:
+    """The table of each strength's figures; `original_rate` (the original's variations
+    per minute, when measured) is the baseline of every strength's."""
     print_line(
         f"{'strength':<10}{'var/min':>9}{'s/var':>8}{'encode s/var':>14}{'measure s/var':>15}"
         f"{'measuring':>11}{'draws':>7}{'CPU s/var':>11}{'peak RSS MB':>13}"
@@ -465,31 +491,44 @@ def strengths_report(
         if run.unmeasured:
             print_line(f"  {run.strength.value}: {run.unmeasured} variations not measured")
     for run in runs:
+        name = f"processing, {run.strength.value}"
+        if run.strength != Strength.SUBTLE:  # subtle's is compared above
+            rules.add(
+                Row(
+                    f"{name}: variations per minute (measuring included)",
+                    "var/min",
+                    60 * count / run.result.wall_s,
+                    original_rate,
+                ),
+                "",
+            )
         share = run.measure_s / (run.encode_s + run.measure_s)
-        rules.check(
-            share <= MAX_MEASURE_SHARE,
+        rules.add(
+            Row(f"{name}: measuring's share of the time", "%", 100 * share, None,
+                at_most(100 * MAX_MEASURE_SHARE)),
             f"{run.strength.value}: measuring {100 * share:.1f} % of the time per variation, "
             f"<= {100 * MAX_MEASURE_SHARE:.0f} %",
-        )
+        )  # fmt: skip
         final = list(run.final().values())
         unmatched = sum(1 for m in final if m is not None and not m.source_matched)
         minimum = MIN_UNMATCHED_SHARE.get(run.strength)
         if minimum is not None:
             needed = math.ceil(minimum * count - 1e-9)
-            rules.check(
-                unmatched >= needed,
+            rules.add(
+                Row(f"{name}: not matched to the source (of {count})", "variations",
+                    unmatched, None, at_least(needed)),
                 f"{run.strength.value}: {unmatched}/{count} not matched to the source, "
                 f">= {needed}/{count}",
-            )
+            )  # fmt: skip
         if run.strength in NO_SIBLING_MATCHES:
             matched = len(run.matched_pairs())
-            rules.check(
-                matched == 0,
+            rules.add(
+                Row(f"{name}: pairs matched to each other", "pairs", matched, None, exactly(0)),
                 f"{run.strength.value}: {matched} pairs matched to each other, none",
             )
 
 
-async def run(count: int, seconds: float, strengths: list[Strength], work_dir: Path) -> bool:
+async def run(count: int, seconds: float, strengths: list[Strength], work_dir: Path) -> Rules:
     ffmpeg = find_ffmpeg(None)
     source = work_dir / "footage.mp4"
     (work_dir / STILLS).mkdir(exist_ok=True)
@@ -507,6 +546,7 @@ async def run(count: int, seconds: float, strengths: list[Strength], work_dir: P
     )
     rules = Rules()
     runs: list[StrengthRun] = []
+    original_rate = None
     for strength in strengths:
         if strength == Strength.SUBTLE:
             print(
@@ -526,6 +566,7 @@ async def run(count: int, seconds: float, strengths: list[Strength], work_dir: P
             await measure_ssim(ffmpeg, source, probed, [original, subtle.result])
             print("")
             compare_report(original, subtle.result, count, rules, print)
+            original_rate = 60 * count / original.wall_s
             print("")
             runs.append(subtle)
         else:
@@ -537,11 +578,18 @@ async def run(count: int, seconds: float, strengths: list[Strength], work_dir: P
         "again; measuring = sampling the outputs after FFmpeg (decode at 1 fps, PDQ, SSIM, "
         "stills) on two threads"
     )
-    strengths_report(runs, count, rules, print)
+    strengths_report(runs, count, rules, print, original_rate)
     print("")
     for line in rules.lines:
         print(line)
-    return rules.passed
+    return rules
+
+
+def figures(
+    count: int = 10, seconds: float = 12.0, strengths: Sequence[Strength] = tuple(Strength)
+) -> list[Row]:
+    with tempfile.TemporaryDirectory(prefix="bench-processing-") as work_dir:
+        return trio.run(run, count, seconds, list(strengths), Path(work_dir)).rows
 
 
 def parse_strengths(text: str) -> list[Strength]:
@@ -568,10 +616,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keep is not None:
         args.keep.mkdir(parents=True, exist_ok=True)
-        return 0 if trio.run(run, args.variations, args.seconds, args.strengths, args.keep) else 1
-    with tempfile.TemporaryDirectory(prefix="bench-processing-") as work_dir:
-        passed = trio.run(run, args.variations, args.seconds, args.strengths, Path(work_dir))
-    return 0 if passed else 1
+        rules = trio.run(run, args.variations, args.seconds, args.strengths, args.keep)
+    else:
+        with tempfile.TemporaryDirectory(prefix="bench-processing-") as work_dir:
+            rules = trio.run(run, args.variations, args.seconds, args.strengths, Path(work_dir))
+    return 0 if rules.passed else 1
 
 
 if __name__ == "__main__":

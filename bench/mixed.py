@@ -1,0 +1,182 @@
+"""Mixed-load benchmark: API latency and the whole machine's memory while the service
+encodes, serves a download and answers the page's polling, all at once.
+
+    python -m bench.mixed [--seconds 8] [--variations 10] [--rate 200] [--window 20]
+
+The service (a subprocess, as in production, with the production `Dockerfile`'s
+`MALLOC_ARENA_MAX=2`) holds a finished 2 GiB job. First, idle, `GET /api/jobs/:id` of
+that job at a steady `--rate` requests per second for `--window` seconds
+(`bench.latency`: open loop, latency counted from each request's due time, so a stall
+is never hidden). Then the same load again while:
+
+- a job of two 1080x1920 sources (natural footage with sound, `--seconds` long) makes
+  `--variations` variations of each: uploaded with curl, encoded by the service's FFmpegs;
+- the 2 GiB ZIP streams to curl, again and again at full speed, until the job is done.
+
+The peak resident memory of the service plus every FFmpeg it runs (added up, sampled
+every 50 ms from the upload until the job is done) is the figure a 512 MB machine must
+stay under. Targets: p99 < 25 ms under load; peak < 400 MiB. The idle p99 is the
+baseline: what the route costs with nothing else running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from bench.download import make_job
+from bench.footage import make_footage
+from bench.latency import Latencies, measure_latency
+from bench.service import Service, tree_rss_bytes
+from bench.verdict import Row, below, exactly, table
+from refresher.ffmpeg import find_ffmpeg
+from refresher.storage import Paths
+
+MIB = 1024**2
+GIB = 1024**3
+
+
+class TreePeak:
+    """The largest added-up RSS of a process and its descendants, sampled every 50 ms."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak = pid, 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, tree_rss_bytes(self.pid))
+            time.sleep(0.05)
+
+    def __enter__(self) -> TreePeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
+def download_loop(url: str, headers: list[str], stop: threading.Event) -> int:
+    """Download `url` with curl again and again until `stop`; the number of full passes.
+    A pass under way when `stop` is set is ended."""
+    args = ["curl", "-sS", "-o", "/dev/null"]
+    for header in headers:
+        args += ["-H", header]
+    passes = 0
+    while not stop.is_set():
+        process = subprocess.Popen([*args, url])
+        while process.poll() is None:
+            if stop.wait(0.1):
+                process.kill()
+                process.wait()
+                return passes
+        passes += 1
+    return passes
+
+
+def upload(service: Service, sources: list[Path], variations: int) -> str:
+    args = ["curl", "-sS", "-w", "\n%{http_code}", "-F", f"variations={variations}"]
+    for header in service.auth:
+        args += ["-H", header]
+    for source in sources:
+        args += ["-F", f"videos=@{source};type=video/mp4"]
+    out = subprocess.run([*args, f"{service.url}/api/jobs"], capture_output=True, text=True)
+    body, _, status = out.stdout.rpartition("\n")
+    if status not in ("201", "202"):
+        raise RuntimeError(f"the upload was refused: {status} {body}")
+    return str(json.loads(body)["jobId"])
+
+
+def measure(
+    seconds: float = 8.0, variations: int = 10, rate: float = 200.0, window_s: float = 20.0
+) -> list[Row]:
+    ffmpeg = find_ffmpeg(None)
+    with tempfile.TemporaryDirectory(prefix="bench-mixed-") as scratch:
+        work = Path(scratch)
+        sources = [work / f"portrait-{index}.mp4" for index in (1, 2)]
+        print(f"mixed: two {seconds:g} s 1080x1920 sources and a 2 GiB job ...", flush=True)
+        for source in sources:
+            make_footage(ffmpeg, source, width=1080, height=1920, seconds=seconds)
+        paths = Paths(work / "data")
+        big_job, _ = make_job(paths, 2 * GIB)
+        env = {"STORAGE_QUOTA_BYTES": str(8 * GIB)}
+        with Service(paths.root, env=env) as service:
+            route = f"{service.url}/api/jobs/{big_job}"
+            idle_rss = tree_rss_bytes(service.pid)
+            print(f"  idle: {rate:g} requests/s for {window_s:g} s", flush=True)
+            idle = measure_latency(route, service.token, rate, window_s)
+            stop = threading.Event()
+            passes: list[int] = []
+            with TreePeak(service.pid) as peak:
+                started = time.monotonic()
+                job_id = upload(service, sources, variations)
+                downloads = threading.Thread(
+                    target=lambda: passes.append(
+                        download_loop(f"{route}/download", service.auth, stop)
+                    )
+                )
+                downloads.start()
+                print(f"  loaded: {rate:g} requests/s for {window_s:g} s", flush=True)
+                loaded = measure_latency(route, service.token, rate, window_s)
+                state = service.request("GET", f"/api/jobs/{job_id}")
+                still_encoding = state["status"] in ("queued", "processing")
+                finished = service.wait_finished(job_id)
+                stop.set()
+                downloads.join()
+                took = time.monotonic() - started
+            if finished["status"] != "completed":
+                raise RuntimeError(f"the mixed job ended {finished['status']}: {finished}")
+    print(
+        f"  the job took {took:.0f} s; {passes[0]} full 2 GiB downloads meanwhile; "
+        + ("it was still encoding when the loaded window ended" if still_encoding else
+           "WARNING: it finished before the loaded window ended")
+    )  # fmt: skip
+    return _rows(idle, loaded, peak.peak, idle_rss, variations)
+
+
+def _rows(
+    idle: Latencies, loaded: Latencies, peak: int, idle_rss: int, variations: int
+) -> list[Row]:
+    load = f"under load (encoding 2x{variations} at 1080x1920, 2 GiB ZIP streaming)"
+    return [
+        Row(f"GET /api/jobs/:id p50 {load}", "ms", loaded.percentile(0.5), idle.percentile(0.5)),
+        Row(
+            f"GET /api/jobs/:id p99 {load}",
+            "ms",
+            loaded.percentile(0.99),
+            idle.percentile(0.99),
+            below(25),
+        ),
+        Row("GET /api/jobs/:id failed under load", "requests", loaded.failed, None, exactly(0)),
+        Row(
+            "peak RSS, service + FFmpeg, mixed load",
+            "MiB",
+            peak / MIB,
+            idle_rss / MIB,
+            below(400),
+        ),
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=8.0)
+    parser.add_argument("--variations", type=int, default=10)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--window", type=float, default=20.0)
+    options = parser.parse_args(argv)
+    rows = measure(options.seconds, options.variations, options.rate, options.window)
+    print("\n".join(table(rows)))
+    return 1 if any(row.passed is False for row in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
