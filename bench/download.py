@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 import zlib
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.raw import RawServer
-from bench.service import Service, cpu_seconds, curl_many, rss_bytes
+from bench.service import PeakRss, Service, cpu_seconds, curl_many, rss_bytes
 from bench.verdict import Row, at_least, below, table
 from refresher import jobstore, outputstore
 from refresher.db import connect, migrate
@@ -111,28 +110,6 @@ def timed(url: str, clients: int, pid: int, headers: list[str] | None, into: Pas
     into.add(got, wall_s, cpu_seconds(pid) - cpu_before)
 
 
-class PeakWatch:
-    """The largest growth of a process's RSS over `before`, sampled every 20 ms."""
-
-    def __init__(self, pid: int, before: int) -> None:
-        self.pid, self.before, self.peak = pid, before, 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, rss_bytes(self.pid) - self.before)
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
-
-
 def measure(gib: float = 2.0, clients: int = 8, rounds: int = 3) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-download-") as scratch:
         paths = Paths(Path(scratch) / "data")
@@ -153,11 +130,11 @@ def measure(gib: float = 2.0, clients: int = 8, rounds: int = 3) -> list[Row]:
             peak = {}
             for clients_now, passes in ((1, single), (clients, many)):
                 print(f"  {rounds} rounds of {clients_now} client(s) at once", flush=True)
-                with PeakWatch(service.pid, before) as watch:
+                with PeakRss(service.pid) as watch:
                     for _ in range(rounds):
                         timed(raw.url, clients_now, raw.pid, None, passes["raw"])
                         timed(ours, clients_now, service.pid, service.auth, passes["ours"])
-                peak[clients_now] = watch.peak
+                peak[clients_now] = watch.peak - before
     size = f"{gib:g} GiB ZIP"
     return [
         Row(

@@ -33,35 +33,13 @@ from pathlib import Path
 from bench.download import make_job
 from bench.footage import make_footage
 from bench.latency import Latencies, measure_latency
-from bench.service import Service, tree_rss_bytes
+from bench.service import PeakRss, Service, tree_rss_bytes
 from bench.verdict import Row, below, exactly, table
 from refresher.ffmpeg import find_ffmpeg
 from refresher.storage import Paths
 
 MIB = 1024**2
 GIB = 1024**3
-
-
-class TreePeak:
-    """The largest added-up RSS of a process and its descendants, sampled every 50 ms."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, tree_rss_bytes(self.pid))
-            time.sleep(0.05)
-
-    def __enter__(self) -> TreePeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 def download_loop(url: str, headers: list[str], stop: threading.Event) -> int:
@@ -115,7 +93,7 @@ def measure(
             idle = measure_latency(route, service.token, rate, window_s)
             stop = threading.Event()
             passes: list[int] = []
-            with TreePeak(service.pid) as peak:
+            with PeakRss(service.pid, tree=True, interval_s=0.05) as peak:
                 started = time.monotonic()
                 job_id = upload(service, sources, variations)
                 downloads = threading.Thread(

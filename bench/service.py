@@ -65,6 +65,31 @@ def tree_rss_bytes(pid: int) -> int:
     return total
 
 
+class PeakRss:
+    """The largest resident memory of a process while the block runs (with `tree`, of it
+    and all its descendants, added up), sampled every `interval_s`."""
+
+    def __init__(self, pid: int, *, tree: bool = False, interval_s: float = 0.02) -> None:
+        self.pid, self.peak = pid, 0
+        self._read = tree_rss_bytes if tree else rss_bytes
+        self._interval_s = interval_s
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def _watch(self) -> None:
+        while not self._done.is_set():
+            self.peak = max(self.peak, self._read(self.pid))
+            time.sleep(self._interval_s)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join()
+
+
 def curl_many(url: str, clients: int, headers: list[str] | None = None) -> tuple[int, float]:
     """Download `url` with `clients` curls at once; return total bytes and wall seconds."""
     args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}\n"]

@@ -22,14 +22,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 from pathlib import Path
 
 from bench.footage import make_footage
 from bench.raw import RawServer
-from bench.service import Service, rss_bytes
+from bench.service import PeakRss, Service, rss_bytes
 from bench.verdict import Row, at_least, below, table
 from refresher.ffmpeg import find_ffmpeg
 from refresher.probe import probe
@@ -73,28 +72,6 @@ def curl_upload(url: str, upload: Path, headers: list[str], answer: Path) -> tup
     written = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     status, sent, seconds = written.split()
     return int(status), int(float(sent)) / float(seconds) / 1e6
-
-
-class PeakRss:
-    """The largest RSS of a process while the block runs, sampled every 20 ms."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.peak = pid, 0
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def _watch(self) -> None:
-        while not self._done.is_set():
-            self.peak = max(self.peak, rss_bytes(self.pid))
-            time.sleep(0.02)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
 
 
 def delete_job(service: Service, job_id: str) -> None:
