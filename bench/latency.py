@@ -12,7 +12,7 @@ the time from its due moment to the last byte of its answer. A client late to se
 
 Runs in a process of its own (`measure_latency`), so the benchmark's other threads do
 not share its interpreter; prints one JSON object: latencies in seconds, sorted, and the
-number of failed requests (connection errors and statuses other than 200).
+failed requests by kind (connection errors, statuses other than 200).
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import math
 import statistics
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -32,10 +33,15 @@ HEAD_END = b"\r\n\r\n"
 
 @dataclass(frozen=True)
 class Latencies:
-    """The sorted latencies (seconds) of the requests answered, and the failures."""
+    """The sorted latencies (seconds) of the requests answered, and the failures by kind
+    (an exception's name, or "HTTP <status>" for an answer other than 200)."""
 
     seconds: list[float]
-    failed: int
+    failures: dict[str, int]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
 
     def percentile(self, share: float) -> float:
         """The nearest-rank percentile, in milliseconds."""
@@ -82,25 +88,36 @@ async def load(url: str, token: str, rate: float, seconds: float) -> Latencies:
     ).encode()
     idle: list[trio.SocketStream] = []
     latencies: list[float] = []
-    failed = 0
+    failures: Counter[str] = Counter()
+
+    async def ask(stream: trio.SocketStream) -> int:
+        await stream.send_all(request)
+        return await _read_answer(stream)
 
     async def one(due: float) -> None:
-        nonlocal failed
         await trio.sleep_until(due)
-        stream = idle.pop() if idle else None
+        stream = None
         try:
+            while idle and stream is None:
+                # A kept connection the server has since closed (its keep-alive timeout)
+                # fails at once: a browser sends again on a new one, and so does this.
+                stream = idle.pop()
+                try:
+                    status = await ask(stream)
+                except (OSError, trio.BrokenResourceError, ConnectionError):
+                    await stream.aclose()
+                    stream = None
             if stream is None:
                 stream = await trio.open_tcp_stream(host, port)
-            await stream.send_all(request)
-            status = await _read_answer(stream)
-        except (OSError, trio.BrokenResourceError, ConnectionError):
-            failed += 1
+                status = await ask(stream)
+        except (OSError, trio.BrokenResourceError, ConnectionError) as error:
+            failures[type(error).__name__] += 1
             if stream is not None:
                 await stream.aclose()
             return
         latencies.append(trio.current_time() - due)
         if status != 200:
-            failed += 1
+            failures[f"HTTP {status}"] += 1
         idle.append(stream)
 
     start = trio.current_time() + 0.2
@@ -109,7 +126,7 @@ async def load(url: str, token: str, rate: float, seconds: float) -> Latencies:
             nursery.start_soon(one, start + index / rate)
     for stream in idle:
         await stream.aclose()
-    return Latencies(sorted(latencies), failed)
+    return Latencies(sorted(latencies), dict(failures))
 
 
 def measure_latency(url: str, token: str, rate: float, seconds: float) -> Latencies:
@@ -117,13 +134,13 @@ def measure_latency(url: str, token: str, rate: float, seconds: float) -> Latenc
     argv = [sys.executable, "-m", "bench.latency", url, token, str(rate), str(seconds)]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     found = json.loads(out)
-    return Latencies(found["seconds"], found["failed"])
+    return Latencies(found["seconds"], found["failures"])
 
 
 def main(argv: list[str]) -> None:
     url, token, rate, seconds = argv
     result = trio.run(load, url, token, float(rate), float(seconds))
-    print(json.dumps({"seconds": result.seconds, "failed": result.failed}))
+    print(json.dumps({"seconds": result.seconds, "failures": result.failures}))
 
 
 if __name__ == "__main__":

@@ -117,6 +117,8 @@ def measure(
         + ("it was still encoding when the loaded window ended" if still_encoding else
            "WARNING: it finished before the loaded window ended")
     )  # fmt: skip
+    if loaded.failures:
+        print(f"  failed under load: {loaded.failures}")
     return _rows(idle, loaded, peak.peak, idle_rss, variations)
 
 

@@ -57,11 +57,11 @@ def test_the_json_is_a_list_of_the_six_fields(tmp_path: Path) -> None:
 
 
 def test_percentiles_are_nearest_rank_in_milliseconds() -> None:
-    latencies = Latencies([i / 1000 for i in range(1, 101)], failed=0)  # 1..100 ms
+    latencies = Latencies([i / 1000 for i in range(1, 101)], {})  # 1..100 ms
     assert latencies.percentile(0.5) == 50.0
     assert latencies.percentile(0.99) == 99.0
     assert latencies.median_ms == 50.5
-    assert math.isinf(Latencies([], failed=3).percentile(0.99))
+    assert math.isinf(Latencies([], {"HTTP 500": 3}).percentile(0.99))
 
 
 async def test_the_open_loop_client_sends_every_request_on_time(
