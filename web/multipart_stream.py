@@ -66,7 +66,7 @@ def boundary_of(content_type: str) -> bytes | None:
 
 def _create(path: Path) -> int:
     """Open a new file for writing (never an existing one); its descriptor."""
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # as open(path, "xb")
 
 
 def _write_all(fd: int, pieces: list[bytes | memoryview]) -> None:
