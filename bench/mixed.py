@@ -33,7 +33,7 @@ from pathlib import Path
 from bench.download import make_job
 from bench.footage import make_footage
 from bench.latency import Latencies, measure_latency
-from bench.service import PeakRss, Service, tree_rss_bytes
+from bench.service import PeakRss, Service, curl, tree_rss_bytes
 from bench.verdict import Row, below, exactly, table
 from refresher.ffmpeg import find_ffmpeg
 from refresher.storage import Paths
@@ -45,9 +45,7 @@ GIB = 1024**3
 def download_loop(url: str, headers: list[str], stop: threading.Event) -> int:
     """Download `url` with curl again and again until `stop`; the number of full passes.
     A pass under way when `stop` is set is ended."""
-    args = ["curl", "-sS", "-o", "/dev/null"]
-    for header in headers:
-        args += ["-H", header]
+    args = curl("-o", "/dev/null", headers=headers)
     passes = 0
     while not stop.is_set():
         process = subprocess.Popen([*args, url])
@@ -61,9 +59,7 @@ def download_loop(url: str, headers: list[str], stop: threading.Event) -> int:
 
 
 def upload(service: Service, sources: list[Path], variations: int) -> str:
-    args = ["curl", "-sS", "-w", "\n%{http_code}", "-F", f"variations={variations}"]
-    for header in service.auth:
-        args += ["-H", header]
+    args = curl("-w", "\n%{http_code}", "-F", f"variations={variations}", headers=service.auth)
     for source in sources:
         args += ["-F", f"videos=@{source};type=video/mp4"]
     out = subprocess.run([*args, f"{service.url}/api/jobs"], capture_output=True, text=True)

@@ -90,11 +90,14 @@ class PeakRss:
         self._thread.join()
 
 
+def curl(*options: str, headers: list[str] | None = None) -> list[str]:
+    """A quiet curl command line with `options` and each of `headers` as an `-H`."""
+    return ["curl", "-sS", *options, *[arg for header in headers or [] for arg in ("-H", header)]]
+
+
 def curl_many(url: str, clients: int, headers: list[str] | None = None) -> tuple[int, float]:
     """Download `url` with `clients` curls at once; return total bytes and wall seconds."""
-    args = ["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}\n"]
-    for header in headers or []:
-        args += ["-H", header]
+    args = curl("-o", "/dev/null", "-w", "%{size_download}\n", headers=headers)
     started = time.perf_counter()
     procs = [subprocess.Popen([*args, url], stdout=subprocess.PIPE) for _ in range(clients)]
     total = sum(int(proc.communicate()[0]) for proc in procs)

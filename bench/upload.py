@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench.footage import make_footage
 from bench.raw import RawServer
-from bench.service import PeakRss, Service, rss_bytes
+from bench.service import PeakRss, Service, curl, rss_bytes
 from bench.verdict import Row, at_least, below, table
 from refresher.ffmpeg import find_ffmpeg
 from refresher.probe import probe
@@ -66,9 +66,8 @@ def make_upload(path: Path, size: int) -> None:
 def curl_upload(url: str, upload: Path, headers: list[str], answer: Path) -> tuple[int, float]:
     """Upload the form with curl; the answer's body goes to `answer`. Return the HTTP
     status and the throughput in MB/s (bytes sent over curl's total time)."""
-    args = ["curl", "-sS", "-o", str(answer), "-w", "%{http_code} %{size_upload} %{time_total}"]
-    for header in ["Expect:", *headers]:
-        args += ["-H", header]
+    written_out = "%{http_code} %{size_upload} %{time_total}"
+    args = curl("-o", str(answer), "-w", written_out, headers=["Expect:", *headers])
     args += ["-F", "variations=1", "-F", f"videos=@{upload};type=video/mp4", url]
     written = subprocess.run(args, check=True, capture_output=True, text=True).stdout
     status, sent, seconds = written.split()
