@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -72,9 +72,15 @@ async def _read_lines(service: ServiceProcess) -> bool:
 
 @contextlib.asynccontextmanager
 async def running_service(
-    data_dir: Path, *, new_session: bool = False, **env: str
+    data_dir: Path | None,
+    *,
+    new_session: bool = False,
+    command: Sequence[str] = (sys.executable, "-m", "refresher", "serve"),
+    cwd: Path | None = None,
+    **env: str,
 ) -> AsyncIterator[ServiceProcess]:
-    """Start `python -m refresher serve` on a free port; yield once it listens.
+    """Start `command` (by default `python -m refresher serve`) on a free port; yield once
+    it listens. With no `data_dir`, the service keeps its default (`./data` under `cwd`).
 
     With `new_session`, the service leads a process group of its own, so a test may
     signal that group (as a terminal or a supervisor does) without hitting pytest.
@@ -83,14 +89,17 @@ async def running_service(
         **os.environ,
         "HOST": "127.0.0.1",
         "PORT": "0",
-        "DATA_DIR": str(data_dir),
         "SHUTDOWN_GRACE_S": str(GRACE_S),
         **env,
     }
     environ.pop("AUTH_PASSWORD", None)
+    environ.pop("DATA_DIR", None)
+    if data_dir is not None:
+        environ["DATA_DIR"] = str(data_dir)
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "refresher", "serve"],
+        list(command),
         env=environ,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         start_new_session=new_session,
