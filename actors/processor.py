@@ -32,7 +32,7 @@ from refresher.db import Database
 from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders, remove_files
 from refresher.full_disk import StorageFull, write_if_room, write_when_room
 from refresher.job_events import JobEvent
-from refresher.probe import NotAVideo, Probe, probe
+from refresher.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
 from refresher.status import FINISHED, JobStatus
 from refresher.storage import Paths, remove_tree
 
@@ -97,15 +97,17 @@ class Processor:
         now: Callable[[], float],
         threads: int | None = None,
         request_room: Callable[[int], Awaitable[bool]] | None = None,
+        limits: MediaLimits = DEFAULT_LIMITS,
     ) -> None:
         self.db = db
+        self.limits = limits
         self.paths = paths
         self.publish = publish
         self.ffmpeg = ffmpeg
         self.ttl_s = ttl_s
         self.now = now
         self.batches = BatchMaker(
-            db, paths, ffmpeg, now=now, threads=threads, request_room=request_room
+            db, paths, ffmpeg, now=now, threads=threads, request_room=request_room, limits=limits
         )
         self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
         self._wake = trio.Event()
@@ -190,13 +192,16 @@ class Processor:
         if first.upload_path is None:
             return
         output = self.paths.job_dir(job.id) / THUMBNAIL_NAME
+        source = self.paths.absolute(first.upload_path)
+        try:
+            probed = await trio.to_thread.run_sync(probe, source, self.limits)
+        except (MediaError, OSError) as err:
+            LOGGER.warning("job=%s no thumbnail: the first video %s", job.id, err)
+            return
         made = await thumbnails.make_thumbnail(
-            self.ffmpeg,
-            self.paths.absolute(first.upload_path),
-            output,
-            duration_s=first.duration_s or 0.0,
+            self.ffmpeg, source, output, probed=probed, limits=self.limits,
             env=encoder_mark(self.paths.root),
-        )
+        )  # fmt: skip
         relative = self.paths.relative(output)
         if made and not await write_if_room(
             self.db,
@@ -261,7 +266,7 @@ class Processor:
     ) -> str | None:
         """Encode the file's `pending` variations; return why the file failed, or None."""
         try:
-            probed = await trio.to_thread.run_sync(probe, source)
+            probed = await trio.to_thread.run_sync(probe, source, self.limits)
         except NotAVideo as err:
             return f"The file {err.reason}."
         except OSError as err:

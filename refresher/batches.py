@@ -31,7 +31,7 @@ from refresher.db import Database
 from refresher.effects import Effects
 from refresher.ffmpeg import MediaError, encoder_mark, remove_files, rerun_if_interrupted
 from refresher.full_disk import StorageFull, is_storage_full
-from refresher.probe import Probe
+from refresher.probe import DEFAULT_LIMITS, MediaLimits, Probe
 from refresher.storage import Paths
 
 LOGGER = logging.getLogger(__name__)
@@ -88,6 +88,7 @@ class BatchMaker:
     now: Callable[[], float]
     threads: int | None = None
     request_room: Callable[[int], Awaitable[bool]] | None = None
+    limits: MediaLimits = DEFAULT_LIMITS
 
     def output_path(self, job_id: str, file_id: str, index: int) -> Path:
         return self.paths.job_dir(job_id) / f"{file_id}_var{index}.mp4"
@@ -200,6 +201,7 @@ class BatchMaker:
                     encoding.encode_variations, self.ffmpeg, source, variations, probed=probed,
                     on_progress=on_progress, threads=self.threads,
                     env=encoder_mark(self.paths.root), reference=reference,
+                    limits=self.limits,
                 ),
                 what=f"job={job_id} file={file.id}",
             )  # fmt: skip

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from refresher.effects import Strength
+from refresher.probe import MediaLimits
 
 GIB = 1024**3
 MIB = 1024**2
@@ -73,6 +74,18 @@ class Config:
     # Seconds a connection may go without the client acknowledging anything (a client that
     # stopped reading) before it is cut and a download's lease released.
     download_stall_s: float = 120.0
+    # The slowest a client may take what it is sent, in bytes a second, averaged over
+    # DOWNLOAD_STALL_S while the server waits on it: a trickle below it is cut, so it
+    # cannot pin a job's files (its lease) for hours. 16 KiB/s is 128 kbit/s; a cut
+    # download resumes where it stopped.
+    download_min_rate_bytes_s: int = 16 * 1024
+    # How long the link to the stream of every job's events lasts (and a job's
+    # `eventsUrl`); each stream ends when its link does, and the page asks for another.
+    events_link_ttl_s: float = 600.0
+    # Event streams open at once on one session or link, and in all (each holds a
+    # connection; Fly's proxy allows 250).
+    max_event_streams_per_link: int = 8
+    max_event_streams: int = 100
     # A request header holding the client's address as seen by a trusted proxy in front
     # (Fly's proxy sets `Fly-Client-IP`); empty means use the socket's peer address.
     client_ip_header: str = ""
@@ -81,6 +94,11 @@ class Config:
     @property
     def job_ttl_s(self) -> float:
         return self.job_ttl_hours * 3600.0
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        """What decoders and FFmpeg are held to for an upload."""
+        return MediaLimits(self.max_long_side_px, self.max_short_side_px, self.max_duration_s)
 
     @property
     def default_variations(self) -> int:
@@ -195,6 +213,10 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "cors_origins": _origins,
     "shutdown_grace_s": _number(0.0),
     "download_stall_s": _number(0.0, low_open=True),
+    "download_min_rate_bytes_s": _integer(0),
+    "events_link_ttl_s": _number(0.0, low_open=True),
+    "max_event_streams_per_link": _integer(1),
+    "max_event_streams": _integer(1),
     "client_ip_header": str.strip,
     "log_level": _log_level,
 }

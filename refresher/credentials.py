@@ -7,6 +7,7 @@ out.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import logging
 import secrets
@@ -23,12 +24,27 @@ GENERATED_PASSWORD_BYTES = 9
 TOKEN_SECRET_BYTES = 32
 
 
+# Tells the signing key apart from any other use of the same secret.
+SIGNING_KEY_CONTEXT = b"video-refresher signing key v1\0"
+
+
 @dataclass(frozen=True)
 class Credentials:
     password: str
     token_secret: bytes
     # Where the password came from: "environment" or the file that holds it.
     password_source: str
+
+    @functools.cached_property
+    def signing_key(self) -> bytes:
+        """The key every token and link is signed with: the kept secret bound to the
+        current password, so changing `AUTH_PASSWORD` ends every session and link (someone
+        who left the team keeps nothing), while a restart ends none."""
+        return hmac.digest(
+            self.token_secret,
+            SIGNING_KEY_CONTEXT + self.password.encode("utf-8", "surrogateescape"),
+            "sha256",
+        )
 
     def password_matches(self, attempt: str) -> bool:
         """Compare in constant time, so response timing does not leak the password."""

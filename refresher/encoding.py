@@ -39,7 +39,7 @@ from refresher.ffmpeg import (
 from refresher.filtergraph import audio_filter, tee_escape, variation_filter
 from refresher.full_disk import StorageFull, is_storage_full
 from refresher.measure import Sampling, reference_filter
-from refresher.probe import Probe
+from refresher.probe import DEFAULT_LIMITS, MediaLimits, Probe
 
 # One FFmpeg at a time: a process that decodes once and encodes up to
 # MAX_VARIATIONS_PER_ENCODE outputs keeps both cores busy on its own. Two at once were
@@ -140,6 +140,7 @@ def encode_args(
     probed: Probe,
     threads: int | None = None,
     reference: Reference | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> list[str]:
     """Return FFmpeg's arguments (without the executable) to write each variation.
 
@@ -151,18 +152,21 @@ def encode_args(
     streams. `threads` (FFMPEG_THREADS) goes to the decoder, each filter graph and each
     encoder; by default each runs on one thread, and FFmpeg runs them all side by side.
     With a `reference`, its samples are written too (Ut Video, lossless) and each output
-    has a keyframe at each sample, so measuring decodes keyframes only.
+    has a keyframe at each sample, so measuring decodes keyframes only. The source is read
+    under `limits` (`source_args`): the stream that was probed, its decoders capped.
     """
     if not variations:
         raise ValueError("variations must not be empty")
     stage_threads = str(threads or 1)
     args = ["-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1"]
-    args += ["-threads", stage_threads, "-i", str(source), "-filter_threads", stage_threads]
+    args += ["-threads", stage_threads, *source_args(source, limits)]
+    args += ["-filter_threads", stage_threads]
+    video = f"0:{probed.video_stream}"
     # One graph per output rather than `split` in one graph: a single graph thread feeds
     # every encoder in lockstep, and the encoders idle while it works (measured, five
     # outputs: 1.87 of 2 cores busy against 1.95, 6 % more wall time per variation).
     for index, variation in enumerate(variations):
-        args += ["-map", "0:v:0", f"-filter:v:{index}", variation_filter(variation.effects, probed)]
+        args += ["-map", video, f"-filter:v:{index}", variation_filter(variation.effects, probed)]
         if reference is not None:
             args += [f"-force_key_frames:v:{index}", reference.plan.keyframe_expression()]
     args += [
@@ -185,10 +189,21 @@ def encode_args(
     args += ["-f", "tee", "-y", "|".join(slaves)]
     if reference is not None:
         # Every sample as it is (no frame repeated to fill a constant rate).
-        args += ["-map", "0:v:0", "-filter:v", reference_filter(reference.plan)]
+        args += ["-map", video, "-filter:v", reference_filter(reference.plan)]
         args += ["-c:v", "utvideo", "-fps_mode", "passthrough", "-map_metadata", "-1"]
         args += ["-f", "matroska", "-y", str(reference.path)]
     return args
+
+
+def source_args(source: Path, limits: MediaLimits) -> list[str]:
+    """FFmpeg's input options and `-i` for an uploaded source: every decoder (those that
+    probe the file's streams while opening it too, an attached picture's among them) gets
+    the pixel budget, and no more than the longest accepted duration is read, whatever
+    the file's headers say."""
+    return [
+        "-max_pixels", str(limits.max_pixels), "-t", f"{limits.max_duration_s:g}",
+        "-i", str(source),
+    ]  # fmt: skip
 
 
 def needs_audio_pass(variations: Sequence[Variation], probed: Probe) -> bool:
@@ -204,12 +219,18 @@ def needs_audio_pass(variations: Sequence[Variation], probed: Probe) -> bool:
     return probed.has_audio and any(audio_filter(v.effects) for v in variations)
 
 
-def audio_args(video: Path, source: Path, effects: Effects, output: Path) -> list[str]:
+def audio_args(
+    video: Path,
+    source: Path,
+    effects: Effects,
+    output: Path,
+    limits: MediaLimits = DEFAULT_LIMITS,
+) -> list[str]:
     """FFmpeg's arguments to copy `video` (pass one's output) beside `source`'s audio,
     changed by the variation's `effects`, into the MP4 `output`."""
     return [
         "-hide_banner", "-loglevel", "error", "-nostats", "-progress", "pipe:1",
-        "-i", str(video), "-i", str(source),
+        "-i", str(video), *source_args(source, limits),
         "-map", "0:v:0", "-c:v", "copy",
         "-map", "1:a:0", "-filter:a", audio_filter(effects) or "anull",
         "-c:a", "aac", "-b:a", AUDIO_BITRATE,
@@ -234,6 +255,7 @@ async def encode_variations(
     on_started: Callable[[int], None] | None = None,
     env: Mapping[str, str] | None = None,
     reference: Reference | None = None,
+    limits: MediaLimits = DEFAULT_LIMITS,
 ) -> list[EncodedOutput]:
     """Make `variations` of `source` with one FFmpeg (decoding once); return them in order.
 
@@ -258,7 +280,9 @@ async def encode_variations(
     )
     command = [
         ffmpeg,
-        *encode_args(source, firsts, probed=probed, threads=threads, reference=reference),
+        *encode_args(
+            source, firsts, probed=probed, threads=threads, reference=reference, limits=limits
+        ),
     ]
     leftovers = [p.output for p in partials] + [f.output for f in firsts]
     if reference is not None:
@@ -276,7 +300,10 @@ async def encode_variations(
         if audio_pass:
             for first, partial in zip(firsts, partials, strict=True):
                 returncode, stderr_tail = await run_ffmpeg(
-                    [ffmpeg, *audio_args(first.output, source, first.effects, partial.output)],
+                    [
+                        ffmpeg,
+                        *audio_args(first.output, source, first.effects, partial.output, limits),
+                    ],
                     on_started=on_started, env=env,
                 )  # fmt: skip
                 if returncode != 0:

@@ -39,6 +39,7 @@ from refresher.ffmpeg import find_ffmpeg
 from refresher.full_disk import keep_ballast
 from refresher.storage import Paths
 from web.app import create_app
+from web.slots import StreamSlots
 from web.state import AppState
 
 LOGGER = logging.getLogger(__name__)
@@ -179,6 +180,7 @@ async def serve(
             now=now,
             threads=config.ffmpeg_threads,
             request_room=evictor.request_room,
+            limits=config.media_limits,
         )
         supervisor = Supervisor(
             [
@@ -211,6 +213,9 @@ async def serve(
             processor_inbox=processor.inbox,
             now=now,
             started_at=trio.current_time(),
+            streams=StreamSlots(
+                per_key=config.max_event_streams_per_link, total=config.max_event_streams
+            ),
         )
         app = create_app(app_state)
         # Nurseries nested by lifetime: the actors outlive the server, so requests being

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import trio
 
+from refresher.encoding import source_args
 from refresher.ffmpeg import MediaError, exit_failure, partial_path, remove_files, run_ffmpeg
+from refresher.probe import MediaLimits, Probe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -24,11 +26,12 @@ async def make_thumbnail(
     source: Path,
     output: Path,
     *,
-    duration_s: float,
+    probed: Probe,
+    limits: MediaLimits,
     env: Mapping[str, str] | None = None,
 ) -> bool:
-    """Write a WebP still of `source`, THUMBNAIL_WIDTH wide, to `output` (making its
-    folder); return False on failure.
+    """Write a WebP still of the probed video stream of `source`, THUMBNAIL_WIDTH wide, to
+    `output` (making its folder); return False on failure.
 
     Best effort: a thumbnail is never worth failing a job for, so every failure is
     logged and answered with False. Cancellation still propagates (after FFmpeg is
@@ -38,6 +41,7 @@ async def make_thumbnail(
     # 10 % in, where a fade from black is over; input seeking never passes the end of
     # the clip then (the original's fixed -ss 2 gave 0 bytes for clips under 2 s). If
     # the duration was wrong and no frame came, the first frame will do.
+    duration_s = probed.duration_s
     times_s = [duration_s * THUMBNAIL_AT] if duration_s > 0 else []
     problem = "no frame"
     try:
@@ -45,7 +49,8 @@ async def make_thumbnail(
         for at_s in [*times_s, 0.0]:
             command = [
                 ffmpeg, "-hide_banner", "-loglevel", "error", "-nostats",
-                "-ss", f"{at_s:.3f}", "-i", str(source), "-map", "0:v:0", "-frames:v", "1",
+                "-ss", f"{at_s:.3f}", *source_args(source, limits),
+                "-map", f"0:{probed.video_stream}", "-frames:v", "1",
                 "-vf", f"scale={THUMBNAIL_WIDTH}:-2", "-map_metadata", "-1",
                 "-fflags", "+bitexact", "-c:v", "libwebp", "-quality", "75",
                 "-f", "webp", "-y", str(partial),

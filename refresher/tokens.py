@@ -7,7 +7,8 @@ the stream of every job's events; a link never opens anything else.
 A token is `v1.<payload>.<signature>`, both parts base64url without padding. The payload
 is compact JSON `{"scope": ..., "exp": <unix seconds>}`; the signature is HMAC-SHA256
 of `v1.<payload>` under the service's token secret. Verification compares signatures in
-constant time before it reads the payload, so a forged token learns nothing.
+constant time before it reads the payload, so a forged token learns nothing, and takes
+only the canonical spelling (no padding, nothing appended).
 """
 
 from __future__ import annotations
@@ -114,11 +115,18 @@ def verify(secret: bytes, value: str, *, scope: str, now: float) -> Token:
         signature = _b64decode(signature_b64)
     except (binascii.Error, ValueError):
         raise TokenError("token signature is malformed") from None
+    # One spelling per token: base64 that decodes to the same bytes with padding, junk
+    # or other trailing bits appended is not the token that was issued.
+    if _b64encode(signature) != signature_b64:
+        raise TokenError("token signature is not in canonical form")
     expected = _sign(secret, f"{version}.{payload_b64}")
     if not hmac.compare_digest(signature, expected):
         raise TokenError("token signature does not match")
     try:
-        payload = json.loads(_b64decode(payload_b64))
+        raw_payload = _b64decode(payload_b64)
+        if _b64encode(raw_payload) != payload_b64:
+            raise TokenError("token payload is not in canonical form")
+        payload = json.loads(raw_payload)
         token_scope, expires_at = payload["scope"], payload["exp"]
     except (binascii.Error, ValueError, KeyError, TypeError):
         raise TokenError("token payload is malformed") from None

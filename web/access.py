@@ -34,21 +34,21 @@ def require_login(handler: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R
     return wrapper
 
 
-def check_bearer(*, also_scope: str | None = None) -> None:
-    """Accept a session bearer token; raise a 401 `ApiError` otherwise.
+def check_bearer(*, also_scope: str | None = None) -> tokens.Token:
+    """Accept a session bearer token and return it; raise a 401 `ApiError` otherwise.
 
     With `also_scope`, and no Authorization header, a `?token=` query parameter is
     accepted too, but only a token signed for exactly `also_scope` (a link to one thing).
     A login token in a URL is refused even when genuine: URLs land in logs and histories,
-    and one there would open everything for a day.
+    and one there would open everything for a day. What is returned says when the
+    access ends (a long-lived answer, an event stream, ends then).
     """
     scheme, _, header_token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() == "bearer" and header_token.strip():
-        _verify_session(header_token.strip())
-    elif also_scope is not None and (query_token := request.args.get("token")):
-        _verify_link(query_token, also_scope)
-    else:
-        raise ApiError(401, "Log in first: this needs a bearer token.", headers=CHALLENGE)
+        return _verify_session(header_token.strip())
+    if also_scope is not None and (query_token := request.args.get("token")):
+        return _verify_link(query_token, also_scope)
+    raise ApiError(401, "Log in first: this needs a bearer token.", headers=CHALLENGE)
 
 
 def _readable(token: str) -> bool:
@@ -60,15 +60,15 @@ def _readable(token: str) -> bool:
 def _as_session(token: str) -> tokens.Token:
     """Verify `token` as a login token; raise as `tokens.verify` does."""
     app_state = state()
-    secret, now = app_state.credentials.token_secret, app_state.now()
+    secret, now = app_state.credentials.signing_key, app_state.now()
     return tokens.verify(secret, token, scope=tokens.SESSION_SCOPE, now=now)
 
 
-def _verify_session(token: str) -> None:
+def _verify_session(token: str) -> tokens.Token:
     if not _readable(token):
         raise ApiError(401, INVALID_TOKEN, headers=CHALLENGE)
     try:
-        _as_session(token)
+        return _as_session(token)
     except tokens.TokenExpired:
         raise ApiError(401, "Your session has expired; log in again.", headers=CHALLENGE) from None
     except tokens.TokenError:
@@ -86,14 +86,16 @@ def _is_login_token(token: str) -> bool:
     return True
 
 
-def _verify_link(token: str, scope: str) -> None:
+def _verify_link(token: str, scope: str) -> tokens.Token:
     if not _readable(token):
         raise ApiError(401, INVALID_TOKEN, headers=CHALLENGE)
     if _is_login_token(token):
         raise ApiError(401, LOGIN_TOKEN_IN_LINK, headers=CHALLENGE)
     app_state = state()
     try:
-        tokens.verify(app_state.credentials.token_secret, token, scope=scope, now=app_state.now())
+        return tokens.verify(
+            app_state.credentials.signing_key, token, scope=scope, now=app_state.now()
+        )
     except tokens.TokenExpired:
         raise ApiError(401, LINK_EXPIRED, headers=CHALLENGE) from None
     except tokens.TokenError:

@@ -1,24 +1,24 @@
 """`GET /api/events`: every job's status and progress in one stream (the page's live view).
 
 The page asks `POST /api/events/link` (with its bearer header) for a short-lived link,
-since an EventSource cannot send headers; the link is checked as the stream connects.
-The stream starts with a `snapshot` (the job list as `GET /api/jobs` gives it), then
-sends a `status` event with the job's whole detail whenever a job changes state (a new
-upload too) and the processor's `progress` events, each naming its job. It does not end
-when a job does: only when the hub drops it (it fell behind) or the service stops.
+since an EventSource cannot send headers; the stream lasts as long as that link
+(`EVENTS_LINK_TTL_S`), then the page asks for another. The stream starts with a
+`snapshot` (the job list as `GET /api/jobs` gives it, without its links), then sends a
+`status` event with the job's state whenever a job changes state (a new upload too) and
+the processor's `progress` events, each naming its job. No event carries a link: the
+page fetches a job's links (thumbnail, download, players) with its session.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import trio
 from quart import Blueprint, Response, jsonify
 
 from refresher import jobstore, tokens
+from refresher.job_events import JobEvent
 from web import links
 from web.access import check_bearer, require_login
-from web.sse import KEEP_ALIVE, RETRY, job_status, next_event, sse, stream_response
+from web.events import status_of
+from web.sse import event_stream, sse
 from web.state import state
 from web.views import job_summary
 
@@ -34,24 +34,16 @@ async def events_link() -> Response:
 
 @blueprint.get("/api/events")
 async def all_events() -> Response:
-    check_bearer(also_scope=tokens.EVENTS_SCOPE)
+    access = check_bearer(also_scope=tokens.EVENTS_SCOPE)
     app_state = state()
 
-    async def stream() -> AsyncIterator[bytes]:
-        async with app_state.events.subscribe(None) as events:
-            # Read the jobs only after subscribing, so no event falls between the two.
-            rows = await app_state.db.read(jobstore.list_jobs)
-            yield RETRY + sse("snapshot", [job_summary(row, app_state) for row in rows])
-            while True:
-                try:
-                    event = await next_event(events, app_state.stopping)
-                except trio.EndOfChannel:
-                    return  # dropped for falling behind, or the service stops: reconnect
-                if event is None:
-                    yield KEEP_ALIVE
-                elif event.kind == "status":
-                    yield (await job_status(app_state, event.job_id))[0]
-                else:
-                    yield sse(event.kind, {**event.data, "jobId": event.job_id})
+    async def opening() -> tuple[bytes, bool]:
+        rows = await app_state.db.read(jobstore.list_jobs)
+        return sse("snapshot", [job_summary(row, None) for row in rows]), True
 
-    return stream_response(stream())
+    async def render(event: JobEvent) -> tuple[bytes, bool]:
+        if event.kind == "status":
+            return (await status_of(app_state, event.job_id))[0], False
+        return sse(event.kind, {**event.data, "jobId": event.job_id}), False
+
+    return event_stream(app_state, access, None, opening, render)

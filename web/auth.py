@@ -67,7 +67,7 @@ async def login() -> Response:
         raise ApiError(401, "That password is not right.")
     app_state.login_throttle.record_success(client)
     token = tokens.issue(
-        app_state.credentials.token_secret,
+        app_state.credentials.signing_key,
         scope=tokens.SESSION_SCOPE,
         now=now,
         ttl_s=tokens.SESSION_TTL_S,

@@ -19,10 +19,8 @@ from web.state import AppState
 # its next refresh brings new ones.
 MEDIA_LINK_S = 3600.0
 MEDIA_BUCKET_S = 3600.0
-# An event stream's link is checked when the stream connects: 10 to 11 minutes is time
-# enough to connect (and for EventSource to reconnect after a blip) without a long-lived
-# secret in a URL.
-EVENTS_LINK_S = 600.0
+# An event stream's link lasts `EVENTS_LINK_TTL_S` (10 minutes by default) and up to a
+# minute more, to the end of the minute; the stream it opens ends with it.
 EVENTS_BUCKET_S = 60.0
 
 
@@ -38,7 +36,7 @@ class Link:
 
 def _token(app_state: AppState, scope: str, lifetime_s: float, bucket_s: float) -> str:
     expires_at = tokens.link_expiry(app_state.now(), lifetime_s, bucket_s)
-    secret = app_state.credentials.token_secret
+    secret = app_state.credentials.signing_key
     return tokens.issue_until(secret, scope=scope, expires_at=expires_at).value
 
 
@@ -56,10 +54,17 @@ def still_url(app_state: AppState, job_id: str, name: str) -> str:
     return f"/api/jobs/{job_id}/stills/{name}?token={token}"
 
 
+def _events_expiry(app_state: AppState) -> int:
+    lifetime_s = app_state.config.events_link_ttl_s
+    return tokens.link_expiry(app_state.now(), lifetime_s, min(EVENTS_BUCKET_S, lifetime_s))
+
+
 def job_events_url(app_state: AppState, job_id: str) -> str:
     scope = tokens.job_scope(job_id, "events")
-    token = _token(app_state, scope, EVENTS_LINK_S, EVENTS_BUCKET_S)
-    return f"/api/jobs/{job_id}/events?token={token}"
+    token = tokens.issue_until(
+        app_state.credentials.signing_key, scope=scope, expires_at=_events_expiry(app_state)
+    )
+    return f"/api/jobs/{job_id}/events?token={token.value}"
 
 
 def output_url(app_state: AppState, job_id: str, output_id: str) -> str:
@@ -72,9 +77,10 @@ def output_url(app_state: AppState, job_id: str, output_id: str) -> str:
 
 def all_events_link(app_state: AppState) -> Link:
     """The link to the stream of every job's events."""
-    expires_at = tokens.link_expiry(app_state.now(), EVENTS_LINK_S, EVENTS_BUCKET_S)
     token = tokens.issue_until(
-        app_state.credentials.token_secret, scope=tokens.EVENTS_SCOPE, expires_at=expires_at
+        app_state.credentials.signing_key,
+        scope=tokens.EVENTS_SCOPE,
+        expires_at=_events_expiry(app_state),
     )
     return Link(f"/api/events?token={token.value}", token.expires_at)
 
@@ -86,6 +92,6 @@ def download_url(app_state: AppState, job_id: str, expires_at: int) -> str | Non
         return None
     scope = tokens.job_scope(job_id, "download")
     token = tokens.issue_until(
-        app_state.credentials.token_secret, scope=scope, expires_at=expires_at
+        app_state.credentials.signing_key, scope=scope, expires_at=expires_at
     )
     return f"/api/jobs/{job_id}/download?token={token.value}"

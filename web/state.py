@@ -16,8 +16,10 @@ from actors.runtime import Mailbox, Supervisor
 from refresher.config import Config
 from refresher.credentials import Credentials
 from refresher.db import Database
+from refresher.probe import PROBES_AT_ONCE
 from refresher.storage import Paths
 from web.auth_throttle import LoginThrottle
+from web.slots import StreamSlots
 
 EXTENSION_KEY = "video_refresher"
 # Multipart framing and the `variations` field on top of the files themselves.
@@ -39,9 +41,15 @@ class AppState:
     now: Callable[[], float]
     # Monotonic time the service started, from trio.current_time().
     started_at: float
+    # Open event streams, counted by what opened them and in all.
+    streams: StreamSlots
     login_throttle: LoginThrottle = field(default_factory=LoginThrottle)
     # Set when a graceful shutdown begins: long-lived answers (event streams) end then.
     stopping: trio.Event = field(default_factory=trio.Event)
+    # Uploads' probes take turns (each may hold a decoded frame of the largest size).
+    probes: trio.CapacityLimiter = field(
+        default_factory=lambda: trio.CapacityLimiter(PROBES_AT_ONCE)
+    )
 
     @property
     def max_body_bytes(self) -> int:

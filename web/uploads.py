@@ -18,7 +18,7 @@ from refresher.config import DEFAULT_VARIATIONS, Config
 from refresher.effects import Strength
 from refresher.full_disk import is_storage_full
 from refresher.job_events import status_event
-from refresher.probe import NotAVideo, Probe, probe
+from refresher.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
 from refresher.status import JobStatus
 from refresher.storage import remove_tree
 from refresher.timestamps import duration_words
@@ -39,8 +39,6 @@ NO_ROOM = (
     "There is no room for this upload right now: the storage is full even after removing "
     "older results. Try fewer or smaller videos, or try again later."
 )
-# Between a video's width and height, as people write sizes ("3840 by 2160").
-BY = "\N{MULTIPLICATION SIGN}"
 
 blueprint = Blueprint("uploads", __name__)
 
@@ -93,13 +91,9 @@ def parse_mirror(raw: str | None) -> bool:
 
 def media_limit_breach(name: str, probed: Probe, config: Config) -> str | None:
     """Say how the video `name` breaks a configured media limit, or None if it does not."""
-    long_side, short_side = config.max_long_side_px, config.max_short_side_px
-    width, height = probed.width, probed.height
-    if max(width, height) > long_side or min(width, height) > short_side:
-        largest = f"{long_side}{BY}{short_side}"
-        if long_side != short_side:
-            largest += f" or {short_side}{BY}{long_side}"
-        return f"“{name}” is {width}{BY}{height}; the largest accepted is {largest}."
+    limits = config.media_limits
+    if not limits.frame_fits(probed.width, probed.height):
+        return f"“{name}” is {probed.width}{BY}{probed.height}; {limits.largest_words()}."
     # Average rates wobble around the nominal one (119.88, 120.0002): judge what is shown.
     fps = round(probed.fps, 2)
     if fps > config.max_fps:
@@ -107,19 +101,24 @@ def media_limit_breach(name: str, probed: Probe, config: Config) -> str | None:
             f"“{name}” runs at {fps:g} frames per second; the most accepted is {config.max_fps:g}."
         )
     if probed.duration_s > config.max_duration_s:
-        length, longest = duration_words(probed.duration_s), duration_words(config.max_duration_s)
-        if length == longest:
-            return f"“{name}” is longer than {longest}, the longest accepted."
-        return f"“{name}” is {length} long; the longest accepted is {longest}."
+        return f"“{name}” {limits.too_long_words(probed.duration_s)}."
     return None
 
 
-async def probe_upload(upload: ReceivedFile, config: Config) -> Probe:
-    """Probe `upload` and hold it to the media limits; raise `ApiError` naming the file."""
+async def probe_upload(upload: ReceivedFile, app_state: AppState) -> Probe:
+    """Probe `upload` and hold it to the media limits; raise `ApiError` naming the file.
+
+    Probes take turns (`AppState.probes`): each may hold a decoded frame of the largest
+    accepted size, and many uploads checked at once must not add up past the machine."""
+    config = app_state.config
     if upload.size == 0:
         raise ApiError(400, f"“{upload.name}” is empty.")
     try:
-        probed = await trio.to_thread.run_sync(probe, upload.path)
+        probed = await trio.to_thread.run_sync(
+            probe, upload.path, config.media_limits, limiter=app_state.probes
+        )
+    except (FrameTooLarge, TooLong) as err:
+        raise ApiError(415, f"“{upload.name}” {err.reason}.") from None
     except NotAVideo as err:
         raise ApiError(415, f"“{upload.name}” {err.reason}. Upload MP4 or MOV videos.") from None
     # 415 like any other video this service cannot take: the request is well formed, the
@@ -217,7 +216,7 @@ async def create_job() -> tuple[Response, int]:
             raise ApiError(400, "mirror applies only at the standard or strong strength.")
         if not form.files:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")
-        probes = [await probe_upload(upload, config) for upload in form.files]
+        probes = [await probe_upload(upload, app_state) for upload in form.files]
         files = [
             jobstore.NewFile(
                 id=str(uuid.uuid4()),

@@ -18,10 +18,11 @@ def thumbnail_url(app_state: AppState, job_id: str, thumbnail_path: str | None) 
     return links.thumbnail_url(app_state, job_id) if thumbnail_path else None
 
 
-def job_summary(row: Mapping[str, Any], app_state: AppState) -> dict[str, object]:
-    """The job as `GET /api/jobs` lists it."""
+def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str, object]:
+    """The job as `GET /api/jobs` lists it; with no `app_state`, without its signed link
+    (what an event carries)."""
     names = row["file_names"]
-    return {
+    summary: dict[str, object] = {
         "id": row["id"],
         "status": row["status"],
         "totalVideos": row["total_videos"],
@@ -29,12 +30,14 @@ def job_summary(row: Mapping[str, Any], app_state: AppState) -> dict[str, object
         "completedVariations": row["completed_variations"],
         "overallProgress": row["overall_progress"],
         "fileNames": names.split("\0") if names else [],
-        "thumbnailUrl": thumbnail_url(app_state, row["id"], row["thumbnail_path"]),
         "createdAt": row["created_at"],
         "expiresAt": row["expires_at"],
         "source": "upload",
         "error": row["error"] or row["deleted_reason"],
     }
+    if app_state is not None:
+        summary["thumbnailUrl"] = thumbnail_url(app_state, row["id"], row["thumbnail_path"])
+    return summary
 
 
 def download_link(app_state: AppState, job: jobstore.JobRecord) -> tuple[str, int] | None:
@@ -78,10 +81,21 @@ def _output(
     }
 
 
-def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object]:
-    """The job as `GET /api/jobs/:id` shows it: everything a page needs, no server paths."""
-    link = download_link(app_state, job)
-    names = archive.output_names(job)
+def _file_state(file: jobstore.FileRecord) -> dict[str, object]:
+    return {
+        "id": file.id,
+        "name": file.original_name,
+        "size": file.file_size,
+        "status": file.status,
+        "progress": 100.0 if file.status == JobStatus.COMPLETED else file.progress,
+        "completedVariations": file.completed_variations,
+        "error": file.error,
+    }
+
+
+def job_state(job: jobstore.JobRecord) -> dict[str, object]:
+    """The job's status and progress with no signed link: what an event carries (a page
+    fetches the links with its session)."""
     return {
         "jobId": job.id,
         "status": job.status,
@@ -91,17 +105,27 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
         "mirror": job.mirror,
         "completedVariations": sum(file.completed_variations for file in job.files),
         "overallProgress": job.overall_progress,
+        "files": [_file_state(file) for file in job.files],
+        "createdAt": job.created_at,
+        "expiresAt": job.expires_at,
+        "finishedAt": job.finished_at,
+        "cancelledAt": job.cancelled_at,
+        "error": job.error or job.deleted_reason,
+    }
+
+
+def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object]:
+    """The job as `GET /api/jobs/:id` shows it: everything a page needs, its signed links
+    included, no server paths."""
+    link = download_link(app_state, job)
+    names = archive.output_names(job)
+    return {
+        **job_state(job),
         "thumbnailUrl": thumbnail_url(app_state, job.id, job.thumbnail_path),
         "eventsUrl": links.job_events_url(app_state, job.id),
         "files": [
             {
-                "id": file.id,
-                "name": file.original_name,
-                "size": file.file_size,
-                "status": file.status,
-                "progress": 100.0 if file.status == JobStatus.COMPLETED else file.progress,
-                "completedVariations": file.completed_variations,
-                "error": file.error,
+                **_file_state(file),
                 "stillUrl": links.still_url(app_state, job.id, f"source-{file.id}")
                 if file.still_path
                 else None,
@@ -109,11 +133,6 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
             }
             for file in job.files
         ],
-        "createdAt": job.created_at,
-        "expiresAt": job.expires_at,
-        "finishedAt": job.finished_at,
-        "cancelledAt": job.cancelled_at,
-        "error": job.error or job.deleted_reason,
         "downloadUrl": link[0] if link else None,
         "downloadBytes": link[1] if link else None,
     }

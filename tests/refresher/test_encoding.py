@@ -237,7 +237,7 @@ def test_encode_args_strip_metadata_and_leave_out_missing_audio(
         "-progress pipe:1",
     ):
         assert expected in joined
-    assert args.count("0:v:0") == 3  # decoded once, filtered and encoded three times
+    assert args.count("0:0") == 3  # decoded once, filtered and encoded three times
     assert "0:a:0" not in args
     assert "-c:a" not in args
 

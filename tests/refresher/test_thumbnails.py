@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import av
 import trio
 
+from refresher.probe import MediaLimits, Probe, probe
 from refresher.thumbnails import make_thumbnail
 
 # FFmpeg makes a thumbnail in well under a second on an idle machine; the bound is for a
 # loaded CI runner, and keeps a hung FFmpeg from hanging the suite.
 TIMEOUT_S = 60
+LIMITS = MediaLimits()
+# What a probe would have said of a 5 s clip.
+CLAIMED = Probe(
+    duration_s=5.0, width=320, height=240, fps=25.0, has_audio=False, video_codec="h264"
+)
 
 
 def _files(folder: Path) -> list[Path]:
@@ -22,8 +29,9 @@ async def _thumbnail_made(ffmpeg: str, source: Path, out_dir: Path, *, duration_
     """Make a thumbnail of `source` in `out_dir`; assert that it was made and that it is
     all `out_dir` holds (no partial file); return its path."""
     thumbnail = out_dir / "thumbnail.webp"
+    probed = dataclasses.replace(probe(source), duration_s=duration_s)
     with trio.fail_after(TIMEOUT_S):
-        assert await make_thumbnail(ffmpeg, source, thumbnail, duration_s=duration_s)
+        assert await make_thumbnail(ffmpeg, source, thumbnail, probed=probed, limits=LIMITS)
     assert _files(out_dir) == [thumbnail]
     return thumbnail
 
@@ -45,7 +53,9 @@ async def test_thumbnail_of_a_broken_source_is_false_and_leaves_nothing(
     source = tmp_path / "broken.mp4"
     source.write_text("not a video\n")
     with trio.fail_after(TIMEOUT_S):
-        made = await make_thumbnail(ffmpeg, source, out_dir / "t.webp", duration_s=5.0)
+        made = await make_thumbnail(
+            ffmpeg, source, out_dir / "t.webp", probed=CLAIMED, limits=LIMITS
+        )
     assert made is False
     assert _files(out_dir) == []
 

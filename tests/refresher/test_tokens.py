@@ -6,6 +6,7 @@ import json
 import pytest
 
 from refresher import tokens
+from refresher.credentials import Credentials
 
 SECRET = b"k" * 32
 NOW = 1_800_000_000.0
@@ -55,7 +56,7 @@ def test_token_is_bound_to_its_scope() -> None:
         ("a.b", r"^token is malformed$"),
         ("a.b.c.d", r"^token is malformed$"),
         ("v2.e30.AAAA", r"^token has an unknown version$"),
-        ("v1.e30.!!!!", r"^token signature (is malformed|does not match)$"),
+        ("v1.e30.!!!!", r"^token signature (is malformed|is not in canonical form)$"),
         ("v1.e30.AAAA", r"^token signature does not match$"),
     ],
 )
@@ -131,3 +132,37 @@ def test_a_scope_with_a_lone_surrogate_is_refused_not_an_error() -> None:
     token = tokens.issue(SECRET, scope=tokens.job_scope("job-1", "events"), now=NOW, ttl_s=60)
     with pytest.raises(tokens.TokenError, match=r"^token is not valid for events:\ud800$"):
         tokens.verify(SECRET, token.value, scope=tokens.job_scope("\ud800", "events"), now=NOW)
+
+
+def _other_spellings(part: str) -> list[str]:
+    """Spellings of a base64url part that decode to the same bytes: padded, with junk
+    appended, and with the unused low bits of its last character set."""
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    spare_bits = {2: 4, 3: 2}.get(len(part) % 4, 0)  # bits the last character carries spare
+    spellings = [part + "=", part + "==", part + "!", part + "==junk"]
+    if spare_bits:
+        last = alphabet.index(part[-1])
+        spellings.append(part[:-1] + alphabet[last | ((1 << spare_bits) - 1)])
+    return [spelling for spelling in spellings if spelling != part]
+
+
+def test_a_token_has_one_spelling() -> None:
+    token = tokens.issue(SECRET, scope="session", now=NOW, ttl_s=60)
+    version, payload, signature = token.value.split(".")
+    variants = [f"{version}.{payload}.{other}" for other in _other_spellings(signature)]
+    variants += [f"{version}.{other}.{signature}" for other in _other_spellings(payload)]
+    for variant in variants:
+        with pytest.raises(tokens.TokenError):
+            tokens.verify(SECRET, variant, scope="session", now=NOW)
+    assert tokens.verify(SECRET, token.value, scope="session", now=NOW) == token
+
+
+def test_the_signing_key_changes_with_the_password_alone() -> None:
+    first = Credentials("first password", b"kept secret", "environment")
+    second = Credentials("second password", b"kept secret", "environment")
+    again = Credentials("first password", b"kept secret", "environment")
+    assert first.signing_key != second.signing_key
+    assert first.signing_key == again.signing_key
+    token = tokens.issue(first.signing_key, scope="session", now=NOW, ttl_s=60)
+    with pytest.raises(tokens.TokenError, match=r"^token signature does not match$"):
+        tokens.verify(second.signing_key, token.value, scope="session", now=NOW)

@@ -11,6 +11,7 @@ import pytest
 import trio
 
 from refresher import jobstore
+from refresher.config import Config
 from refresher.main import RunningService
 from tests.support.clock import WallClock
 from tests.support.jobs import make_finished_job
@@ -193,11 +194,14 @@ async def test_a_job_events_link_opens_its_stream_without_a_header(
     assert [item async for item in items] == []  # a finished job: the stream ends
 
 
+EVENTS_LINK_S = Config().events_link_ttl_s
+
+
 @pytest.mark.parametrize(
     ("link", "lifetime_s"),
     [
-        pytest.param("eventsUrl", links.EVENTS_LINK_S + links.EVENTS_BUCKET_S, id="job events"),
-        pytest.param("all events", links.EVENTS_LINK_S + links.EVENTS_BUCKET_S, id="all events"),
+        pytest.param("eventsUrl", EVENTS_LINK_S + links.EVENTS_BUCKET_S, id="job events"),
+        pytest.param("all events", EVENTS_LINK_S + links.EVENTS_BUCKET_S, id="all events"),
         pytest.param("thumbnailUrl", 2 * HOUR_S, id="thumbnail"),
         pytest.param("url", 2 * HOUR_S, id="player"),
     ],

@@ -58,6 +58,30 @@ function merge(data) {
   emit(id);
 }
 
+// A job's links (thumbnail, download, players) come with the session, never in an event:
+// fetch its detail again, once per change however many events arrive meanwhile.
+const refreshing = new Set();
+function refreshLinks(id) {
+  if (refreshing.has(id)) return;
+  refreshing.add(id);
+  loadJob(id)
+    .catch(() => {})
+    .finally(() => refreshing.delete(id));
+}
+
+// A `status` event: the job's state without links. Keep what the page already had of
+// each file (its outputs and still), then fetch the links that go with the new state.
+function mergeState(data) {
+  const id = data.jobId;
+  const before = jobs.get(id);
+  if (data.status === "deleted") return merge(data);
+  const files = data.files && before?.files
+    ? data.files.map((file) => ({ ...before.files.find((known) => known.id === file.id), ...file }))
+    : data.files;
+  merge(files ? { ...data, files } : data);
+  if (!before || before.files || before.status !== data.status) refreshLinks(id);
+}
+
 function mergeProgress(data) {
   const job = jobs.get(data.jobId);
   if (!job) return;
@@ -149,8 +173,12 @@ async function connect() {
     pollTimer = null;
     setConnection("live");
   });
-  stream.addEventListener("snapshot", (event) => replaceAll(JSON.parse(event.data)));
-  stream.addEventListener("status", (event) => merge(JSON.parse(event.data)));
+  stream.addEventListener("snapshot", (event) => {
+    replaceAll(JSON.parse(event.data));
+    // The snapshot carries no thumbnail links: the list, with them, comes with the session.
+    refreshJobs().catch(() => {});
+  });
+  stream.addEventListener("status", (event) => mergeState(JSON.parse(event.data)));
   stream.addEventListener("progress", (event) => mergeProgress(JSON.parse(event.data)));
   stream.addEventListener("error", () => {
     // The browser retries a dropped stream by itself with the same link; a refused or
