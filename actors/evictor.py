@@ -55,10 +55,12 @@ class EvictorUnavailable(RuntimeError):
 @dataclass(frozen=True)
 class RoomRequest:
     """May `nbytes` more be stored? The answer goes to `reply` (closed unanswered if the
-    evictor dies meanwhile, so the caller asks again)."""
+    evictor dies meanwhile, so the caller asks again). With `evict` False the evictor
+    only says whether evicting could make the room, and evicts nothing."""
 
     nbytes: int
     reply: trio.MemorySendChannel[bool]
+    evict: bool = True
 
 
 class Evictor:
@@ -117,22 +119,24 @@ class Evictor:
                 await self._room_or_full(None)
                 next_check = trio.current_time() + self.interval_s
 
-    async def request_room(self, nbytes: int) -> bool:
+    async def request_room(self, nbytes: int, *, evict: bool = True) -> bool:
         """Return whether `nbytes` more can be stored at or under the high watermark.
 
         Evicts the oldest finished jobs first when that makes room; evicts nothing for
         the request, and returns False, when even evicting every job that may be
-        evicted would not (or the download tracker cannot grant evictions now). An
-        answer, not a reservation: two callers may both be told yes for the same space,
-        so writers still handle a full disk. Raise `EvictorUnavailable` if the evictor
-        does not answer within `ROOM_TIMEOUT_S`. Cancelling the call abandons the
-        question, not an eviction under way.
+        evicted would not (or the download tracker cannot grant evictions now). With
+        `evict` False, only say whether the room is there or could be made: what a
+        request merely announces (an upload's declared length) is weighed, and only
+        bytes that arrive make room. An answer, not a reservation: two callers may both
+        be told yes for the same space, so writers still handle a full disk. Raise
+        `EvictorUnavailable` if the evictor does not answer within `ROOM_TIMEOUT_S`.
+        Cancelling the call abandons the question, not an eviction under way.
         """
         if nbytes < 0:
             raise ValueError("nbytes must be >= 0")
         with trio.move_on_after(ROOM_TIMEOUT_S), contextlib.suppress(NoReply):
             granted: bool = await self.inbox.ask(
-                functools.partial(RoomRequest, nbytes), attempts=ATTEMPTS
+                functools.partial(RoomRequest, nbytes, evict=evict), attempts=ATTEMPTS
             )
             return granted
         raise EvictorUnavailable(nbytes)
@@ -146,11 +150,23 @@ class Evictor:
     async def _answer(self, request: RoomRequest) -> None:
         # Closed on the way out whatever happens: a caller never waits on a dead run.
         with request.reply:
-            room = await self._room_or_full(request.nbytes)
+            if request.evict:
+                room = await self._room_or_full(request.nbytes)
+            else:
+                room = await self._could_fit(request.nbytes)
             try:
                 request.reply.send_nowait(room)
             except trio.BrokenResourceError:
                 LOGGER.debug("room for %d bytes: the caller stopped waiting", request.nbytes)
+
+    async def _could_fit(self, nbytes: int) -> bool:
+        """Whether `nbytes` fit now, or would once every job that may be evicted is."""
+        usage = await self.usage()
+        if usage.has_room(nbytes, self.high):
+            return True
+        candidates = await self.db.read(eviction_candidates)
+        evictable = sum(candidate.nbytes for candidate in candidates)
+        return usage.has_room(nbytes, self.high, freed=evictable)
 
     async def _room_or_full(self, nbytes: int | None) -> bool:
         """`_make_room`, where a store too full to record an eviction means no room: on a

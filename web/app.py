@@ -31,6 +31,7 @@ from web.backpressure import (
     BoundedRequest,
     close_if_body_unread,
     receive_limited_body,
+    refuse_large_header_block,
 )
 from web.closing import ClosingHTTPConnection
 from web.errors import ApiError
@@ -129,6 +130,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         stills.blueprint,
     ):
         app.register_blueprint(blueprint)
+    app.before_request(refuse_large_header_block)
     app.before_request(receive_limited_body)
 
     @app.before_request

@@ -15,15 +15,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import trio
-from python_multipart.exceptions import MultipartParseError
+from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 # Bytes gathered before one write to disk: big writes keep thread hops few (one per MiB).
 WRITE_BUFFER_BYTES = 1024 * 1024
 # The most buffers one writev takes (Linux: 1024).
 IOV_MAX = os.sysconf("SC_IOV_MAX")
+# What a form may hold beside its files, all kept in memory until the form ends: the
+# upload's few fields (variations, strength, mirror) with room to spare. Past any of these
+# the form is refused at once, whatever it still sends: memory is bounded by these, not
+# by what a client sends (DESIGN §5, invariant 11).
 MAX_FIELD_BYTES = 4096
+MAX_FIELDS = 16
+MAX_FIELDS_TOTAL_BYTES = 16 * 1024
+# A part's headers (Content-Disposition, Content-Type) are a few hundred bytes.
+MAX_PART_HEADER_BYTES = 8 * 1024
+# Parts of any kind: the files, the fields, and the empty file parts a browser sends for
+# an input left empty.
+MAX_EXTRA_PARTS = 16
 MAX_NAME_CHARS = 200
+# RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
+MAX_BOUNDARY_BYTES = 70
 
 
 class FormRejected(Exception):
@@ -58,10 +71,19 @@ def display_name(raw: str) -> str:
 
 
 def boundary_of(content_type: str) -> bytes | None:
+    """The boundary of a multipart/form-data type, or None if it is not one.
+
+    Raise `FormRejected` (400) for a boundary longer than RFC 2046 allows, which the
+    parser would refuse with an error of its own."""
     mime, options = parse_options_header(content_type)
     if mime != b"multipart/form-data":
         return None
-    return options.get(b"boundary") or None
+    boundary = options.get(b"boundary") or None
+    if boundary is not None and len(boundary) > MAX_BOUNDARY_BYTES:
+        raise FormRejected(
+            400, f"The form's boundary is longer than {MAX_BOUNDARY_BYTES} characters."
+        )
+    return boundary
 
 
 def _create(path: Path) -> int:
@@ -88,16 +110,30 @@ class _Events:
         self.items: list[tuple[str, bytes | memoryview]] = []
         self.header_field = b""
         self.header_value = b""
+        self.header_bytes = 0  # of the part being read
         self.finished = False
+
+    def _count_header(self, length: int) -> None:
+        self.header_bytes += length
+        if self.header_bytes > MAX_PART_HEADER_BYTES:
+            raise FormRejected(
+                400, f"A part of the form has headers over {MAX_PART_HEADER_BYTES} bytes."
+            )
 
     def callbacks(self) -> dict[str, object]:
         def on(kind: str) -> object:
             return lambda: self.items.append((kind, b""))
 
+        def on_part_begin() -> None:
+            self.header_bytes = 0
+            self.items.append(("begin", b""))
+
         def on_header_field(data: bytes, start: int, end: int) -> None:
+            self._count_header(end - start)
             self.header_field += data[start:end]
 
         def on_header_value(data: bytes, start: int, end: int) -> None:
+            self._count_header(end - start)
             self.header_value += data[start:end]
 
         def on_header_end() -> None:
@@ -115,7 +151,7 @@ class _Events:
             self.finished = True
 
         return {
-            "on_part_begin": on("begin"),
+            "on_part_begin": on_part_begin,
             "on_header_field": on_header_field,
             "on_header_value": on_header_value,
             "on_header_end": on_header_end,
@@ -139,12 +175,19 @@ async def receive_form(
     """Parse `body`, writing each file part of `file_field` to `directory/<n>.upload`.
 
     Raise `FormRejected` as soon as a rule breaks (more than `max_files` files, a file
-    over `max_file_bytes`, a file in another field, a malformed or incomplete body). The
-    caller removes `directory` on any exception, including cancellation.
+    over `max_file_bytes`, a file in another field, more or larger fields or part headers
+    than MAX_FIELDS, MAX_FIELDS_TOTAL_BYTES and MAX_PART_HEADER_BYTES allow, a malformed
+    or incomplete body). The caller removes `directory` on any exception, including
+    cancellation.
     """
     events = _Events()
-    parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    try:
+        parser = MultipartParser(boundary, events.callbacks())  # type: ignore[arg-type]
+    except FormParserError:  # a boundary the parser will not take
+        raise FormRejected(400, "The upload is not a well-formed form.") from None
     form = ReceivedForm()
+    parts = 0
+    fields_bytes = 0
     headers: dict[str, bytes] = {}
     current: ReceivedFile | None = None
     field_name: str | None = None
@@ -163,12 +206,17 @@ async def receive_form(
         async for chunk in body:
             try:
                 parser.write(chunk)
-            except MultipartParseError:
+            except FormParserError:  # MultipartParseError and any other of the parser's
                 raise FormRejected(400, "The upload is not a well-formed form.") from None
             items, events.items = events.items, []
             for kind, data in items:
                 if kind == "begin":
                     headers = {}
+                    parts += 1
+                    if parts > max_files + MAX_EXTRA_PARTS:
+                        raise FormRejected(
+                            400, f"The form has more than {max_files + MAX_EXTRA_PARTS} parts."
+                        )
                 elif kind.startswith("header:"):
                     headers[kind.removeprefix("header:")] = bytes(data)
                 elif kind == "headers_done":
@@ -176,6 +224,10 @@ async def receive_form(
                     name = options.get(b"name", b"").decode("utf-8", "replace")
                     filename = options.get(b"filename")
                     if filename is None:
+                        if len(form.fields) >= MAX_FIELDS:
+                            raise FormRejected(
+                                400, f"The form has more than {MAX_FIELDS} fields."
+                            )
                         field_name, field_value = name, bytearray()
                         continue
                     if name != file_field:
@@ -208,8 +260,15 @@ async def receive_form(
                             await flush()
                     elif field_name is not None:
                         field_value.extend(data)
+                        fields_bytes += len(data)
                         if len(field_value) > MAX_FIELD_BYTES:
                             raise FormRejected(400, f"The field “{field_name}” is too long.")
+                        if fields_bytes > MAX_FIELDS_TOTAL_BYTES:
+                            raise FormRejected(
+                                400,
+                                "The form's fields hold more than "
+                                f"{MAX_FIELDS_TOTAL_BYTES // 1024} KiB in all.",
+                            )
                 elif kind == "end":
                     if current is not None and sink is not None:
                         await flush()

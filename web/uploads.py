@@ -129,9 +129,9 @@ async def probe_upload(upload: ReceivedFile, app_state: AppState) -> Probe:
     return probed
 
 
-async def _ask_for_room(app_state: AppState, nbytes: int) -> None:
+async def _ask_for_room(app_state: AppState, nbytes: int, *, evict: bool = True) -> None:
     try:
-        granted = await app_state.evictor.request_room(nbytes)
+        granted = await app_state.evictor.request_room(nbytes, evict=evict)
     except EvictorUnavailable:
         raise ApiError(503, "Uploads are briefly unavailable; try again in a moment.") from None
     if not granted:
@@ -142,7 +142,7 @@ async def room_checked(
     body: AsyncIterable[bytes], granted: int, ask_for_room: Callable[[int], Awaitable[None]]
 ) -> AsyncIterator[bytes]:
     """Pass the body through, asking for more room whenever the bytes received pass what
-    was granted (a body without Content-Length, or one longer than declared).
+    was granted: room is made for bytes that arrived, never for a length announced.
 
     Each ask is for the bytes beyond what was granted, in steps from
     `FIRST_ROOM_STEP_BYTES` doubling up to `LARGEST_ROOM_STEP_BYTES` (more when one chunk
@@ -165,7 +165,10 @@ async def room_checked(
 async def create_job() -> tuple[Response, int]:
     app_state = state()
     config = app_state.config
-    boundary = boundary_of(request.headers.get("Content-Type", ""))
+    try:
+        boundary = boundary_of(request.headers.get("Content-Type", ""))
+    except FormRejected as err:
+        raise ApiError(err.status, err.message) from None
     if boundary is None:
         raise ApiError(400, f"Send the videos as multipart/form-data in the field “{FILE_FIELD}”.")
     declared = request.content_length
@@ -175,7 +178,9 @@ async def create_job() -> tuple[Response, int]:
             f"The upload is larger than {config.max_files} videos of "
             f"{byte_words(config.max_upload_bytes)} each.",
         )
-    await _ask_for_room(app_state, declared or 0)
+    # What a client declares is weighed, never acted on: a length that could never fit is
+    # refused now, but only the bytes that arrive make room (evict), step by step.
+    await _ask_for_room(app_state, declared or 0, evict=False)
     job_id = str(uuid.uuid4())
     directory = app_state.paths.upload_dir(job_id)
     await trio.Path(directory).mkdir(parents=True)
@@ -184,9 +189,7 @@ async def create_job() -> tuple[Response, int]:
             with trio.move_on_after(config.upload_timeout_s) as deadline:
                 form = await receive_form(
                     room_checked(
-                        request.body,
-                        declared or 0,
-                        lambda nbytes: _ask_for_room(app_state, nbytes),
+                        request.body, 0, lambda nbytes: _ask_for_room(app_state, nbytes)
                     ),
                     boundary,
                     directory,

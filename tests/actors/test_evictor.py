@@ -245,6 +245,21 @@ async def test_request_room_evicts_only_what_the_request_needs(
             await evictor.request_room(-1)
 
 
+async def test_asking_without_evicting_weighs_the_room_and_evicts_nothing(
+    nursery: trio.Nursery, db: Database, paths: Paths
+) -> None:
+    jobs = await make_jobs(db, paths, 3)
+    # 6000 stored of 10 000; the high mark 0.8 allows 8000.
+    with trio.fail_after(10):
+        evictor, _tracker, _supervisor = await start(
+            nursery, db, paths, quota_bytes=10_000, high=0.8, low=0.5
+        )
+        assert await evictor.request_room(2000, evict=False)  # fits as it is
+        assert await evictor.request_room(8000, evict=False)  # would, with all three gone
+        assert not await evictor.request_room(8001, evict=False)  # never could
+        assert await statuses(db, jobs) == ["completed"] * 3
+
+
 def evicted(db: Database, jobs: list[str], count: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return (await statuses(db, jobs)).count("evicted") >= count

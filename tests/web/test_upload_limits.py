@@ -19,7 +19,7 @@ from refresher.config import MIB, Config
 from refresher.probe import Probe
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import StartService, upload
-from tests.support.jobs import leftovers
+from tests.support.jobs import leftovers, make_finished_job
 from tests.support.process import GRACE_S, drain, running_service
 from web.uploads import NO_ROOM, media_limit_breach, room_checked
 
@@ -102,6 +102,48 @@ async def test_chunked_body_that_outgrows_the_room_is_507_and_leaves_nothing(
         assert response.json() == {"error": NO_ROOM}
         assert (await http.get("/api/jobs")).json() == []
     assert leftovers(config) == []
+
+
+async def declare_upload(url: str, authorization: str, length: int) -> trio.SocketStream:
+    """Open a connection and send an upload's headers declaring `length` bytes, and no
+    byte of the body."""
+    parts = urlsplit(url)
+    stream = await trio.open_tcp_stream(parts.hostname or "", parts.port or 0)
+    head = (
+        f"POST /api/jobs HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: {authorization}\r\n"
+        f"Content-Type: {MULTIPART}\r\nContent-Length: {length}\r\n\r\n"
+    )
+    await stream.send_all(head.encode())
+    return stream
+
+
+async def test_a_declared_length_evicts_nothing_until_the_bytes_arrive(
+    start_service: StartService, config: Config
+) -> None:
+    """A declared Content-Length is weighed, never acted on: an upload that says 8 MiB and
+    sends nothing leaves every finished job in place; one that could never fit is 507 at
+    once, still without evicting."""
+    service = await start_service(storage_quota_bytes=10 * MIB)
+    state = service.state
+    finished = {
+        await make_finished_job(state.db, state.paths, size=MIB, now=state.now()) for _ in range(3)
+    }  # 6 MiB of 10: room for 2.5 MiB more under the high mark, 8.5 after evictions
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        token = (await http.post("/api/auth", json={"password": config.auth_password})).json()
+        authorization = f"Bearer {token['token']}"
+        http.headers["Authorization"] = authorization
+        async with await declare_upload(service.url, authorization, 8 * MIB):
+            await trio.sleep(1.0)  # the headers are in; not a byte of the body
+            listed = (await http.get("/api/jobs")).json()
+            assert {job["id"]: job["status"] for job in listed} == dict.fromkeys(
+                finished, "completed"
+            )
+        async with await declare_upload(service.url, authorization, 20 * MIB) as stream:
+            status, body = await read_response(stream)
+        assert status == 507, body
+        assert body == {"error": NO_ROOM}
+        listed = (await http.get("/api/jobs")).json()
+        assert {job["id"]: job["status"] for job in listed} == dict.fromkeys(finished, "completed")
 
 
 async def test_an_upload_refused_part_way_leaves_no_connection_behind(tmp_path: Path) -> None:
