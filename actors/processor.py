@@ -29,7 +29,13 @@ from actors.runtime import Mailbox
 from refresher import effects, encoding, jobstore, metrics, thumbnails
 from refresher.batches import BatchMaker, Draws
 from refresher.db import Database
-from refresher.ffmpeg import MediaError, encoder_mark, kill_leftover_encoders, remove_files
+from refresher.ffmpeg import (
+    EncodeFailed,
+    MediaError,
+    encoder_mark,
+    kill_leftover_encoders,
+    remove_files,
+)
 from refresher.full_disk import StorageFull, write_if_room, write_when_room
 from refresher.job_events import JobEvent
 from refresher.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
@@ -81,6 +87,18 @@ class _RunningJob:
     scope: trio.CancelScope
     # Each file's (status, percent) as it stands now, for the job's overall progress.
     files: dict[str, tuple[JobStatus, float]]
+
+
+def failure_sentence(err: MediaError | StorageFull | OSError) -> str:
+    """Why a file failed, as a sentence for people: never a path or FFmpeg's own words."""
+    if isinstance(err, OSError):
+        return f"The video could not be made: {err.strerror or 'an input/output error'}."
+    return str(err)
+
+
+def failure_detail(err: BaseException) -> str:
+    """What the log keeps of a failure: FFmpeg's last words where it spoke."""
+    return f"{err} FFmpeg said: {err.detail}" if isinstance(err, EncodeFailed) else repr(err)
 
 
 class Processor:
@@ -270,7 +288,8 @@ class Processor:
         except NotAVideo as err:
             return f"The file {err.reason}."
         except OSError as err:
-            return f"The upload could not be read: {err.strerror or err}."
+            LOGGER.warning("job=%s file=%s upload unreadable: %s", job.id, file.id, err)
+            return f"The upload could not be read: {err.strerror or 'an input/output error'}."
         # Decoding once for several variations pays; how many fit in memory depends on the
         # frame size. A batch's outputs are recorded as soon as it ends, so a restart
         # resumes after the last finished batch.
@@ -290,7 +309,8 @@ class Processor:
                 for batch in encoding.split_batches(pending, per_encode):
                     await self._encode_batch(job, file, source, probed, batch, draws, progress)
             except (MediaError, StorageFull, OSError) as err:
-                error = str(err)
+                error = failure_sentence(err)
+                LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, failure_detail(err))
             watchers.cancel_scope.cancel()
         return error
 

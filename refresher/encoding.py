@@ -30,7 +30,7 @@ import trio
 from refresher.effects import Effects
 from refresher.ffmpeg import (
     PARTIAL_SUFFIX,
-    EncodeFailed,
+    MediaError,
     exit_failure,
     partial_path,
     remove_files,
@@ -315,7 +315,7 @@ async def encode_variations(
     except OSError as err:  # making the folder, or keeping the outputs
         if is_storage_full(err):
             raise StorageFull("there was no room to write the variations") from err
-        raise EncodeFailed(None, f"The variations could not be written: {err.strerror}") from err
+        raise MediaError(f"The variations could not be written: {err.strerror}.") from err
     finally:
         if not done:
             with trio.CancelScope(shield=True):

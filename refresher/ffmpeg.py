@@ -74,16 +74,21 @@ class MediaError(Exception):
 
 
 class EncodeFailed(MediaError):
-    """FFmpeg did not make the variations; the message says why, in FFmpeg's last words
-    when it ran (`returncode` is then its exit status, else None)."""
+    """FFmpeg did not make what it was asked to (`writing`, in words); the message is a
+    sentence for people, with no path and none of FFmpeg's own words. `detail` keeps the
+    end of FFmpeg's stderr (or why it could not start) for the log; `returncode` is its
+    exit status when it ran, else None."""
 
-    def __init__(self, returncode: int | None, detail: str) -> None:
+    def __init__(self, returncode: int | None, detail: str, *, writing: str = "the variations"):
         self.returncode = returncode
         self.detail = detail
         if returncode is None:
-            super().__init__(detail)
+            super().__init__(f"FFmpeg could not make {writing}: it could not start.")
         else:
-            super().__init__(f"FFmpeg exited with status {returncode}: {detail or 'no output'}")
+            super().__init__(
+                f"FFmpeg could not make {writing} from this video "
+                f"(it stopped with status {returncode})."
+            )
 
 
 class FFmpegInterrupted(MediaError):
@@ -112,7 +117,7 @@ def exit_failure(returncode: int, stderr_tail: str, *, writing: str) -> MediaErr
         returncode == (-code & 0xFF) or os.strerror(code) in stderr_tail for code in FULL_ERRNOS
     ):
         return StorageFull(f"there was no room to write {writing}")
-    return EncodeFailed(returncode, stderr_tail)
+    return EncodeFailed(returncode, stderr_tail, writing=writing)
 
 
 async def rerun_if_interrupted(run: Callable[[], Awaitable[T]], *, what: str) -> T:

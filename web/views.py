@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -11,6 +12,16 @@ from refresher.status import FINISHED, JobStatus
 from web import links
 from web.errors import ApiError
 from web.state import AppState
+
+
+# An absolute path. Errors are written as sentences with no path,
+# but a row kept from an older version may hold FFmpeg's own words, paths and all.
+_PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"|]+/)*[^\s/:'\"|]+")
+
+
+def shown_error(text: str | None) -> str | None:
+    """An error as an answer may carry it: never a server path (it reads "…" instead)."""
+    return _PATH.sub("…", text) if text else text
 
 
 def thumbnail_url(app_state: AppState, job_id: str, thumbnail_path: str | None) -> str | None:
@@ -33,7 +44,7 @@ def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str,
         "createdAt": row["created_at"],
         "expiresAt": row["expires_at"],
         "source": "upload",
-        "error": row["error"] or row["deleted_reason"],
+        "error": shown_error(row["error"] or row["deleted_reason"]),
     }
     if app_state is not None:
         summary["thumbnailUrl"] = thumbnail_url(app_state, row["id"], row["thumbnail_path"])
@@ -89,7 +100,7 @@ def _file_state(file: jobstore.FileRecord) -> dict[str, object]:
         "status": file.status,
         "progress": 100.0 if file.status == JobStatus.COMPLETED else file.progress,
         "completedVariations": file.completed_variations,
-        "error": file.error,
+        "error": shown_error(file.error),
     }
 
 
@@ -110,7 +121,7 @@ def job_state(job: jobstore.JobRecord) -> dict[str, object]:
         "expiresAt": job.expires_at,
         "finishedAt": job.finished_at,
         "cancelledAt": job.cancelled_at,
-        "error": job.error or job.deleted_reason,
+        "error": shown_error(job.error or job.deleted_reason),
     }
 
 

@@ -197,7 +197,10 @@ def test_an_exit_is_a_signal_from_outside_a_full_storage_or_a_failed_encode() ->
     assert all(isinstance(error, StorageFull) for error in full)
     failed = exit_failure(183, "moov atom not found", writing="the variations")
     assert isinstance(failed, EncodeFailed)
-    assert str(failed) == "FFmpeg exited with status 183: moov atom not found"
+    assert str(failed) == (
+        "FFmpeg could not make the variations from this video (it stopped with status 183)."
+    )
+    assert failed.detail == "moov atom not found"
 
 
 async def test_an_ffmpeg_stopped_from_outside_runs_again_after_a_pause(
