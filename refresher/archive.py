@@ -32,6 +32,12 @@ MANIFEST_NAME = "manifest.json"
 MAX_STEM_CHARS = 80
 # Characters Windows forbids in names, plus the path separators.
 FORBIDDEN = set('<>:"/\\|?*')
+# Names Windows keeps for devices, in any case and whatever follows a dot ("con.mp4"
+# names the console too): a folder so named cannot be made there, so it gets a prefix.
+WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{port}{digit}" for port in ("COM", "LPT") for digit in "0123456789\u00b9\u00b2\u00b3"]
+)
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,22 @@ def safe_stem(original_name: str) -> str:
     return cleaned or "video"
 
 
+def windows_safe(stem: str) -> str:
+    """`stem` with a `_` ahead of it when Windows would take it for a device."""
+    base = stem.split(".", 1)[0].rstrip(" ")
+    return f"_{stem}" if base.upper() in WINDOWS_DEVICES else stem
+
+
 def folder_names(original_names: list[str]) -> list[str]:
-    """One distinct, safe folder per source, in order; repeats get " (2)", " (3)"..."""
-    taken: set[str] = set()
+    """One distinct, safe folder per source, in order; repeats get " (2)", " (3)"...
+
+    No folder takes the manifest's name (an archive with a file and a folder of one name
+    cannot be extracted), or a name Windows keeps for a device; names are compared as
+    Windows and macOS compare them, without regard to case."""
+    taken: set[str] = {MANIFEST_NAME.casefold()}
     folders = []
     for name in original_names:
-        stem = safe_stem(name)
+        stem = windows_safe(safe_stem(name))
         candidate, number = stem, 1
         while candidate.casefold() in taken:
             number += 1

@@ -56,3 +56,27 @@ def check_with_all_tools(path: Path, expected_names: list[str]) -> None:
         assert [info.filename for info in infos] == expected_names
         assert all(info.compress_type == zipfile.ZIP_STORED for info in infos)
         assert all(info.flag_bits & 0x800 for info in infos)
+
+
+def extract_with_all_tools(path: Path, into: Path) -> dict[str, list[str]]:
+    """Extract the archive with unzip, 7z, bsdtar and zipfile, each into a folder of its
+    own under `into`; fail unless each exits cleanly. Return each tool's extracted files,
+    relative to its folder."""
+    commands = {
+        "unzip": ["unzip", "-qq", str(path), "-d"],
+        "7z": ["7z", "x", "-y", str(path)],
+        "bsdtar": ["bsdtar", "-xf", str(path), "-C"],
+    }
+    found: dict[str, list[str]] = {}
+    for tool, command in commands.items():
+        target = into / tool
+        target.mkdir(parents=True)
+        args = [*command, f"-o{target}"] if tool == "7z" else [*command, str(target)]
+        done = subprocess.run(args, capture_output=True, text=True)
+        assert done.returncode == 0, f"{tool}: {done.stdout}{done.stderr}"
+        found[tool] = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    target = into / "zipfile"
+    with zipfile.ZipFile(path) as archive:
+        archive.extractall(target)
+    found["zipfile"] = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
+    return found

@@ -16,7 +16,7 @@ import trio
 from refresher.main import RunningService
 from tests.support.http import StartService
 from tests.support.jobs import make_finished_job, output_bytes
-from tests.support.zips import check_with_all_tools
+from tests.support.zips import check_with_all_tools, extract_with_all_tools
 
 # A job whose ZIP cannot sit whole in the loopback's socket buffers (several MB each way):
 # its download is still running, holding its lease, while the client reads slowly.
@@ -77,6 +77,52 @@ async def test_zip_holds_every_variation_in_folders_by_source(
                 entry = opened.read(f"{folder}/{folder}_var{index}.mp4")
                 assert entry == on_disk[f"{file['id']}_var{index}.mp4"]
     await wait_for_leases(service, 0)
+
+
+HOSTILE_NAMES = [
+    "manifest.json.mp4",  # would be a folder beside the manifest file of that name
+    "MANIFEST.JSON.mov",
+    "CON.mp4",  # Windows devices, in any case, with or without more after a dot
+    "con.mov",
+    "Lpt9.mp4",
+    "aux.backup.mp4",
+    "COM1 .mp4",
+    "nul",
+    "trailing dots....mp4",
+    "trailing space .mp4",
+]
+
+
+async def test_archive_names_extract_everywhere(
+    service: RunningService, authed: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Every tool extracts every entry of an archive whose sources have names that are
+    reserved, devices on Windows, or end in dots or spaces; no folder shares a name with
+    a file, whatever the case."""
+    job_id = await finished_job(service, sources=HOSTILE_NAMES, variations=1)
+    archive = tmp_path / "job.zip"
+    archive.write_bytes((await authed.get(f"/api/jobs/{job_id}/download")).content)
+    with zipfile.ZipFile(archive) as opened:
+        names = opened.namelist()
+    folders = [name.split("/", 1)[0] for name in names if "/" in name]
+    assert names[0] == "manifest.json"
+    assert "manifest.json" not in {folder.casefold() for folder in folders}
+    assert len({folder.casefold() for folder in folders}) == len(HOSTILE_NAMES)
+    devices = {
+        "con",
+        "prn",
+        "aux",
+        "nul",
+        *(f"{p}{d}" for p in ("com", "lpt") for d in "0123456789"),
+    }
+    for name in names:
+        for part in name.split("/"):
+            assert part.split(".", 1)[0].rstrip(" ").casefold() not in devices, name
+            assert part == part.rstrip(". "), name
+    check_with_all_tools(archive, names)
+    extracted = extract_with_all_tools(archive, tmp_path / "out")
+    for tool, files in extracted.items():
+        assert files == sorted(names), tool
 
 
 async def test_head_reads_no_file_and_takes_no_lease(
