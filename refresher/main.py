@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import logging
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import hypercorn.trio.tcp_server
 import trio
 from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
 from hypercorn.trio import serve as hypercorn_serve
 from prometheus_client import make_asgi_app
 
@@ -39,13 +36,12 @@ from refresher.ffmpeg import find_ffmpeg
 from refresher.full_disk import keep_ballast
 from refresher.storage import Paths
 from web.app import create_app
+from web.patches import ServerConfig, install_paced_server, tune_reads
 from web.slots import StreamSlots
 from web.state import AppState
 
 LOGGER = logging.getLogger(__name__)
 
-# Linux's socket option number (not in Python's socket module on every build).
-TCP_USER_TIMEOUT = getattr(socket, "TCP_USER_TIMEOUT", 18)
 # Closing the database waits for running queries; none takes near this long.
 DB_CLOSE_TIMEOUT_S = 10.0
 
@@ -64,45 +60,6 @@ class RunningService:
         return self.urls[0]
 
 
-class _HypercornConfig(HypercornConfig):
-    """Hypercorn's config, plus a kernel send timeout on every connection it accepts.
-
-    Hypercorn has no send timeout, and it shields its socket writes from cancellation: a
-    client that stops reading would hold its request task (and a download's lease) for
-    ever. TCP_USER_TIMEOUT, set on the listening socket and inherited by each accepted
-    one, makes the kernel drop a connection whose peer acknowledged nothing (a zero
-    window included) for that long; the write then fails, Hypercorn tells the app the
-    client is gone, and the request's handling ends, which releases the lease
-    (`web.closing`).
-    """
-
-    stall_timeout_s: float = 120.0
-
-    def create_sockets(self) -> Sockets:
-        sockets = super().create_sockets()
-        for sock in sockets.insecure_sockets + sockets.secure_sockets:
-            if sock.family in (socket.AF_INET, socket.AF_INET6):
-                sock.setsockopt(
-                    socket.IPPROTO_TCP, TCP_USER_TIMEOUT, int(self.stall_timeout_s * 1000)
-                )
-        return sockets
-
-
-# Hypercorn reads at most 64 KiB per receive (`MAX_RECV`, a module constant with no
-# setting), and each read then passes through h11, Hypercorn and Quart in Python: a 1 GiB
-# upload over loopback ran at ~650 MB/s against a raw server's ~2 GB/s. Reads of up to
-# 1 MiB make those passes 16 times fewer (~1.1 GB/s). A read takes only what the socket
-# holds, so a small request still costs a small read.
-HYPERCORN_READ_BYTES = 1024 * 1024
-
-
-def _tune_hypercorn() -> None:
-    if not isinstance(getattr(hypercorn.trio.tcp_server, "MAX_RECV", None), int):
-        LOGGER.warning("this Hypercorn has no MAX_RECV: uploads keep its own read size")
-        return
-    hypercorn.trio.tcp_server.MAX_RECV = HYPERCORN_READ_BYTES
-
-
 def _bound(hypercorn_config: HypercornConfig, host: str, port: int) -> HypercornConfig:
     """`hypercorn_config` listening on `host:port`, logging through our setup (not a
     second stderr handler of Hypercorn's own), without a Server header."""
@@ -115,8 +72,9 @@ def _bound(hypercorn_config: HypercornConfig, host: str, port: int) -> Hypercorn
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
-    hypercorn_config = _HypercornConfig()
+    hypercorn_config = ServerConfig()
     hypercorn_config.stall_timeout_s = config.download_stall_s
+    hypercorn_config.min_send_rate_bytes_s = config.download_min_rate_bytes_s
     hypercorn_config.graceful_timeout = config.shutdown_grace_s
     return _bound(hypercorn_config, config.host, config.port)
 
@@ -141,7 +99,8 @@ async def serve(
     """
     paths = Paths(config.data_dir)
     await trio.to_thread.run_sync(paths.create)
-    _tune_hypercorn()
+    tune_reads()
+    install_paced_server()
     credentials = await trio.to_thread.run_sync(
         lambda: credentials_store.load(
             paths, password=config.auth_password, token_secret=config.token_secret

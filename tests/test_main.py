@@ -11,7 +11,8 @@ import trio
 
 from actors.runtime import MAX_RESTARTS, SupervisorGaveUp
 from refresher.config import Config
-from refresher.main import HYPERCORN_READ_BYTES, RunningService, serve
+from refresher.main import RunningService, serve
+from web.patches import HYPERCORN_READ_BYTES
 
 
 async def test_service_stops_when_an_actor_keeps_dying(config: Config) -> None:

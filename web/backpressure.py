@@ -58,7 +58,7 @@ BODY_LIMITS_KEY = "BODY_LIMITS"
 
 # Hypercorn refuses a request whose header block passes `h11_max_incomplete_size` (16 KiB)
 # only while the block is still arriving: with reads of up to 1 MiB (`HYPERCORN_READ_BYTES`
-# in the composition root) a larger block that arrives in one read would pass. The same
+# in `web.patches`) a larger block that arrives in one read would pass. The same
 # limit is held on what arrived.
 MAX_HEADER_BLOCK_BYTES: int = HypercornConfig.h11_max_incomplete_size
 

@@ -225,9 +225,7 @@ async def receive_form(
                     filename = options.get(b"filename")
                     if filename is None:
                         if len(form.fields) >= MAX_FIELDS:
-                            raise FormRejected(
-                                400, f"The form has more than {MAX_FIELDS} fields."
-                            )
+                            raise FormRejected(400, f"The form has more than {MAX_FIELDS} fields.")
                         field_name, field_value = name, bytearray()
                         continue
                     if name != file_field:

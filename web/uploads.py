@@ -188,9 +188,7 @@ async def create_job() -> tuple[Response, int]:
         try:
             with trio.move_on_after(config.upload_timeout_s) as deadline:
                 form = await receive_form(
-                    room_checked(
-                        request.body, 0, lambda nbytes: _ask_for_room(app_state, nbytes)
-                    ),
+                    room_checked(request.body, 0, lambda nbytes: _ask_for_room(app_state, nbytes)),
                     boundary,
                     directory,
                     file_field=FILE_FIELD,

@@ -13,7 +13,6 @@ from web import links
 from web.errors import ApiError
 from web.state import AppState
 
-
 # An absolute path. Errors are written as sentences with no path,
 # but a row kept from an older version may hold FFmpeg's own words, paths and all.
 _PATH = re.compile(r"(?<![\w.])/(?:[^\s/:'\"|]+/)*[^\s/:'\"|]+")

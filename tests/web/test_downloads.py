@@ -289,6 +289,46 @@ async def test_client_that_stops_reading_is_cut_and_releases_its_lease(
     sock.close()
 
 
+async def test_a_trickling_reader_is_cut_and_its_job_can_be_deleted(
+    start_service: StartService,
+) -> None:
+    """A client that reads, but a trickle, keeps acknowledging: no kernel timeout ever
+    cuts it. It must not pin its job: below the minimum rate it is cut within about
+    DOWNLOAD_STALL_S, its lease goes, and DELETE (409 meanwhile) goes through."""
+    service = await start_service(download_stall_s=2.0, download_min_rate_bytes_s=1024 * 1024)
+    job_id = await finished_job(service, variations=4, size=8 * 1024 * 1024)
+    host, port = service.url.removeprefix("http://").split(":")
+    async with httpx.AsyncClient(base_url=service.url) as http:
+        password = service.state.config.auth_password
+        token = (await http.post("/api/auth", json={"password": password})).json()["token"]
+        http.headers["Authorization"] = f"Bearer {token}"
+        sock = trio.socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+        await sock.connect((host, int(port)))
+        request = (
+            f"GET /api/jobs/{job_id}/download HTTP/1.1\r\nHost: x\r\n"
+            f"Authorization: Bearer {token}\r\n\r\n"
+        )
+        await sock.send(request.encode())
+        await wait_for_leases(service, 1)
+        assert (await http.delete(f"/api/jobs/{job_id}")).status_code == 409
+        received, began = 0, trio.current_time()
+        # About 80 KB/s, read steadily, the window opening every 0.1 s (so the kernel's
+        # timeout for unacknowledged data never fires): far below the 1 MiB/s asked for.
+        while trio.current_time() - began < 20:
+            data = await sock.recv(8192)
+            received += len(data)
+            if not data or await lease_count(service) == 0:
+                break
+            await trio.sleep(0.1)
+        cut_after_s = trio.current_time() - began
+        sock.close()
+        await wait_for_leases(service, 0)
+        assert (await http.delete(f"/api/jobs/{job_id}")).status_code == 200
+    assert received < 32 * 1024 * 1024  # cut long before the end
+    assert cut_after_s < 15, cut_after_s
+
+
 def test_zip_tools_are_installed() -> None:
     for tool in (["unzip", "-v"], ["7z"], ["bsdtar", "--version"], ["curl", "--version"]):
         assert subprocess.run(tool, capture_output=True).returncode == 0, tool
