@@ -30,9 +30,10 @@ from refresher import effects, encoding, jobstore, metrics, thumbnails
 from refresher.batches import BatchMaker, Draws
 from refresher.db import Database
 from refresher.ffmpeg import (
-    EncodeFailed,
     MediaError,
     encoder_mark,
+    failure_detail,
+    failure_sentence,
     kill_leftover_encoders,
     remove_files,
 )
@@ -87,18 +88,6 @@ class _RunningJob:
     scope: trio.CancelScope
     # Each file's (status, percent) as it stands now, for the job's overall progress.
     files: dict[str, tuple[JobStatus, float]]
-
-
-def failure_sentence(err: MediaError | StorageFull | OSError) -> str:
-    """Why a file failed, as a sentence for people: never a path or FFmpeg's own words."""
-    if isinstance(err, OSError):
-        return f"The video could not be made: {err.strerror or 'an input/output error'}."
-    return str(err)
-
-
-def failure_detail(err: BaseException) -> str:
-    """What the log keeps of a failure: FFmpeg's last words where it spoke."""
-    return f"{err} FFmpeg said: {err.detail}" if isinstance(err, EncodeFailed) else repr(err)
 
 
 class Processor:
@@ -210,14 +199,8 @@ class Processor:
         if first.upload_path is None:
             return
         output = self.paths.job_dir(job.id) / THUMBNAIL_NAME
-        source = self.paths.absolute(first.upload_path)
-        try:
-            probed = await trio.to_thread.run_sync(probe, source, self.limits)
-        except (MediaError, OSError) as err:
-            LOGGER.warning("job=%s no thumbnail: the first video %s", job.id, err)
-            return
-        made = await thumbnails.make_thumbnail(
-            self.ffmpeg, source, output, probed=probed, limits=self.limits,
+        made = await thumbnails.thumbnail_of(
+            self.ffmpeg, self.paths.absolute(first.upload_path), output, limits=self.limits,
             env=encoder_mark(self.paths.root),
         )  # fmt: skip
         relative = self.paths.relative(output)

@@ -120,6 +120,18 @@ def exit_failure(returncode: int, stderr_tail: str, *, writing: str) -> MediaErr
     return EncodeFailed(returncode, stderr_tail, writing=writing)
 
 
+def failure_sentence(err: MediaError | StorageFull | OSError) -> str:
+    """Why a file failed, as a sentence for people: never a path or FFmpeg's own words."""
+    if isinstance(err, OSError):
+        return f"The video could not be made: {err.strerror or 'an input/output error'}."
+    return str(err)
+
+
+def failure_detail(err: BaseException) -> str:
+    """What the log keeps of a failure: FFmpeg's last words where it spoke."""
+    return f"{err} FFmpeg said: {err.detail}" if isinstance(err, EncodeFailed) else repr(err)
+
+
 async def rerun_if_interrupted(run: Callable[[], Awaitable[T]], *, what: str) -> T:
     """Return `run()`, run again after a pause each time a signal from outside stopped its
     FFmpeg (`FFmpegInterrupted`), up to INTERRUPTED_ATTEMPTS runs in all.

@@ -11,7 +11,7 @@ import trio
 
 from refresher.encoding import source_args
 from refresher.ffmpeg import MediaError, exit_failure, partial_path, remove_files, run_ffmpeg
-from refresher.probe import MediaLimits, Probe
+from refresher.probe import MediaLimits, Probe, probe
 
 LOGGER = logging.getLogger(__name__)
 
@@ -80,3 +80,21 @@ def _publish_if_not_empty(partial: Path, final: Path) -> bool:
         return False
     os.replace(partial, final)
     return True
+
+
+async def thumbnail_of(
+    ffmpeg: str,
+    source: Path,
+    output: Path,
+    *,
+    limits: MediaLimits,
+    env: Mapping[str, str] | None = None,
+) -> bool:
+    """Probe `source` (its video stream, under `limits`), then `make_thumbnail`; False,
+    with a log line, when the probe refuses it."""
+    try:
+        probed = await trio.to_thread.run_sync(probe, source, limits)
+    except (MediaError, OSError) as err:
+        LOGGER.warning("no thumbnail of %s: %s", source.name, err)
+        return False
+    return await make_thumbnail(ffmpeg, source, output, probed=probed, limits=limits, env=env)

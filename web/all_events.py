@@ -17,8 +17,7 @@ from refresher import jobstore, tokens
 from refresher.job_events import JobEvent
 from web import links
 from web.access import check_bearer, require_login
-from web.events import status_of
-from web.sse import event_stream, sse
+from web.sse import event_stream, sse, status_of
 from web.state import state
 from web.views import job_summary
 

@@ -9,24 +9,14 @@ from __future__ import annotations
 
 from quart import Blueprint, Response
 
-from refresher import jobstore, tokens
-from refresher.job_events import DELETED, JobEvent
-from refresher.status import TERMINAL
+from refresher import tokens
+from refresher.job_events import JobEvent
 from web.access import check_bearer
-from web.sse import event_stream, sse
-from web.state import AppState, state
-from web.views import job_state, load_or_404
+from web.sse import event_stream, sse, status_of
+from web.state import state
+from web.views import load_or_404
 
 blueprint = Blueprint("events", __name__)
-
-
-async def status_of(app_state: AppState, job_id: str) -> tuple[bytes, bool]:
-    """The job's state as a `status` event (no link), and whether more will happen to it.
-    A job deleted meanwhile gets an event saying just that."""
-    job = await app_state.db.read(lambda conn: jobstore.load_job(conn, job_id))
-    if job is None:
-        return sse("status", {"jobId": job_id, "status": DELETED}), False
-    return sse("status", job_state(job)), job.status not in TERMINAL
 
 
 @blueprint.get("/api/jobs/<job_id>/events")

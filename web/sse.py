@@ -22,10 +22,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import trio
 from quart import Response
 
-from refresher.job_events import JobEvent
+from refresher import jobstore
+from refresher.job_events import DELETED, JobEvent
+from refresher.status import TERMINAL
 from refresher.tokens import Token
 from web.closing import on_close
 from web.state import AppState
+from web.views import job_state
 
 # A comment line this often keeps proxies (and Fly's) from closing an idle stream.
 HEARTBEAT_S = 15.0
@@ -42,6 +45,15 @@ Render = Callable[[JobEvent], Awaitable[tuple[bytes, bool]]]
 
 def sse(kind: str, data: object) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def status_of(app_state: AppState, job_id: str) -> tuple[bytes, bool]:
+    """The job's state as a `status` event (no link), and whether more will happen to it.
+    A job deleted meanwhile gets an event saying just that."""
+    job = await app_state.db.read(lambda conn: jobstore.load_job(conn, job_id))
+    if job is None:
+        return sse("status", {"jobId": job_id, "status": DELETED}), False
+    return sse("status", job_state(job)), job.status not in TERMINAL
 
 
 async def _next_event(

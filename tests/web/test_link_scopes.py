@@ -142,13 +142,12 @@ def streams_open(service: RunningService, count: int) -> Callable[[], Awaitable[
     return check
 
 
-async def test_streams_are_capped_per_link_and_in_all(
-    nursery: trio.Nursery, start_service: StartService
-) -> None:
+async def test_streams_are_capped_per_link_and_in_all(start_service: StartService) -> None:
     service = await start_service(max_event_streams_per_link=2, max_event_streams=3)
     async with (
         httpx.AsyncClient(base_url=service.url, timeout=10) as http,
         httpx.AsyncClient(base_url=service.url, timeout=10) as anonymous,
+        trio.open_nursery() as nursery,  # the readers end before their clients close
     ):
         login = await http.post("/api/auth", json={"password": TEST_PASSWORD})
         session = {"Authorization": f"Bearer {login.json()['token']}"}
@@ -175,6 +174,7 @@ async def test_streams_are_capped_per_link_and_in_all(
         await wait_for(streams_open(service, 2))
         items = await open_stream(nursery, http, "/api/events", headers=session)
         await receive_until(items, lambda item: item[0] == "snapshot")
+        nursery.cancel_scope.cancel()
 
 
 # --- sessions end with the password ---------------------------------------------------------
