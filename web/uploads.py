@@ -30,9 +30,9 @@ from web.state import AppState, state
 LOGGER = logging.getLogger(__name__)
 
 FILE_FIELD = "videos"
-# A body of unknown length (or longer than declared) asks the evictor for room in steps
-# that start small, so a small upload fits a small volume, and double up to the largest,
-# so a 5 GiB body asks 85 times, not thousands.
+# A body asks the evictor for room as it arrives, in steps (never past its declared
+# length) that start small, so a small upload fits a small volume, and double up to the
+# largest, so a 5 GiB body asks 85 times, not thousands.
 FIRST_ROOM_STEP_BYTES = 1024 * 1024
 LARGEST_ROOM_STEP_BYTES = 64 * 1024 * 1024
 NO_ROOM = (
@@ -139,21 +139,27 @@ async def _ask_for_room(app_state: AppState, nbytes: int, *, evict: bool = True)
 
 
 async def room_checked(
-    body: AsyncIterable[bytes], granted: int, ask_for_room: Callable[[int], Awaitable[None]]
+    body: AsyncIterable[bytes],
+    granted: int,
+    ask_for_room: Callable[[int], Awaitable[None]],
+    *,
+    declared: int | None = None,
 ) -> AsyncIterator[bytes]:
     """Pass the body through, asking for more room whenever the bytes received pass what
-    was granted: room is made for bytes that arrived, never for a length announced.
+    was granted: room is made for bytes that arrive, never for a length announced.
 
     Each ask is for the bytes beyond what was granted, in steps from
     `FIRST_ROOM_STEP_BYTES` doubling up to `LARGEST_ROOM_STEP_BYTES` (more when one chunk
-    overshoots further); `ask_for_room` raises to refuse.
+    overshoots further), and never past the `declared` length, when there is one (a
+    small upload asks for no more than itself); `ask_for_room` raises to refuse.
     """
     received = 0
     step = FIRST_ROOM_STEP_BYTES
     async for chunk in body:
         received += len(chunk)
         if received > granted:
-            wanted = max(step, received - granted)
+            ahead = step if declared is None else max(0, min(step, declared - granted))
+            wanted = max(ahead, received - granted)
             await ask_for_room(wanted)
             granted += wanted
             step = min(2 * step, LARGEST_ROOM_STEP_BYTES)
@@ -188,7 +194,12 @@ async def create_job() -> tuple[Response, int]:
         try:
             with trio.move_on_after(config.upload_timeout_s) as deadline:
                 form = await receive_form(
-                    room_checked(request.body, 0, lambda nbytes: _ask_for_room(app_state, nbytes)),
+                    room_checked(
+                        request.body,
+                        0,
+                        lambda nbytes: _ask_for_room(app_state, nbytes),
+                        declared=declared,
+                    ),
                     boundary,
                     directory,
                     file_field=FILE_FIELD,

@@ -340,3 +340,18 @@ async def read_response(stream: trio.SocketStream) -> tuple[int, Any]:
         assert data, f"the connection closed after {received + body!r}"
         body += data
     return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+async def test_room_is_never_asked_past_the_declared_length() -> None:
+    asked: list[int] = []
+
+    async def ask(nbytes: int) -> None:
+        asked.append(nbytes)
+
+    async def body() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"x" * 1000
+
+    passed = [len(chunk) async for chunk in room_checked(body(), 0, ask, declared=3000)]
+    assert passed == [1000] * 3
+    assert asked == [3000]  # one ask, for what was declared: not the first 1 MiB step
