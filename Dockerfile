@@ -7,6 +7,7 @@ COPY pyproject.toml README.md MANIFEST.in ./
 COPY refresher ./refresher
 COPY actors ./actors
 COPY web ./web
+COPY wiring ./wiring
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim

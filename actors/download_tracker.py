@@ -1,7 +1,7 @@
 """The download tracker: leases that keep a job's files alive while a download reads them.
 
 Every change goes through this actor's inbox and is applied in one database transaction
-(`refresher.leases`), so leases survive a kill and restart of the tracker: the new
+(`refresher.storage.leases`), so leases survive a kill and restart of the tracker: the new
 incarnation finds them where the old one left them. Leases of an earlier process are
 dropped when the tracker starts, since their downloads died with that process.
 
@@ -29,11 +29,11 @@ import outcome
 import trio
 
 from actors.runtime import Mailbox, NoReply
-from refresher import leases
 from refresher.db import Database
-from refresher.full_disk import is_storage_full, release_ballast
-from refresher.leases import Lease, LeaseRefused
-from refresher.removal import ReservationUnavailable
+from refresher.storage import leases
+from refresher.storage.full import is_storage_full, release_ballast
+from refresher.storage.leases import Lease, LeaseRefused
+from refresher.storage.removal import ReservationUnavailable
 from refresher.timestamps import iso
 
 LOGGER = logging.getLogger(__name__)
@@ -100,7 +100,7 @@ class DownloadTracker:
     ) -> None:
         self.db = db
         self.now = now
-        # Room held back on the volume (`refresher.full_disk`), given up when a release
+        # Room held back on the volume (`refresher.storage.full`), given up when a release
         # finds the store full: a lease that stays would keep its job from removal.
         self.ballast = ballast
         # One id per process: leases taken by this process carry it.

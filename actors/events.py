@@ -15,7 +15,7 @@ from contextlib import asynccontextmanager
 import trio
 
 from actors.runtime import Mailbox
-from refresher.job_events import JobEvent
+from refresher.jobs.events import JobEvent
 
 LOGGER = logging.getLogger(__name__)
 

@@ -2,9 +2,9 @@
 
 Usage is the fuller of two fractions: the bytes this service stores (outputs and uploads,
 as the store records them) over its quota, and the used part of the volume holding the
-data directory (`refresher.usage`). Above `high`, the oldest finished jobs (by finish
+data directory (`refresher.storage.usage`). Above `high`, the oldest finished jobs (by finish
 time) are evicted until usage is under `low`; queued and processing jobs never are. Each
-eviction takes the one removal flow (`refresher.removal`): reserved with the download
+eviction takes the one removal flow (`refresher.storage.removal`): reserved with the download
 tracker first (a job being downloaded is skipped for the next oldest), then the job's
 files are removed, then its row becomes an `evicted` tombstone.
 
@@ -27,12 +27,12 @@ from pathlib import Path
 import trio
 
 from actors.runtime import Mailbox, NoReply
-from refresher import removal
 from refresher.db import Database
-from refresher.full_disk import is_storage_full
-from refresher.removal import Publish, RemovalReason, Reserver
-from refresher.storage import Paths
-from refresher.usage import Usage, eviction_candidates, read_volume, stored_bytes
+from refresher.storage import removal
+from refresher.storage.full import is_storage_full
+from refresher.storage.paths import Paths
+from refresher.storage.removal import Publish, RemovalReason, Reserver
+from refresher.storage.usage import Usage, eviction_candidates, read_volume, stored_bytes
 
 LOGGER = logging.getLogger(__name__)
 

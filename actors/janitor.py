@@ -6,7 +6,7 @@ One pass, on start and every `interval_s`:
 - fails queued jobs past `expires_at` (they never started);
 - finishes removals a kill cut short (any but evictions, which the evictor finishes);
 - turns finished jobs past `expires_at` into `expired` tombstones through
-  `refresher.removal` (a job being downloaded is skipped until a later pass);
+  `refresher.storage.removal` (a job being downloaded is skipped until a later pass);
 - reconciles the disk with the store: entries with no job are removed (once nothing
   has written to them for `orphan_grace_s`), so are uploads of jobs that ended and
   FFmpeg's partial files in finished jobs' directories; outputs
@@ -30,13 +30,15 @@ from dataclasses import dataclass, fields
 
 import trio
 
-from refresher import expiry, metrics, reconcile, removal
+from refresher import metrics
 from refresher.db import Database
-from refresher.full_disk import is_storage_full, keep_ballast
-from refresher.job_events import status_event
-from refresher.removal import Publish, RemovalReason, Reserver
-from refresher.status import JobStatus
-from refresher.storage import Paths
+from refresher.jobs import expiry
+from refresher.jobs.events import status_event
+from refresher.jobs.status import JobStatus
+from refresher.storage import reconcile, removal
+from refresher.storage.full import is_storage_full, keep_ballast
+from refresher.storage.paths import Paths
+from refresher.storage.removal import Publish, RemovalReason, Reserver
 
 LOGGER = logging.getLogger(__name__)
 
@@ -210,7 +212,7 @@ class Janitor:
     async def _remove(
         self, messages: dict[str, str], reason: RemovalReason, report: SweepReport
     ) -> list[str]:
-        """Remove the jobs' results (see `refresher.removal`); return the ids retired."""
+        """Remove the jobs' results (see `refresher.storage.removal`); return the ids retired."""
         if report.skipped_deletions or not messages:
             return []
         outcome = await removal.remove(

@@ -8,8 +8,8 @@ variation.
 
 Faults are results, not crashes. A full storage (in an output or in the database) fails
 the file being encoded with a reason, after removing what its batch wrote
-(`refresher.batches`); a progress write that finds no room is skipped; a state write
-that must land waits for room (`refresher.full_disk`). An FFmpeg stopped by a signal the
+(`refresher.jobs.batches`); a progress write that finds no room is skipped; a state write
+that must land waits for room (`refresher.storage.full`). An FFmpeg stopped by a signal the
 service did not send runs again after a pause, in which a stop of the service, whose
 signal it may have shared, arrives and leaves the job to resume: only a real encode
 failure fails a file.
@@ -26,10 +26,14 @@ from pathlib import Path
 import trio
 
 from actors.runtime import Mailbox
-from refresher import effects, encoding, jobstore, metrics, thumbnails
-from refresher.batches import BatchMaker, Draws
+from refresher import metrics
 from refresher.db import Database
-from refresher.ffmpeg import (
+from refresher.jobs import records
+from refresher.jobs.batches import BatchMaker, Draws
+from refresher.jobs.events import JobEvent
+from refresher.jobs.status import FINISHED, JobStatus
+from refresher.media import effects, encoding, thumbnails
+from refresher.media.ffmpeg import (
     MediaError,
     encoder_mark,
     failure_detail,
@@ -37,11 +41,9 @@ from refresher.ffmpeg import (
     kill_leftover_encoders,
     remove_files,
 )
-from refresher.full_disk import StorageFull, write_if_room, write_when_room
-from refresher.job_events import JobEvent
-from refresher.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
-from refresher.status import FINISHED, JobStatus
-from refresher.storage import Paths, remove_tree
+from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
+from refresher.storage.full import StorageFull, write_if_room, write_when_room
+from refresher.storage.paths import Paths, remove_tree
 
 LOGGER = logging.getLogger(__name__)
 
@@ -147,7 +149,7 @@ class Processor:
         # After started(): on a full storage this waits for room, and the service runs.
         requeued = await write_when_room(
             self.db,
-            lambda conn: jobstore.requeue_interrupted(conn, self.now()),
+            lambda conn: records.requeue_interrupted(conn, self.now()),
             what="requeueing interrupted jobs",
         )
         if requeued:
@@ -157,7 +159,7 @@ class Processor:
             self._wake = trio.Event()
             job = await write_when_room(
                 self.db,
-                lambda conn: jobstore.claim_next(conn, self.now()),
+                lambda conn: records.claim_next(conn, self.now()),
                 what="claiming the next job",
             )
             if job is None:
@@ -168,7 +170,7 @@ class Processor:
     def _publish(self, job_id: str, kind: str, **data: object) -> None:
         self.publish(JobEvent(job_id, kind, dict(data)))
 
-    async def _process(self, job: jobstore.JobRecord) -> None:
+    async def _process(self, job: records.JobRecord) -> None:
         LOGGER.info("job=%s processing: %d videos", job.id, job.total_videos)
         self._publish(job.id, "status", status=JobStatus.PROCESSING)
         await self._make_thumbnail(job)
@@ -180,7 +182,7 @@ class Processor:
         )
         self._current = running
         with running.scope:
-            if await self.db.read(lambda conn: jobstore.cancel_requested(conn, job.id)):
+            if await self.db.read(lambda conn: records.cancel_requested(conn, job.id)):
                 running.scope.cancel()
             for file in job.files:
                 if file.status in FINISHED:
@@ -192,7 +194,7 @@ class Processor:
         self._current = None
         await self._finish(job.id, cancelled=running.scope.cancelled_caught)
 
-    async def _make_thumbnail(self, job: jobstore.JobRecord) -> None:
+    async def _make_thumbnail(self, job: records.JobRecord) -> None:
         if job.thumbnail_path is not None:
             return
         first = job.files[0]
@@ -206,15 +208,15 @@ class Processor:
         relative = self.paths.relative(output)
         if made and not await write_if_room(
             self.db,
-            lambda conn: jobstore.set_thumbnail(conn, job.id, relative),
+            lambda conn: records.set_thumbnail(conn, job.id, relative),
             what=f"job={job.id} thumbnail",
         ):
             await trio.to_thread.run_sync(remove_files, [output])
 
     async def _process_file(
         self,
-        job: jobstore.JobRecord,
-        file: jobstore.FileRecord,
+        job: records.JobRecord,
+        file: records.FileRecord,
         file_effects: list[effects.Effects],
     ) -> None:
         done = {output.variation_index for output in file.outputs}
@@ -222,7 +224,7 @@ class Processor:
         progress = _FileProgress(total=job.variations_per_video, done=len(done))
         await write_if_room(
             self.db,
-            lambda conn: jobstore.set_file_state(
+            lambda conn: records.set_file_state(
                 conn,
                 file.id,
                 status=JobStatus.PROCESSING,
@@ -245,7 +247,7 @@ class Processor:
         # Not shielded: a stop while this waits for room leaves the file to the next run.
         await write_when_room(
             self.db,
-            lambda conn: jobstore.set_file_state(
+            lambda conn: records.set_file_state(
                 conn, file.id, status=status, progress=percent, error=error, now=self.now()
             ),
             what=f"job={job.id} file={file.id} {status}",
@@ -258,8 +260,8 @@ class Processor:
 
     async def _encode_pending(
         self,
-        job: jobstore.JobRecord,
-        file: jobstore.FileRecord,
+        job: records.JobRecord,
+        file: records.FileRecord,
         source: Path,
         pending: list[int],
         file_effects: list[effects.Effects],
@@ -299,15 +301,15 @@ class Processor:
 
     async def _encode_batch(
         self,
-        job: jobstore.JobRecord,
-        file: jobstore.FileRecord,
+        job: records.JobRecord,
+        file: records.FileRecord,
         source: Path,
         probed: Probe,
         indices: list[int],
         draws: Draws,
         progress: _FileProgress,
     ) -> None:
-        if await self.db.read(lambda conn: jobstore.cancel_requested(conn, job.id)):
+        if await self.db.read(lambda conn: records.cancel_requested(conn, job.id)):
             # The doorbell for this cancel was lost (a full inbox, a restart): act on the
             # database's word.
             if self._current is not None:
@@ -345,7 +347,7 @@ class Processor:
                 await write_if_room(
                     self.db,
                     functools.partial(
-                        jobstore.set_file_progress, file_id=file_id, progress=percent,
+                        records.set_file_progress, file_id=file_id, progress=percent,
                         now=self.now(),
                     ),
                     what=f"job={job_id} file={file_id} progress",
@@ -358,13 +360,13 @@ class Processor:
     def _overall(self) -> float:
         if self._current is None:
             return 0.0
-        return jobstore.overall_progress(JobStatus.PROCESSING, self._current.files.values())
+        return records.overall_progress(JobStatus.PROCESSING, self._current.files.values())
 
     async def _finish(self, job_id: str, *, cancelled: bool) -> None:
         # Shielded, so that a stop does not cut a job's end in two; the shield is lifted
         # if a write has to wait for room (the next run then finishes the job).
         with trio.CancelScope(shield=True) as finishing:
-            job = await self.db.read(lambda conn: jobstore.require_job(conn, job_id))
+            job = await self.db.read(lambda conn: records.require_job(conn, job_id))
             failed = [file for file in job.files if file.status == JobStatus.FAILED]
             if cancelled:
                 status, error = JobStatus.CANCELLED, None
@@ -377,7 +379,7 @@ class Processor:
                 status, error = JobStatus.COMPLETED, None
             await write_when_room(
                 self.db,
-                lambda conn: jobstore.finish_job(
+                lambda conn: records.finish_job(
                     conn, job_id, status=status, error=error, now=self.now(), ttl_s=self.ttl_s
                 ),
                 what=f"job={job_id} {status}",
@@ -387,7 +389,7 @@ class Processor:
             await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(job_id))
             await write_when_room(
                 self.db,
-                lambda conn: jobstore.clear_uploads(conn, job_id),
+                lambda conn: records.clear_uploads(conn, job_id),
                 what=f"job={job_id} uploads removed",
                 holding=finishing,
             )

@@ -40,10 +40,10 @@ from actors.janitor import Janitor
 from actors.runtime import Supervisor
 from bench.verdict import Row, below, table
 from refresher.db import Database, connect, migrate
-from refresher.status import ACTIVE, FINISHED, JobStatus
-from refresher.storage import Paths
+from refresher.jobs.status import ACTIVE, FINISHED, JobStatus
+from refresher.storage.paths import Paths
+from refresher.storage.usage import stored_bytes
 from refresher.timestamps import iso
-from refresher.usage import stored_bytes
 
 TARGET_S = 0.5
 HOUR_S = 3600.0

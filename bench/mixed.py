@@ -35,8 +35,8 @@ from bench.footage import make_footage
 from bench.latency import Latencies, measure_latency
 from bench.service import PeakRss, Service, curl, tree_rss_bytes
 from bench.verdict import Row, below, exactly, table
-from refresher.ffmpeg import find_ffmpeg
-from refresher.storage import Paths
+from refresher.media.ffmpeg import find_ffmpeg
+from refresher.storage.paths import Paths
 
 MIB = 1024**2
 GIB = 1024**3

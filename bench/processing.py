@@ -7,7 +7,7 @@ original's method against ours at `subtle`.
 The source is natural footage (`bench.footage`: a 1280x720 pan across photographs, with
 sound), not a test pattern: perceptual hashes and x264 both behave differently on
 synthetic pictures. For each strength asked for, `--variations` variations of it are made
-the way the service makes a file's (`refresher.batches.BatchMaker.make`, without the
+the way the service makes a file's (`refresher.jobs.batches.BatchMaker.make`, without the
 database): in FFmpeg runs of `variations_per_encode` variations, each writing the
 source's 1-fps samples beside its outputs, then every output sampled and measured on two
 threads (PDQ to the source and to its siblings, SSIM to the source's samples, the
@@ -51,10 +51,11 @@ import trio
 
 from bench.footage import make_footage
 from bench.verdict import Row, at_least, at_most, exactly
-from refresher import batches, effects, encoding, measure
-from refresher.effects import Effects, Strength
-from refresher.ffmpeg import find_ffmpeg, remove_files
-from refresher.probe import Probe, probe
+from refresher.jobs import batches
+from refresher.media import effects, encoding, measure
+from refresher.media.effects import Effects, Strength
+from refresher.media.ffmpeg import find_ffmpeg, remove_files
+from refresher.media.probe import Probe, probe
 
 SEED = 20240601
 POSITION = 0

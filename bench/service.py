@@ -129,7 +129,7 @@ class Service:
             **self.env,
         }
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "refresher", "serve", "--log-level", "INFO"],
+            [sys.executable, "-m", "wiring", "serve", "--log-level", "INFO"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

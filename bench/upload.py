@@ -31,8 +31,8 @@ from bench.footage import make_footage
 from bench.raw import RawServer
 from bench.service import PeakRss, Service, curl, rss_bytes
 from bench.verdict import Row, at_least, below, table
-from refresher.ffmpeg import find_ffmpeg
-from refresher.probe import probe
+from refresher.media.ffmpeg import find_ffmpeg
+from refresher.media.probe import probe
 
 GIB = 1024**3
 MIB = 1024**2

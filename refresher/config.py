@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from refresher.effects import Strength
-from refresher.probe import MediaLimits
+from refresher.media.effects import Strength
+from refresher.media.probe import MediaLimits
 
 GIB = 1024**3
 MIB = 1024**2
@@ -45,7 +45,7 @@ class Config:
     evict_high: float = 0.85
     evict_low: float = 0.75
     janitor_interval_s: float = 300.0
-    # The strength an upload gets when it names none (`refresher.effects.Strength`).
+    # The strength an upload gets when it names none (`refresher.media.effects.Strength`).
     default_strength: str = "subtle"
     # The internal port Prometheus metrics are served on; None: not served.
     metrics_port: int | None = None

@@ -32,7 +32,7 @@ MAX_CONNECTIONS = 4
 
 # Each entry moves the schema from version N to N+1 (N = its index). Never edit a
 # released entry: add a new one. (So the status lists in the CHECK constraints below are
-# the history of `refresher.status.JobStatus`, written out, not derived from it.)
+# the history of `refresher.jobs.status.JobStatus`, written out, not derived from it.)
 MIGRATIONS: tuple[str, ...] = (
     """
     CREATE TABLE jobs (
@@ -112,7 +112,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE jobs ADD COLUMN archive_bytes INTEGER;
     """,
     """
-    -- 4: strength levels, and what measuring each variation found (refresher.measure).
+    -- 4: strength levels, and what measuring each variation found (refresher.media.measure).
     ALTER TABLE jobs ADD COLUMN strength TEXT NOT NULL DEFAULT 'subtle'
         CHECK (strength IN ('subtle', 'standard', 'strong'));
     ALTER TABLE jobs ADD COLUMN mirror INTEGER NOT NULL DEFAULT 0 CHECK (mirror IN (0, 1));

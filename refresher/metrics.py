@@ -14,8 +14,8 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from refresher.status import JobStatus
-from refresher.usage import read_volume, stored_bytes
+from refresher.jobs.status import JobStatus
+from refresher.storage.usage import read_volume, stored_bytes
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 GAUGE_PERIOD_S = 5.0

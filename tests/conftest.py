@@ -13,11 +13,11 @@ import trio
 
 from bench.footage import make_footage
 from refresher.config import Config
-from refresher.ffmpeg import find_ffmpeg
-from refresher.main import RunningService, serve
+from refresher.media.ffmpeg import find_ffmpeg
 from tests.support.clips import Clips, ClipSpec, make_clip
 from tests.support.clock import WallClock
 from tests.support.http import TEST_PASSWORD, StartService
+from wiring.service import RunningService, serve
 
 
 @pytest.fixture(scope="session")

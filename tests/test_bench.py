@@ -13,7 +13,7 @@ import trio
 from bench.latency import Latencies, load
 from bench.verdict import Row, at_least, below, exactly, table, write_json
 from refresher.config import Config
-from refresher.main import RunningService
+from wiring.service import RunningService
 
 
 def test_a_row_is_judged_on_its_value_or_its_ratio() -> None:

@@ -13,12 +13,21 @@ from werkzeug.exceptions import BadHost, NotFound
 from werkzeug.routing import MapAdapter
 
 from refresher import metrics
-from web import (
+from web.http import errors
+from web.http.bodies import (
+    BODY_LIMITS_KEY,
+    BoundedRequest,
+    close_if_body_unread,
+    receive_limited_body,
+    refuse_large_header_block,
+)
+from web.http.closing import ClosingHTTPConnection
+from web.http.errors import ApiError
+from web.routes import (
     all_events,
     auth,
     config_route,
     downloads,
-    errors,
     events,
     health,
     jobs,
@@ -26,15 +35,6 @@ from web import (
     stills,
     uploads,
 )
-from web.backpressure import (
-    BODY_LIMITS_KEY,
-    BoundedRequest,
-    close_if_body_unread,
-    receive_limited_body,
-    refuse_large_header_block,
-)
-from web.closing import ClosingHTTPConnection
-from web.errors import ApiError
 from web.state import EXTENSION_KEY, AppState
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -109,7 +109,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         JSON_SORT_KEYS=False,
     )
     # Applied, like MAX_CONTENT_LENGTH, as the request arrives; every other route takes a
-    # small body at most, refused with 413 even when chunked (`web.backpressure`).
+    # small body at most, refused with 413 even when chunked (`web.http.bodies`).
     app.config[BODY_LIMITS_KEY] = {
         "uploads.create_job": None,  # streamed to disk under limits of its own
         "auth.login": auth.LOGIN_BODY,

@@ -2,7 +2,7 @@
 
 A link works without a header (an `<img>`, a `<video>`, an `EventSource`, a download
 manager), so it carries a token scoped to one job and one purpose, or to one variation
-(`refresher.tokens`); never a login token. Links shown on the page are short-lived and
+(`refresher.auth.tokens`); never a login token. Links shown on the page are short-lived and
 expire at the end of a whole bucket, so the same URL comes back throughout the bucket and
 a browser's cache of a thumbnail or a video keeps working.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from refresher import timestamps, tokens
+from refresher import timestamps
+from refresher.auth import tokens
 from web.state import AppState
 
 # A thumbnail or player link lasts 1 to 2 hours: minted for an hour, expiring at the next

@@ -13,13 +13,13 @@ from actors.events import EventHub
 from actors.evictor import Evictor
 from actors.processor import CancelJob, JobQueued
 from actors.runtime import Mailbox, Supervisor
+from refresher.auth.credentials import Credentials
 from refresher.config import Config
-from refresher.credentials import Credentials
 from refresher.db import Database
-from refresher.probe import PROBES_AT_ONCE
-from refresher.storage import Paths
-from web.auth_throttle import LoginThrottle
-from web.slots import StreamSlots
+from refresher.media.probe import PROBES_AT_ONCE
+from refresher.storage.paths import Paths
+from web.http.slots import StreamSlots
+from web.http.throttle import LoginThrottle
 
 EXTENSION_KEY = "video_refresher"
 # Multipart framing and the `variations` field on top of the files themselves.

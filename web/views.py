@@ -6,11 +6,13 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from refresher import archive, jobstore, timestamps
-from refresher.measure import Measured
-from refresher.status import FINISHED, JobStatus
+from refresher import timestamps
+from refresher.archive import job_archive
+from refresher.jobs import records
+from refresher.jobs.status import FINISHED, JobStatus
+from refresher.media.measure import Measured
 from web import links
-from web.errors import ApiError
+from web.http.errors import ApiError
 from web.state import AppState
 
 # An absolute path. Errors are written as sentences with no path,
@@ -50,7 +52,7 @@ def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str,
     return summary
 
 
-def download_link(app_state: AppState, job: jobstore.JobRecord) -> tuple[str, int] | None:
+def download_link(app_state: AppState, job: records.JobRecord) -> tuple[str, int] | None:
     """The signed link to the job's ZIP (scoped to its download) and the ZIP's size; None
     if there is none yet.
 
@@ -63,12 +65,12 @@ def download_link(app_state: AppState, job: jobstore.JobRecord) -> tuple[str, in
     if url is None:
         return None
     # Kept when the job finished; a job finished before the size was kept lays it out.
-    size = job.archive_bytes if job.archive_bytes is not None else archive.size_of(job)
+    size = job.archive_bytes if job.archive_bytes is not None else job_archive.size_of(job)
     return url, size
 
 
 def _output(
-    app_state: AppState, job: jobstore.JobRecord, output: jobstore.OutputRecord, name: str
+    app_state: AppState, job: records.JobRecord, output: records.OutputRecord, name: str
 ) -> dict[str, object]:
     """One variation: its effects (as the ZIP's manifest records them), its name in the
     ZIP, and, once its job has finished, signed links to play and to download it."""
@@ -91,7 +93,7 @@ def _output(
     }
 
 
-def _file_state(file: jobstore.FileRecord) -> dict[str, object]:
+def _file_state(file: records.FileRecord) -> dict[str, object]:
     return {
         "id": file.id,
         "name": file.original_name,
@@ -103,7 +105,7 @@ def _file_state(file: jobstore.FileRecord) -> dict[str, object]:
     }
 
 
-def job_state(job: jobstore.JobRecord) -> dict[str, object]:
+def job_state(job: records.JobRecord) -> dict[str, object]:
     """The job's status and progress with no signed link: what an event carries (a page
     fetches the links with its session)."""
     return {
@@ -124,11 +126,11 @@ def job_state(job: jobstore.JobRecord) -> dict[str, object]:
     }
 
 
-def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object]:
+def job_detail(job: records.JobRecord, app_state: AppState) -> dict[str, object]:
     """The job as `GET /api/jobs/:id` shows it: everything a page needs, its signed links
     included, no server paths."""
     link = download_link(app_state, job)
-    names = archive.output_names(job)
+    names = job_archive.output_names(job)
     return {
         **job_state(job),
         "thumbnailUrl": thumbnail_url(app_state, job.id, job.thumbnail_path),
@@ -148,8 +150,8 @@ def job_detail(job: jobstore.JobRecord, app_state: AppState) -> dict[str, object
     }
 
 
-async def load_or_404(app_state: AppState, job_id: str) -> jobstore.JobRecord:
-    job = await app_state.db.read(lambda conn: jobstore.load_job(conn, job_id))
+async def load_or_404(app_state: AppState, job_id: str) -> records.JobRecord:
+    job = await app_state.db.read(lambda conn: records.load_job(conn, job_id))
     if job is None:
         raise ApiError(404, "There is no such job; it may have been deleted.")
     return job

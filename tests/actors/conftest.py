@@ -9,7 +9,7 @@ import pytest
 import trio.testing
 
 from refresher.db import Database
-from refresher.storage import Paths
+from refresher.storage.paths import Paths
 
 
 @pytest.fixture

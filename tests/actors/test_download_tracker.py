@@ -11,9 +11,9 @@ import trio.testing
 
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.runtime import Supervisor
-from refresher import jobstore
 from refresher.db import Database, migrate
-from refresher.storage import Paths
+from refresher.jobs import records
+from refresher.storage.paths import Paths
 from tests.support.full_disk import FillingDatabase
 from tests.support.jobs import NOW, make_finished_job
 
@@ -90,7 +90,7 @@ async def test_a_new_process_drops_leases_of_the_dead_one(
     fresh = DownloadTracker(db, now=lambda: NOW)
     await start(nursery, fresh)
     assert await fresh.reserve_for_deletion(job_id, reason="expired")
-    assert await db.read(lambda conn: jobstore.load_job(conn, job_id)) is not None
+    assert await db.read(lambda conn: records.load_job(conn, job_id)) is not None
 
 
 class SlowWritesDatabase(Database):

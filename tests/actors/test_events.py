@@ -9,7 +9,7 @@ import trio.testing
 
 from actors.events import INBOX_SIZE, SUBSCRIBER_BUFFER, EventHub
 from actors.runtime import Supervisor
-from refresher.job_events import JobEvent
+from refresher.jobs.events import JobEvent
 
 # Nothing here should take more than an instant; a bug that makes a test hang fails it.
 TIMEOUT_S = 5

@@ -20,10 +20,10 @@ import trio.testing
 from actors.download_tracker import DownloadTracker
 from actors.evictor import Evictor, EvictorUnavailable
 from actors.runtime import Supervisor
-from refresher import jobstore
 from refresher.db import Database
-from refresher.storage import Paths
-from refresher.usage import read_volume, stored_bytes
+from refresher.jobs import records
+from refresher.storage.paths import Paths
+from refresher.storage.usage import read_volume, stored_bytes
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
 from tests.support.full_disk import mounted_tmpfs
@@ -60,8 +60,8 @@ async def make_jobs(db: Database, paths: Paths, count: int) -> list[str]:
     ]
 
 
-async def load(db: Database, job_id: str) -> jobstore.JobRecord:
-    return await db.read(functools.partial(jobstore.require_job, job_id=job_id))
+async def load(db: Database, job_id: str) -> records.JobRecord:
+    return await db.read(functools.partial(records.require_job, job_id=job_id))
 
 
 async def statuses(db: Database, job_ids: list[str]) -> list[str]:

@@ -22,10 +22,12 @@ import trio.testing
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
-from refresher import archive, jobstore, removal
+from refresher.archive import job_archive
 from refresher.db import Database
-from refresher.removal import RemovalReason
-from refresher.storage import Paths, remove_tree
+from refresher.jobs import records
+from refresher.storage import removal
+from refresher.storage.paths import Paths, remove_tree
+from refresher.storage.removal import RemovalReason
 from refresher.timestamps import iso
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
@@ -48,8 +50,8 @@ def make_janitor(
     return Janitor(db, paths, tracker, interval_s=INTERVAL_S, now=clock)
 
 
-async def job(db: Database, job_id: str) -> jobstore.JobRecord:
-    return await db.read(lambda conn: jobstore.require_job(conn, job_id))
+async def job(db: Database, job_id: str) -> records.JobRecord:
+    return await db.read(lambda conn: records.require_job(conn, job_id))
 
 
 async def expired(db: Database, job_id: str) -> bool:
@@ -57,7 +59,7 @@ async def expired(db: Database, job_id: str) -> bool:
 
 
 async def job_exists(db: Database, job_id: str) -> bool:
-    return await db.read(lambda conn: jobstore.load_job(conn, job_id)) is not None
+    return await db.read(lambda conn: records.load_job(conn, job_id)) is not None
 
 
 def files_on_disk(paths: Paths) -> set[str]:
@@ -465,13 +467,13 @@ async def test_forgetting_vanished_outputs_keeps_the_archive_size_true(
 ) -> None:
     half_gone = await make_finished_job(db, paths, variations=3)
     before = (await job(db, half_gone)).archive_bytes
-    assert before == archive.size_of(await job(db, half_gone))
+    assert before == job_archive.size_of(await job(db, half_gone))
     sorted(paths.job_dir(half_gone).glob("*.mp4"))[0].unlink()
 
     await make_janitor(db, paths, tracker, wall_clock).sweep()
     survivor = await job(db, half_gone)
     assert len(survivor.outputs) == 2
-    assert survivor.archive_bytes == archive.size_of(survivor)
+    assert survivor.archive_bytes == job_archive.size_of(survivor)
     assert survivor.archive_bytes is not None
     assert before is not None
     assert survivor.archive_bytes < before

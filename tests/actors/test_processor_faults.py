@@ -24,12 +24,12 @@ import trio.testing
 
 from actors.processor import JobQueued, Processor
 from actors.runtime import Supervisor
-from refresher import jobstore
 from refresher.db import Database
-from refresher.ffmpeg import find_ffmpeg, find_leftover_encoders
-from refresher.job_events import JobEvent
-from refresher.status import TERMINAL, JobStatus
-from refresher.storage import Paths
+from refresher.jobs import records
+from refresher.jobs.events import JobEvent
+from refresher.jobs.status import TERMINAL, JobStatus
+from refresher.media.ffmpeg import find_ffmpeg, find_leftover_encoders
+from refresher.storage.paths import Paths
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.full_disk import (
     FillingDatabase,
@@ -97,13 +97,13 @@ async def filling_db(tmp_path: Path) -> AsyncIterator[FillingDatabase]:
     await db.aclose()
 
 
-async def load(db: Database, job_id: str) -> jobstore.JobRecord:
-    return await db.read(functools.partial(jobstore.require_job, job_id=job_id))
+async def load(db: Database, job_id: str) -> records.JobRecord:
+    return await db.read(functools.partial(records.require_job, job_id=job_id))
 
 
 async def wait_until(
-    db: Database, job_id: str, check: Callable[[jobstore.JobRecord], bool]
-) -> jobstore.JobRecord:
+    db: Database, job_id: str, check: Callable[[records.JobRecord], bool]
+) -> records.JobRecord:
     async def holds() -> bool:
         return check(await load(db, job_id))
 
@@ -111,7 +111,7 @@ async def wait_until(
     return await load(db, job_id)
 
 
-def finished(job: jobstore.JobRecord) -> bool:
+def finished(job: records.JobRecord) -> bool:
     return job.status in TERMINAL
 
 
@@ -310,7 +310,7 @@ async def test_an_ffmpeg_killed_from_outside_runs_again_and_the_job_completes(
     clips: Any,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr("refresher.ffmpeg.INTERRUPTED_PAUSE_S", 0.05)
+    monkeypatch.setattr("refresher.media.ffmpeg.INTERRUPTED_PAUSE_S", 0.05)
     job_id = await queue_files_job(db, paths, [clips.long], variations=12)
     service = await start_service(nursery, db, paths)
     service.processor.inbox.post(JobQueued(job_id))

@@ -19,7 +19,7 @@ import pytest
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 # The packages the wheel carries (`[tool.setuptools.packages.find]`).
-PACKAGES = ("refresher", "actors", "web")
+PACKAGES = ("refresher", "actors", "web", "wiring")
 # Building the wheel and installing its dependencies (from pip's cache once the test
 # command has installed them) takes 20-60 s; a first install from the registry longer.
 INSTALL_TIMEOUT_S = 900
@@ -124,8 +124,8 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
         [
             str(venv / "bin" / "python"),
             "-c",
-            "import actors, refresher, web; "
-            "print(actors.__file__, refresher.__file__, web.__file__, sep='\\n')",
+            "import actors, refresher, web, wiring; "
+            "print(actors.__file__, refresher.__file__, web.__file__, wiring.__file__, sep='\\n')",
         ],
         tmp_path_factory.mktemp("elsewhere"),
         environ,

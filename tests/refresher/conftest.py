@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from refresher.ffmpeg import find_ffmpeg
+from refresher.media.ffmpeg import find_ffmpeg
 from tests.support.clips import ClipSpec, make_clip
 
 

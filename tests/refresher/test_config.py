@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from refresher import cli
 from refresher.config import GIB, MIB, Config, ConfigError, load
+from wiring import cli
 
 
 def test_defaults_match_the_design() -> None:

@@ -8,8 +8,8 @@ import trio
 
 from refresher import db as queries
 from refresher.db import MIGRATIONS, Database, connect, migrate, schema_version
-from refresher.jobstore import list_jobs
-from refresher.usage import stored_bytes
+from refresher.jobs.records import list_jobs
+from refresher.storage.usage import stored_bytes
 
 NOW = "2026-01-01T00:00:00.000Z"
 

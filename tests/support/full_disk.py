@@ -14,7 +14,7 @@ from typing import TypeVar
 import pytest
 
 from refresher.db import Database
-from refresher.usage import read_volume
+from refresher.storage.usage import read_volume
 
 T = TypeVar("T")
 

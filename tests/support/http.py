@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 import trio
 
-from refresher.main import RunningService
-from refresher.status import TERMINAL
+from refresher.jobs.status import TERMINAL
+from wiring.service import RunningService
 
 TEST_PASSWORD = "correct horse battery"
 

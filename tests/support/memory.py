@@ -12,7 +12,7 @@ from pathlib import Path
 
 import trio
 
-from refresher.ffmpeg import find_leftover_encoders
+from refresher.media.ffmpeg import find_leftover_encoders
 
 MIB = 1024 * 1024
 SAMPLE_S = 0.01

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import trio
 
-from refresher.archive import MANIFEST_NAME
-from refresher.ffmpeg import PARTIAL_SUFFIX, find_leftover_encoders
-from refresher.storage import Paths
+from refresher.archive.job_archive import MANIFEST_NAME
+from refresher.media.ffmpeg import PARTIAL_SUFFIX, find_leftover_encoders
+from refresher.storage.paths import Paths
 
 GRACE_S = 3.0
 # A janitor pass's log line: when it ended (the local time logging prints) and how long
@@ -75,7 +75,7 @@ async def running_service(
     data_dir: Path | None,
     *,
     new_session: bool = False,
-    command: Sequence[str] = (sys.executable, "-m", "refresher", "serve"),
+    command: Sequence[str] = (sys.executable, "-m", "wiring", "serve"),
     cwd: Path | None = None,
     **env: str,
 ) -> AsyncIterator[ServiceProcess]:

@@ -6,7 +6,7 @@ import subprocess
 import zipfile
 from pathlib import Path
 
-from refresher.zipplan import ZipPlan
+from refresher.archive.zipplan import ZipPlan
 
 
 def render(plan: ZipPlan, start: int = 0, end: int | None = None) -> bytes:

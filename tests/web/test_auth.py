@@ -5,7 +5,7 @@ import pytest
 
 from tests.support.clock import WallClock
 from tests.support.http import TEST_PASSWORD, StartService
-from web.auth_throttle import LoginThrottle
+from web.http.throttle import LoginThrottle
 
 
 async def test_login_returns_a_token_that_opens_the_api(client: httpx.AsyncClient) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 
 from refresher.config import Config
-from refresher.effects import DESCRIPTIONS
+from refresher.media.effects import DESCRIPTIONS
 from tests.support.http import StartService, upload
 
 CHANGED = {

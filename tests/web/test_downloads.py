@@ -13,10 +13,10 @@ import httpx
 import pytest
 import trio
 
-from refresher.main import RunningService
 from tests.support.http import StartService
 from tests.support.jobs import make_finished_job, output_bytes
 from tests.support.zips import check_with_all_tools, extract_with_all_tools
+from wiring.service import RunningService
 
 # A job whose ZIP cannot sit whole in the loopback's socket buffers (several MB each way):
 # its download is still running, holding its lease, while the client reads slowly.

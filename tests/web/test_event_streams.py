@@ -11,12 +11,12 @@ import trio
 import trio.testing
 
 from actors.janitor import Janitor
-from refresher import jobstore
-from refresher.job_events import JobEvent
-from refresher.main import RunningService
+from refresher.jobs import records
+from refresher.jobs.events import JobEvent
 from tests.support.clock import DAY_S, WallClock
 from tests.support.http import StartService, collect_events
 from tests.support.jobs import make_finished_job, make_unfinished_job
+from wiring.service import RunningService
 
 STREAM_TIMEOUT_S = 10
 
@@ -26,7 +26,7 @@ def queue_stays_put(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the processor from claiming the queued jobs these tests follow: each must end
     by the path under test, not by being processed (the processor may look at the queue
     at any moment after the service starts)."""
-    monkeypatch.setattr(jobstore, "claim_next", lambda conn, now: None)
+    monkeypatch.setattr(records, "claim_next", lambda conn, now: None)
 
 
 async def follow(

@@ -1,4 +1,4 @@
-"""`web.serving.file_chunks`: the reads behind both download routes, one chunk ahead."""
+"""`web.http.serving.file_chunks`: the reads behind both download routes, one chunk ahead."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from web import serving
-from web.serving import CHUNK_BYTES, file_chunks
+from web.http import serving
+from web.http.serving import CHUNK_BYTES, file_chunks
 
 
 def _open_fds() -> int:

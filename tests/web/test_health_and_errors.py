@@ -3,7 +3,7 @@ from __future__ import annotations
 import httpx
 import trio
 
-from refresher.main import RunningService
+from wiring.service import RunningService
 
 ACTORS = {"events", "download_tracker", "processor", "janitor", "evictor"}
 

@@ -9,14 +9,14 @@ import httpx
 import pytest
 import trio
 
-from refresher.main import RunningService
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import make_finished_job
-from web import backpressure
-from web.backpressure import SMALL_BODY, BodyLimit, BoundedBody
-from web.errors import ApiError
-from web.uploads import parse_variations
+from web.http import bodies
+from web.http.bodies import SMALL_BODY, BodyLimit, BoundedBody
+from web.http.errors import ApiError
+from web.routes.uploads import parse_variations
+from wiring.service import RunningService
 
 NOT_JSON = 'Send JSON like {"password": "..."}: the body is not JSON in UTF-8.'
 LOGIN_TOO_LARGE = "A login request is a small JSON object; this one is too large."
@@ -412,7 +412,7 @@ async def test_methods_not_allowed_are_405_json(
 async def test_a_small_body_that_never_arrives_is_408_not_a_held_connection(
     service: RunningService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(backpressure, "SMALL_BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(bodies, "SMALL_BODY_TIMEOUT_S", 0.5)
     host, port = service.url.removeprefix("http://").split(":")
     with trio.fail_after(10):
         sock = trio.socket.socket()

@@ -23,14 +23,14 @@ import httpx
 import pytest
 import trio
 
-from refresher.ffmpeg import find_ffmpeg
-from refresher.main import RunningService
-from refresher.probe import BY, FrameTooLarge, MediaLimits, NotAVideo, TooLong, probe
+from refresher.media.ffmpeg import find_ffmpeg
+from refresher.media.probe import BY, FrameTooLarge, MediaLimits, NotAVideo, TooLong, probe
 from tests.support.clips import ClipSpec, make_clip
 from tests.support.clock import wait_for
 from tests.support.http import TEST_PASSWORD, StartService, finished, upload, wait_for_job
 from tests.support.memory import watch_memory
 from tests.support.mp4edit import declare_duration, declare_frame_size, move_first
+from wiring.service import RunningService
 
 pytestmark = pytest.mark.slow
 

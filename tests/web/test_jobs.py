@@ -14,10 +14,9 @@ import pytest
 import trio
 
 from actors.processor import JobQueued
-from refresher import effects
 from refresher.config import Config
-from refresher.ffmpeg import find_leftover_encoders
-from refresher.main import RunningService
+from refresher.media import effects
+from refresher.media.ffmpeg import find_leftover_encoders
 from tests.support.http import (
     StartService,
     collect_events,
@@ -27,6 +26,7 @@ from tests.support.http import (
     wait_for_job,
 )
 from tests.support.jobs import leftovers, queue_files_job
+from wiring.service import RunningService
 
 
 async def test_two_clips_become_six_distinct_clean_variations(

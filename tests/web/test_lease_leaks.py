@@ -11,10 +11,10 @@ import httpx
 import trio
 import trio.testing
 
-from refresher.main import RunningService
 from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import make_finished_job
 from web.app import create_app
+from wiring.service import RunningService
 
 CLIENTS = 16
 DROPS_PER_CLIENT = 100

@@ -12,14 +12,15 @@ import httpx
 import pytest
 import trio
 
-from refresher import jobstore, timestamps
-from refresher.job_events import JobEvent
-from refresher.main import RunningService
+from refresher import timestamps
+from refresher.jobs import records
+from refresher.jobs.events import JobEvent
 from tests.support.clock import WallClock, wait_for
 from tests.support.http import TEST_PASSWORD, StartService
 from tests.support.jobs import make_finished_job
 from tests.support.process import logged_in, running_service, stop_gracefully
 from tests.support.sse import Item, open_stream, receive_until
+from wiring.service import RunningService
 
 LINK_EXPIRED = "This link has expired; reload the page for a fresh one."
 INVALID_TOKEN = "That token is not valid; log in again."
@@ -85,7 +86,7 @@ async def test_a_job_stream_ends_when_its_link_expires(
     wall_clock: WallClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(jobstore, "claim_next", lambda conn, now: None)  # stays queued
+    monkeypatch.setattr(records, "claim_next", lambda conn, now: None)  # stays queued
     job_id = await make_finished_job(service.state.db, service.state.paths, now=wall_clock())
     await service.state.db.write(
         lambda conn: conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job_id,))

@@ -7,12 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.forms import BOUNDARY, chunks, form_body
-from web.multipart_stream import (
-    FormRejected,
-    boundary_of,
-    display_name,
-    receive_form,
-)
+from web.http.multipart import FormRejected, boundary_of, display_name, receive_form
 
 
 async def receive(body: AsyncIterator[bytes], directory: Path, **limits: int):  # type: ignore[no-untyped-def]

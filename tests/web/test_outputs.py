@@ -13,11 +13,11 @@ import httpx
 import pytest
 import trio
 
-from refresher import jobstore
-from refresher.main import RunningService
+from refresher.jobs import records
 from tests.support.clock import wait_for
 from tests.support.http import finished, upload, wait_for_job
 from tests.support.jobs import make_finished_job, make_unfinished_job
+from wiring.service import RunningService
 
 # One video of 1 s in 2 variations: a few seconds of FFmpeg on a small machine.
 PROCESSING_TIMEOUT_S = 120
@@ -39,7 +39,7 @@ async def outputs_of(authed: httpx.AsyncClient, job_id: str) -> list[dict[str, A
 
 
 async def stored_bytes(service: RunningService, job_id: str, output_id: str) -> bytes:
-    job = await service.state.db.read(lambda conn: jobstore.require_job(conn, job_id))
+    job = await service.state.db.read(lambda conn: records.require_job(conn, job_id))
     (output,) = [out for out in job.outputs if out.id == output_id]
     return service.state.paths.absolute(output.path).read_bytes()
 

@@ -1,4 +1,4 @@
-"""What `web.patches` relies on in Hypercorn: each check fails loudly when an upgrade
+"""What `web.http.patches` relies on in Hypercorn: each check fails loudly when an upgrade
 takes it away, rather than letting a patch silently stop working."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.events import Closed, RawData
 
-from web import patches
-from web.backpressure import MAX_HEADER_BLOCK_BYTES
+from web.http import patches
+from web.http.bodies import MAX_HEADER_BLOCK_BYTES
 
 
 def test_hypercorn_reads_with_a_module_constant() -> None:

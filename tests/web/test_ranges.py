@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from web.ranges import (
+from web.http.ranges import (
     RangeNotSatisfiable,
     http_date,
     parse_range,

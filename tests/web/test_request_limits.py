@@ -11,16 +11,16 @@ import httpx
 import pytest
 import trio
 
-from refresher.main import RunningService
 from tests.support.forms import BOUNDARY, form_body
 from tests.support.memory import watch_memory
-from web.backpressure import MAX_HEADER_BLOCK_BYTES
-from web.multipart_stream import (
+from web.http.bodies import MAX_HEADER_BLOCK_BYTES
+from web.http.multipart import (
     MAX_BOUNDARY_BYTES,
     MAX_FIELDS,
     MAX_FIELDS_TOTAL_BYTES,
     MAX_PART_HEADER_BYTES,
 )
+from wiring.service import RunningService
 
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY.decode()}"
 # What refusing a form may cost the service, whatever was sent.

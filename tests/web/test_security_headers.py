@@ -12,12 +12,12 @@ import pytest
 import trio
 from playwright.sync_api import expect, sync_playwright
 
-from refresher import jobstore
-from refresher.main import RunningService
+from refresher.jobs import records
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.http import TEST_PASSWORD, upload
 from tests.support.jobs import make_finished_job
 from web.app import STATIC_DIR as STATIC
+from wiring.service import RunningService
 
 DIRECTIVES = {
     "default-src": "'self'",
@@ -48,7 +48,7 @@ async def job_with_thumbnail(service: RunningService) -> str:
     thumbnail = service.state.paths.job_dir(job_id) / "thumbnail.webp"
     thumbnail.write_bytes(b"RIFF\x00\x00\x00\x00WEBP")
     relative = service.state.paths.relative(thumbnail)
-    await service.state.db.write(lambda conn: jobstore.set_thumbnail(conn, job_id, relative))
+    await service.state.db.write(lambda conn: records.set_thumbnail(conn, job_id, relative))
     return job_id
 
 
@@ -97,7 +97,7 @@ async def test_an_unexpected_error_is_secured_too(
     def broken() -> str:
         raise RuntimeError("a bug")
 
-    monkeypatch.setattr("web.health.service_version", broken)
+    monkeypatch.setattr("web.routes.health.service_version", broken)
     response = await client.get("/api/health")
     assert response.status_code == 500
     assert response.json() == {"error": "Something went wrong on the server; it has been logged."}

@@ -10,13 +10,13 @@ import httpx
 import pytest
 import trio
 
-from refresher import jobstore
 from refresher.config import Config
-from refresher.main import RunningService
+from refresher.jobs import records
 from tests.support.clock import WallClock
 from tests.support.jobs import make_finished_job
 from tests.support.sse import open_stream, receive_until
 from web import links
+from wiring.service import RunningService
 
 INVALID_TOKEN = "That token is not valid; log in again."
 LINK_EXPIRED = "This link has expired; reload the page for a fresh one."
@@ -30,7 +30,7 @@ async def job_with_thumbnail(service: RunningService) -> str:
     thumbnail = service.state.paths.job_dir(job_id) / "thumbnail.webp"
     thumbnail.write_bytes(THUMBNAIL)
     relative = service.state.paths.relative(thumbnail)
-    await service.state.db.write(lambda conn: jobstore.set_thumbnail(conn, job_id, relative))
+    await service.state.db.write(lambda conn: records.set_thumbnail(conn, job_id, relative))
     return job_id
 
 

@@ -14,9 +14,9 @@ import trio
 
 from bench.footage import make_footage
 from refresher.config import Config
-from refresher.ffmpeg import find_ffmpeg
-from refresher.main import serve
+from refresher.media.ffmpeg import find_ffmpeg
 from tests.support.clock import WallClock
+from wiring.service import serve
 
 # Every still in the comparison view scrolled to in turn, so each lazy image loads.
 SCROLL_THROUGH_STILLS = """async () => {

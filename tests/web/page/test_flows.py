@@ -18,7 +18,7 @@ import pytest
 import trio
 from playwright.sync_api import Page, expect
 
-from refresher.ffmpeg import find_ffmpeg
+from refresher.media.ffmpeg import find_ffmpeg
 from tests.support.browser import BROKEN_IMAGES, chromium, drop_files, log_in, new_page
 from tests.support.clips import Clips, ClipSpec, make_clip
 from tests.web.page.conftest import SCROLL_THROUGH_STILLS, STILLS_LOADED, Server

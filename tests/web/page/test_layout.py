@@ -10,11 +10,11 @@ import pytest
 import trio
 from playwright.sync_api import expect
 
-from refresher.main import RunningService
 from tests.support.browser import SCREENSHOTS, check_view, chromium, drop_files, log_in, new_page
 from tests.support.clips import Clips
 from tests.support.http import finished, upload, wait_for_job
 from tests.web.page.conftest import SCROLL_THROUGH_STILLS, STILLS_LOADED
+from wiring.service import RunningService
 
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,0 @@
-import sys
-
-from refresher.cli import main
-
-sys.exit(main())

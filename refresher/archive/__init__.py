@@ -1,0 +1,1 @@
+"""The archive: a job's ZIP entries and their byte layout."""

@@ -1,0 +1,1 @@
+"""Auth: signed tokens and the team's credentials."""

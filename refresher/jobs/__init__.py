@@ -1,0 +1,1 @@
+"""Jobs: their statuses, records, lifecycle, events and expiry."""

@@ -1,0 +1,381 @@
+"""Jobs, their source files and their outputs: records and the queries that change them.
+
+Every function takes a `sqlite3.Connection` and runs in a worker thread through
+`Database.read`/`Database.write`; those that change several rows rely on `write`'s one
+transaction. Paths in rows are relative to the data directory.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from refresher.archive import job_archive
+from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, JobStatus, sql_list
+from refresher.timestamps import iso, iso_after
+
+
+class JobNotFound(LookupError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}")
+
+
+class JobAlreadyFinished(RuntimeError):
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        super().__init__(f"job {job_id!r} is already {status}")
+
+
+@dataclass(frozen=True)
+class OutputRecord:
+    id: str
+    job_file_id: str
+    variation_index: int
+    path: str
+    size: int
+    crc32: int
+    effects: dict[str, Any]
+    created_at: str
+    # What measuring it found (`refresher.media.measure.Measured.as_json`), None if not measured;
+    # how many draws it took; its comparison still.
+    measured: dict[str, Any] | None = None
+    attempts: int = 1
+    still_path: str | None = None
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    id: str
+    position: int
+    original_name: str
+    upload_path: str | None
+    file_size: int
+    status: JobStatus
+    progress: float
+    duration_s: float | None
+    completed_variations: int
+    error: str | None
+    outputs: tuple[OutputRecord, ...]
+    still_path: str | None = None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    id: str
+    status: JobStatus
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    expires_at: str
+    total_videos: int
+    variations_per_video: int
+    total_variations: int
+    seed: int
+    thumbnail_path: str | None
+    error: str | None
+    cancelled_at: str | None
+    deleted_reason: str | None
+    # The size of the job's ZIP, kept when it finished with outputs; None for a job not
+    # finished, without outputs, a tombstone, or finished before the size was kept.
+    archive_bytes: int | None
+    strength: str
+    mirror: bool
+    files: tuple[FileRecord, ...]
+
+    @property
+    def outputs(self) -> tuple[OutputRecord, ...]:
+        return tuple(output for file in self.files for output in file.outputs)
+
+    @property
+    def overall_progress(self) -> float:
+        return overall_progress(self.status, ((file.status, file.progress) for file in self.files))
+
+
+def overall_progress(job_status: str, files: Iterable[tuple[str, float]]) -> float:
+    """Percent of a job's work done, from each file's (status, percent).
+
+    A completed or failed file counts as done; any other counts its percent (a file
+    cancelled half way stays at half). A completed job is 100, a job without files 0.
+    """
+    if job_status == JobStatus.COMPLETED:
+        return 100.0
+    shares = [
+        100.0 if status in (JobStatus.COMPLETED, JobStatus.FAILED) else progress
+        for status, progress in files
+    ]
+    return round(sum(shares) / len(shares), 1) if shares else 0.0
+
+
+@dataclass(frozen=True)
+class NewFile:
+    id: str
+    original_name: str
+    upload_path: str
+    file_size: int
+    duration_s: float
+
+
+def insert_job(
+    conn: sqlite3.Connection,
+    *,
+    job_id: str,
+    files: list[NewFile],
+    variations_per_video: int,
+    seed: int,
+    now: float,
+    ttl_s: float,
+    strength: str = "subtle",
+    mirror: bool = False,
+) -> None:
+    """Record a queued job and its uploaded files (call inside one write transaction)."""
+    created = iso(now)
+    conn.execute(
+        """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
+                             variations_per_video, total_variations, seed, strength, mirror)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        (
+            job_id,
+            JobStatus.QUEUED,
+            created,
+            created,
+            iso_after(now, ttl_s),
+            len(files),
+            variations_per_video,
+            len(files) * variations_per_video,
+            seed,
+            strength,
+            int(mirror),
+        ),
+    )
+    conn.executemany(
+        """INSERT INTO job_files (id, job_id, position, original_name, upload_path, file_size,
+                                  status, duration_s, updated_at)
+           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        [
+            (file.id, job_id, position, file.original_name, file.upload_path, file.file_size,
+             JobStatus.QUEUED, file.duration_s, created)
+            for position, file in enumerate(files)
+        ],
+    )  # fmt: skip
+
+
+def list_jobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+    """Every job's row, newest first, with its source file names joined by a NUL, its
+    variations made so far (`completed_variations`) and its `overall_progress`."""
+    rows = conn.execute(
+        """
+        SELECT jobs.*, (
+            SELECT group_concat(original_name, char(0)) FROM (
+                SELECT original_name FROM job_files
+                WHERE job_files.job_id = jobs.id ORDER BY position
+            )
+        ) AS file_names
+        FROM jobs ORDER BY created_at DESC, id DESC
+        """
+    ).fetchall()
+    files: dict[str, list[sqlite3.Row]] = {}
+    for file in conn.execute(
+        "SELECT job_id, status, progress, completed_variations FROM job_files"
+    ):
+        files.setdefault(file["job_id"], []).append(file)
+    jobs = []
+    for row in rows:
+        job = dict(row)
+        own = files.get(job["id"], [])
+        job["completed_variations"] = sum(file["completed_variations"] for file in own)
+        job["overall_progress"] = overall_progress(
+            job["status"], ((file["status"], file["progress"]) for file in own)
+        )
+        jobs.append(job)
+    return jobs
+
+
+def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return None
+    outputs: dict[str, list[OutputRecord]] = {}
+    for out in conn.execute(
+        "SELECT * FROM output_files WHERE job_id = ? ORDER BY variation_index", (job_id,)
+    ):
+        outputs.setdefault(out["job_file_id"], []).append(
+            OutputRecord(
+                id=out["id"],
+                job_file_id=out["job_file_id"],
+                variation_index=out["variation_index"],
+                path=out["path"],
+                size=out["size"],
+                crc32=out["crc32"],
+                effects=json.loads(out["effects_json"]),
+                created_at=out["created_at"],
+                measured=json.loads(out["measured_json"]) if out["measured_json"] else None,
+                attempts=out["attempts"],
+                still_path=out["still_path"],
+            )
+        )
+    files = tuple(
+        FileRecord(
+            id=file["id"],
+            position=file["position"],
+            original_name=file["original_name"],
+            upload_path=file["upload_path"],
+            file_size=file["file_size"],
+            status=JobStatus(file["status"]),
+            progress=file["progress"],
+            duration_s=file["duration_s"],
+            completed_variations=file["completed_variations"],
+            error=file["error"],
+            outputs=tuple(outputs.get(file["id"], ())),
+            still_path=file["still_path"],
+        )
+        for file in conn.execute(
+            "SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (job_id,)
+        )
+    )
+    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+    fields["status"] = JobStatus(fields["status"])
+    fields["mirror"] = bool(fields["mirror"])
+    return JobRecord(**fields, files=files)
+
+
+def require_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
+    job = load_job(conn, job_id)
+    if job is None:
+        raise JobNotFound(job_id)
+    return job
+
+
+def requeue_interrupted(conn: sqlite3.Connection, now: float) -> list[str]:
+    """Put jobs left `processing` by a crash or shutdown back in the queue; return their ids."""
+    queued, processing = JobStatus.QUEUED, JobStatus.PROCESSING
+    ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = ?", (processing,))]
+    stamp = iso(now)
+    for table in ("job_files", "jobs"):
+        conn.execute(
+            f"UPDATE {table} SET status = ?, updated_at = ? WHERE status = ?",
+            (queued, stamp, processing),
+        )
+    return ids
+
+
+def claim_next(conn: sqlite3.Connection, now: float) -> JobRecord | None:
+    """Mark the oldest queued job `processing` and return it; None when the queue is empty."""
+    row = conn.execute(
+        "SELECT id FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
+        (JobStatus.QUEUED,),
+    ).fetchone()
+    if row is None:
+        return None
+    conn.execute(
+        "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?",
+        (JobStatus.PROCESSING, iso(now), row[0]),
+    )
+    return load_job(conn, row[0])
+
+
+def set_file_state(
+    conn: sqlite3.Connection,
+    file_id: str,
+    *,
+    status: JobStatus,
+    progress: float | None = None,
+    error: str | None = None,
+    now: float,
+) -> None:
+    conn.execute(
+        """UPDATE job_files SET status = ?, progress = coalesce(?, progress), error = ?,
+                                updated_at = ?
+           WHERE id = ?""",
+        (status, progress, error, iso(now), file_id),
+    )
+
+
+def set_file_progress(conn: sqlite3.Connection, file_id: str, progress: float, now: float) -> None:
+    conn.execute(
+        "UPDATE job_files SET progress = ?, updated_at = ? WHERE id = ?",
+        (progress, iso(now), file_id),
+    )
+
+
+def cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
+    row = conn.execute("SELECT cancelled_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+    return row is None or row[0] is not None
+
+
+def finish_job(
+    conn: sqlite3.Connection,
+    job_id: str,
+    *,
+    status: JobStatus,
+    error: str | None,
+    now: float,
+    ttl_s: float,
+) -> None:
+    """End a job: results expire `ttl_s` after now, and the size of its ZIP is kept.
+
+    Files still queued or processing (a cancelled job) become `cancelled`.
+    """
+    if status not in FINISHED:
+        raise ValueError(f"status must be one of {sql_list(FINISHED)}, got {status!r}")
+    stamp = iso(now)
+    conn.execute(
+        f"""UPDATE job_files SET status = ?, updated_at = ?
+            WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
+        (JobStatus.CANCELLED, stamp, job_id),
+    )
+    conn.execute(
+        """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
+                           expires_at = ?, cancelled_at = CASE WHEN ? = ?
+                               THEN coalesce(cancelled_at, ?) ELSE cancelled_at END
+           WHERE id = ?""",
+        (status, error, stamp, stamp, iso_after(now, ttl_s), status, JobStatus.CANCELLED,
+         stamp, job_id),
+    )  # fmt: skip
+    keep_archive_size(conn, job_id)
+
+
+def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
+    """Record the size of the job's ZIP as its rows now lay it out (None: no outputs).
+
+    A job gone meanwhile (deleted while a janitor pass ran) is left alone.
+    """
+    job = load_job(conn, job_id)
+    if job is None:
+        return
+    size = job_archive.size_of(job) if job.outputs else None
+    conn.execute("UPDATE jobs SET archive_bytes = ? WHERE id = ?", (size, job_id))
+
+
+def clear_uploads(conn: sqlite3.Connection, job_id: str) -> None:
+    """Forget the job's upload paths (after the files themselves were removed)."""
+    conn.execute("UPDATE job_files SET upload_path = NULL WHERE job_id = ?", (job_id,))
+
+
+def set_thumbnail(conn: sqlite3.Connection, job_id: str, path: str) -> None:
+    conn.execute("UPDATE jobs SET thumbnail_path = ? WHERE id = ?", (path, job_id))
+
+
+def request_cancel(conn: sqlite3.Connection, job_id: str, *, now: float, ttl_s: float) -> str:
+    """Cancel a job: a queued one ends now, a processing one is flagged for the processor.
+
+    Return the job's status afterwards. Raise `JobNotFound`, or `JobAlreadyFinished` for
+    a job that has already ended.
+    """
+    job = require_job(conn, job_id)
+    if job.status in TERMINAL:
+        raise JobAlreadyFinished(job_id, job.status)
+    if job.status == JobStatus.QUEUED:
+        conn.execute("UPDATE jobs SET cancelled_at = ? WHERE id = ?", (iso(now), job_id))
+        finish_job(conn, job_id, status=JobStatus.CANCELLED, error=None, now=now, ttl_s=ttl_s)
+        return JobStatus.CANCELLED
+    if job.cancelled_at is None:
+        conn.execute(
+            "UPDATE jobs SET cancelled_at = ?, updated_at = ? WHERE id = ?",
+            (iso(now), iso(now), job_id),
+        )
+    return job.status

@@ -1,0 +1,1 @@
+"""Media: probing uploads, FFmpeg, filter graphs, effects, encoding, measuring, thumbnails."""

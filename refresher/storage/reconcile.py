@@ -1,0 +1,234 @@
+"""Reconciliation: where the disk and the store disagree, and putting it right.
+
+The janitor lists the disk, reads a snapshot of the store, and `plan_reconciliation`
+compares them: entries under `jobs/` or `uploads/` that belong to no job (once idle),
+uploads of jobs that ended, FFmpeg's partial files left in finished jobs' directories,
+and outputs whose files vanished. Removing strays and forgetting vanished outputs are
+separate steps, files first, so a pass killed anywhere is finished by the next one. A
+finished job that lost every output is removed through `refresher.storage.removal`.
+
+Queries take a `sqlite3.Connection`; the disk functions block (run them in a thread).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sqlite3
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from refresher.db import placeholders
+from refresher.jobs.records import keep_archive_size
+from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
+from refresher.media.ffmpeg import PARTIAL_SUFFIX
+from refresher.storage.paths import Paths, remove_tree
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DiskListing:
+    """Names of the entries directly under `jobs/` and `uploads/`."""
+
+    jobs: frozenset[str]
+    uploads: frozenset[str]
+
+
+def list_disk(paths: Paths) -> DiskListing:
+    """List the data directory's job and upload entries (blocking)."""
+
+    def names(directory: Path) -> frozenset[str]:
+        try:
+            with os.scandir(directory) as entries:
+                return frozenset(entry.name for entry in entries)
+        except FileNotFoundError:
+            return frozenset()
+
+    return DiskListing(jobs=names(paths.jobs), uploads=names(paths.uploads))
+
+
+@dataclass(frozen=True)
+class StoreSnapshot:
+    """What the store says about every job, for comparing with the disk."""
+
+    statuses: dict[str, str]
+    # Finished jobs not reserved for deletion: their files must all be on disk.
+    settled: frozenset[str]
+    # Output id and stored path of each settled job's outputs.
+    outputs: dict[str, list[tuple[str, str]]]
+
+
+def store_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
+    # Plain tuples, not rows: tens of thousands of them, and this is a pass's hot query.
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    statuses: dict[str, str] = dict(cursor.execute("SELECT id, status FROM jobs").fetchall())
+    reserved = {row[0] for row in cursor.execute("SELECT job_id FROM deletion_reservations")}
+    settled = frozenset(
+        job_id
+        for job_id, status in statuses.items()
+        if status in FINISHED and job_id not in reserved
+    )
+    outputs: dict[str, list[tuple[str, str]]] = {}
+    # All outputs, filtered here: cheaper than joining jobs in SQL.
+    for job_id, output_id, path in cursor.execute("SELECT job_id, id, path FROM output_files"):
+        if job_id in settled:
+            outputs.setdefault(job_id, []).append((output_id, path))
+    return StoreSnapshot(statuses=statuses, settled=settled, outputs=outputs)
+
+
+@dataclass(frozen=True)
+class Findings:
+    """How the disk differs from the store; `plan_reconciliation` makes it from both."""
+
+    # Entries of no job that nothing has written to for the grace period, and job
+    # directories of tombstones.
+    orphans: list[Path]
+    # Upload directories of jobs that have ended: the processor no longer needs them.
+    ended_uploads: list[Path]
+    # FFmpeg's temporary outputs left in directories of finished jobs.
+    partials: list[Path]
+    # Settled job id -> ids of its outputs whose file is gone (some, not all).
+    missing_outputs: dict[str, list[str]]
+    # Settled jobs with outputs, every one of which is gone.
+    lost: list[str]
+
+
+def _last_written(path: Path) -> float:
+    """The newest mtime of `path` and the entries directly in it (blocking)."""
+    newest = path.lstat().st_mtime
+    if path.is_dir():
+        with os.scandir(path) as entries:
+            for entry in entries:
+                try:
+                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
+                except FileNotFoundError:
+                    continue
+    return newest
+
+
+def plan_reconciliation(
+    paths: Paths,
+    listing: DiskListing,
+    snapshot: StoreSnapshot,
+    *,
+    disk_now: float,
+    orphan_grace_s: float,
+    process_started: float | None = None,
+) -> Findings:
+    """Compare the disk with the store (blocking: reads the settled jobs' directories).
+
+    An entry under `jobs/` or `uploads/` with no row is an orphan only once nothing was
+    written to it for `orphan_grace_s`: an upload directory gets its row only when the
+    upload is complete, and a crash between making files and their row must not race
+    with a pass. Idleness is measured by `disk_now`, the operating system's clock that
+    stamps files (not the service's wall clock, which tests move). Take `listing` before
+    `snapshot`, so an entry listed is judged against rows at least as new as it is.
+    Queued and processing jobs are never looked into. With `process_started` (the same
+    clock, when this process started), an entry with no row last written before then is
+    an orphan at once: no upload of this process made it, so one that died did (a partial
+    upload left by a crash need not wait out the grace).
+    """
+
+    def idle(path: Path) -> bool:
+        try:
+            written = _last_written(path)
+        except FileNotFoundError:
+            return False
+        if process_started is not None and written < process_started:
+            return True
+        return disk_now - written >= orphan_grace_s
+
+    orphans = []
+    for name in sorted(listing.jobs):
+        status = snapshot.statuses.get(name)
+        if status in TOMBSTONES or (status is None and idle(paths.job_dir(name))):
+            orphans.append(paths.job_dir(name))
+    ended_uploads = []
+    for name in sorted(listing.uploads):
+        status = snapshot.statuses.get(name)
+        if status is None and idle(paths.upload_dir(name)):
+            orphans.append(paths.upload_dir(name))
+        elif status is not None and status not in ACTIVE:
+            ended_uploads.append(paths.upload_dir(name))
+
+    # Plain strings, not Paths, in this loop over every finished job: it is the hot part
+    # of a pass, and pathlib's parsing costs more than the directory reads.
+    jobs_root = os.fspath(paths.jobs)
+    jobs_prefix = paths.relative(paths.jobs)
+    partials: list[Path] = []
+    missing_outputs: dict[str, list[str]] = {}
+    lost = []
+    for job_id in sorted(snapshot.settled):
+        names: set[str] = set()
+        # Read even when the listing had no such directory: it may have been made since.
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            names = set(os.listdir(f"{jobs_root}/{job_id}"))
+        partials.extend(
+            paths.job_dir(job_id) / name for name in sorted(names) if name.endswith(PARTIAL_SUFFIX)
+        )
+        outputs = snapshot.outputs.get(job_id, [])
+        missing = []
+        own_dir = f"{jobs_prefix}/{job_id}"
+        for output_id, stored in outputs:
+            parent, _, name = stored.rpartition("/")
+            present = name in names if parent == own_dir else os.path.lexists(paths.root / stored)
+            if not present:
+                missing.append(output_id)
+        if missing and len(missing) == len(outputs):
+            lost.append(job_id)
+        elif missing:
+            missing_outputs[job_id] = missing
+    return Findings(orphans, ended_uploads, partials, missing_outputs, lost)
+
+
+def remove_paths(paths: Iterable[Path]) -> int:
+    """Delete each file or directory tree; return how many went (blocking).
+
+    One that cannot be removed is logged and skipped: the next pass tries again.
+    """
+    removed = 0
+    for path in paths:
+        try:
+            if path.is_dir() and not path.is_symlink():
+                remove_tree(path)
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as err:
+            LOGGER.error("could not remove %s: %s", path, err)
+            continue
+        removed += 1
+    return removed
+
+
+def clear_ended_uploads(conn: sqlite3.Connection) -> int:
+    """Forget upload paths of jobs that have ended (after their directories went)."""
+    cleared: int = conn.execute(
+        f"""UPDATE job_files SET upload_path = NULL
+            WHERE upload_path IS NOT NULL AND job_id IN
+                (SELECT id FROM jobs WHERE status NOT IN {sql_list(ACTIVE)})"""
+    ).rowcount
+    return cleared
+
+
+def forget_outputs(conn: sqlite3.Connection, missing: Mapping[str, Collection[str]]) -> int:
+    """Delete the rows of outputs whose files are gone, recount each file's outputs, and
+    keep the size of the job's now smaller archive."""
+    forgotten = 0
+    for job_id, output_ids in missing.items():
+        marks = placeholders(len(output_ids))
+        forgotten += conn.execute(
+            f"DELETE FROM output_files WHERE job_id = ? AND id IN ({marks})",
+            (job_id, *output_ids),
+        ).rowcount
+        conn.execute(
+            """UPDATE job_files SET completed_variations =
+                   (SELECT count(*) FROM output_files o WHERE o.job_file_id = job_files.id)
+               WHERE job_id = ?""",
+            (job_id,),
+        )
+        keep_archive_size(conn, job_id)
+    return forgotten

@@ -1,0 +1,1 @@
+"""The HTTP machinery the routes share: access, errors, bodies, ranges, streams, patches."""

@@ -1,0 +1,138 @@
+"""Job routes: list, detail, cancel, delete and thumbnail."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+
+import trio
+from quart import Blueprint, Response, jsonify
+
+from actors.processor import CancelJob
+from refresher import metrics
+from refresher.auth import tokens
+from refresher.jobs import records
+from refresher.jobs.events import status_event
+from refresher.jobs.status import ACTIVE, JobStatus
+from refresher.storage import removal
+from refresher.storage.paths import remove_tree
+from refresher.storage.removal import RemovalReason
+from web.http.access import check_bearer, require_login
+from web.http.errors import STORAGE_FULL, ApiError
+from web.http.serving import send_private_image
+from web.state import AppState, state
+from web.views import job_detail, job_summary, load_or_404
+
+LOGGER = logging.getLogger(__name__)
+
+# How long a cancel or delete waits for the processor to stop FFmpeg and settle the job
+# before it answers with the status as it stands.
+SETTLE_TIMEOUT_S = 15.0
+
+blueprint = Blueprint("jobs", __name__)
+
+
+@blueprint.get("/api/jobs")
+@require_login
+async def list_jobs() -> Response:
+    app_state = state()
+    rows = await app_state.db.read(records.list_jobs)
+    return jsonify([job_summary(row, app_state) for row in rows])
+
+
+@blueprint.get("/api/jobs/<job_id>")
+@require_login
+async def get_job(job_id: str) -> Response:
+    app_state = state()
+    return jsonify(job_detail(await load_or_404(app_state, job_id), app_state))
+
+
+async def _cancel_and_settle(app_state: AppState, job_id: str) -> records.JobRecord:
+    """Cancel the job and wait (bounded) until the processor has settled it."""
+    async with app_state.events.subscribe(job_id) as job_events:
+        try:
+            status = await app_state.db.write(
+                lambda conn: records.request_cancel(
+                    conn, job_id, now=app_state.now(), ttl_s=app_state.config.job_ttl_s
+                )
+            )
+        except records.JobNotFound:
+            raise ApiError(404, "There is no such job; it may have been deleted.") from None
+        if status == JobStatus.CANCELLED:  # it was still queued: nothing ran
+            # Told at once, before anything that may be cut short or find the disk full:
+            # the janitor removes the uploads of an ended job if this does not.
+            app_state.events.publish(status_event(job_id, JobStatus.CANCELLED))
+            metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED).inc()
+            await trio.to_thread.run_sync(remove_tree, app_state.paths.upload_dir(job_id))
+            await app_state.db.write(lambda conn: records.clear_uploads(conn, job_id))
+        else:
+            app_state.processor_inbox.post(CancelJob(job_id))
+            with trio.move_on_after(SETTLE_TIMEOUT_S):
+                async for event in job_events:
+                    if event.ends_job:
+                        break
+    return await load_or_404(app_state, job_id)
+
+
+@blueprint.post("/api/jobs/<job_id>/cancel")
+@require_login
+async def cancel_job(job_id: str) -> Response:
+    app_state = state()
+    try:
+        job = await _cancel_and_settle(app_state, job_id)
+    except records.JobAlreadyFinished as err:
+        raise ApiError(409, f"The job has already ended ({err.status}).") from None
+    LOGGER.info("job=%s cancel requested; now %s", job_id, job.status)
+    return jsonify(
+        {
+            "jobId": job.id,
+            "status": job.status,
+            "completedVariations": sum(file.completed_variations for file in job.files),
+            "totalVariations": job.total_variations,
+            "cancelledAt": job.cancelled_at,
+        }
+    )
+
+
+@blueprint.delete("/api/jobs/<job_id>")
+@require_login
+async def delete_job(job_id: str) -> Response:
+    app_state = state()
+    job = await load_or_404(app_state, job_id)
+    if job.status in ACTIVE:
+        with contextlib.suppress(records.JobAlreadyFinished):  # it ended meanwhile: fine
+            job = await _cancel_and_settle(app_state, job_id)
+        if job.status == JobStatus.PROCESSING:
+            raise ApiError(409, "The job is still stopping; try again in a moment.")
+    outcome = await removal.remove(
+        app_state.db,
+        app_state.paths,
+        app_state.tracker,
+        RemovalReason.DELETED,
+        {job_id: None},
+        now=app_state.now,
+        publish=app_state.events.publish,
+    )
+    if outcome.unavailable is not None:
+        raise ApiError(503, "Deleting is briefly unavailable; try again in a moment.")
+    if outcome.storage_full:
+        raise ApiError(507, STORAGE_FULL)
+    if outcome.busy:
+        raise ApiError(409, "The job is being downloaded right now; try again when it ends.")
+    if not outcome.retired:
+        # Reserved, but its files could not all go yet: the janitor finishes the removal.
+        raise ApiError(503, "The job could not be removed completely yet; it will be soon.")
+    LOGGER.info("job=%s deleted", job_id)
+    return jsonify({"jobId": job_id, "deleted": True})
+
+
+@blueprint.get("/api/jobs/<job_id>/thumbnail")
+async def thumbnail(job_id: str) -> Response:
+    check_bearer(also_scope=tokens.job_scope(job_id, "thumbnail"))
+    job = await load_or_404(state(), job_id)
+    if job.thumbnail_path is None:
+        raise ApiError(404, "This job has no thumbnail.")
+    path = state().paths.absolute(job.thumbnail_path)
+    if not await trio.Path(path).exists():
+        raise ApiError(404, "This job has no thumbnail.")
+    return await send_private_image(path, "image/webp")

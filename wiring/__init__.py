@@ -1,0 +1,1 @@
+"""The wiring: the composition root and the command line, above `web` and `actors`."""

@@ -1,0 +1,5 @@
+import sys
+
+from wiring.cli import main
+
+sys.exit(main())

@@ -1,0 +1,60 @@
+"""`video-refresher serve`: the service's command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from actors.runtime import SupervisorGaveUp
+from refresher import config as config_module
+from refresher import logs
+from wiring import service as service
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="video-refresher",
+        description="Make subtly different variations of ad creatives.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser(
+        "serve",
+        help="run the service",
+        description="Run the service. Every flag can also be set by the environment "
+        "variable of the same name in upper case (--port or PORT); a flag wins.",
+    )
+    for field in config_module.SETTINGS:
+        serve.add_argument(
+            "--" + field.replace("_", "-"),
+            dest=field,
+            metavar=config_module.env_name(field),
+        )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    flags = {field: getattr(arguments, field) for field in config_module.SETTINGS}
+    try:
+        config = config_module.load(os.environ, flags)
+    except config_module.ConfigError as err:
+        print(f"video-refresher: {err}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_level, config.log_format)
+    gave_up: list[BaseException] = []
+    try:
+        trio.run(service.run, config)
+    except* SupervisorGaveUp as group:
+        gave_up.extend(group.exceptions)
+    for error in gave_up:
+        logging.getLogger("refresher").critical("%s", error)
+    return 1 if gave_up else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
