@@ -31,7 +31,7 @@ import trio
 from actors.runtime import Mailbox, NoReply
 from refresher.db import Database
 from refresher.storage import leases
-from refresher.storage.full import is_storage_full, release_ballast
+from refresher.storage.full import StorageFull, release_ballast
 from refresher.storage.leases import Lease, LeaseRefused
 from refresher.storage.removal import ReservationUnavailable
 from refresher.timestamps import iso
@@ -159,8 +159,8 @@ class DownloadTracker:
                     return
                 except TrackerUnavailable:
                     break
-                except sqlite3.Error as err:
-                    if not is_storage_full(err) or attempt or self.ballast is None:
+                except StorageFull:
+                    if attempt or self.ballast is None:
                         break
                     if not await trio.to_thread.run_sync(release_ballast, self.ballast):
                         break

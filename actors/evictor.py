@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ import trio
 from actors.runtime import Mailbox, NoReply
 from refresher.db import Database
 from refresher.storage import removal
-from refresher.storage.full import is_storage_full
+from refresher.storage.full import StorageFull
 from refresher.storage.paths import Paths
 from refresher.storage.removal import Publish, RemovalReason, Reserver
 from refresher.storage.usage import Usage, eviction_candidates, read_volume, stored_bytes
@@ -173,9 +172,7 @@ class Evictor:
         restart the same look would fail again at once, a crash loop."""
         try:
             return await self._make_room(nbytes)
-        except sqlite3.Error as err:
-            if not is_storage_full(err):
-                raise
+        except StorageFull as err:
             LOGGER.warning("no room: the storage is too full to record evictions (%s)", err)
             return False
 

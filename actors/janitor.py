@@ -36,7 +36,7 @@ from refresher.jobs import expiry
 from refresher.jobs.events import status_event
 from refresher.jobs.status import JobStatus
 from refresher.storage import reconcile, removal
-from refresher.storage.full import is_storage_full, keep_ballast
+from refresher.storage.full import StorageFull, keep_ballast
 from refresher.storage.paths import Paths
 from refresher.storage.removal import Publish, RemovalReason, Reserver
 
@@ -127,12 +127,10 @@ class Janitor:
                 await self.sweep()
                 # Room held back for removals on a full volume, taken back once there is.
                 await trio.to_thread.run_sync(keep_ballast, self.paths.ballast)
-            except sqlite3.Error as err:
+            except StorageFull as err:
                 # A pass on a full storage would fail again at once after a restart: a
                 # crash loop. The next pass, an interval later, tries again.
-                if not is_storage_full(err):
-                    raise
-                LOGGER.warning("janitor pass stopped: the storage is full (%s)", err)
+                LOGGER.warning("janitor pass stopped: %s", err)
             await trio.sleep(self.interval_s)
 
     async def sweep(self) -> SweepReport:

@@ -27,7 +27,7 @@ import trio
 
 from actors.runtime import Mailbox
 from refresher import metrics
-from refresher.db import Database
+from refresher.db import Database, write_if_room, write_when_room
 from refresher.jobs import records
 from refresher.jobs.batches import BatchMaker, Draws
 from refresher.jobs.events import JobEvent
@@ -42,7 +42,7 @@ from refresher.media.ffmpeg import (
     remove_files,
 )
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
-from refresher.storage.full import StorageFull, write_if_room, write_when_room
+from refresher.storage.full import StorageFull
 from refresher.storage.paths import Paths, remove_tree
 
 LOGGER = logging.getLogger(__name__)

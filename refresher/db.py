@@ -15,9 +15,11 @@ import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import trio
+
+from refresher.storage.full import StorageFull, is_storage_full
 
 LOGGER = logging.getLogger(__name__)
 
@@ -201,7 +203,7 @@ class Database:
     `fn` receives a `sqlite3.Connection` and runs in a worker thread; `write` wraps it in
     one transaction (committed when `fn` returns, rolled back when it raises). A call
     is not abandoned when cancelled: it finishes in its thread first, so a transaction
-    is never left half-applied by a cancel.
+    is never left half-applied by a cancel. A full storage raises `StorageFull`.
     """
 
     def __init__(self, path: Path) -> None:
@@ -241,7 +243,12 @@ class Database:
                 # list.append/pop are atomic under the GIL; the limiter bounds the pool.
                 self._idle.append(conn)
 
-        return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        try:
+            return await trio.to_thread.run_sync(call, limiter=self._limiter)
+        except sqlite3.Error as err:
+            if is_storage_full(err):  # the transaction was rolled back: nothing changed
+                raise StorageFull("there was no room to write to the job store") from err
+            raise
 
     async def aclose(self) -> None:
         """Close every pooled connection once running calls finish; later calls raise."""
@@ -252,3 +259,58 @@ class Database:
         idle, self._idle = self._idle, []
         for conn in idle:
             await trio.to_thread.run_sync(conn.close)
+
+
+# --- writes on a full storage ---------------------------------------------------------
+
+# A write that must land tries again after this long, twice as long each time, up to the
+# cap: soon after room returns, without a log line a second while it does not.
+WRITE_RETRY_FIRST_S = 0.5
+WRITE_RETRY_MAX_S = 30.0
+
+
+class Writer(Protocol):
+    """What writes to the store (`Database`)."""
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+async def write_if_room(db: Writer, fn: Callable[[sqlite3.Connection], T], *, what: str) -> bool:
+    """Write `fn` unless the storage is full; return whether it was written.
+
+    For writes the service can do without (progress only a page reload shows): a full
+    storage is logged and the write skipped; any other error propagates.
+    """
+    try:
+        await db.write(fn)
+    except StorageFull as err:
+        LOGGER.warning("storage full: %s skipped: %s", what, err.__cause__)
+        return False
+    return True
+
+
+async def write_when_room(
+    db: Writer,
+    fn: Callable[[sqlite3.Connection], T],
+    *,
+    what: str,
+    holding: trio.CancelScope | None = None,
+) -> T:
+    """Write `fn` and return its result, waiting for room while the storage is full.
+
+    For writes that must land (a job's state): a full storage is logged and the write
+    tried again after WRITE_RETRY_FIRST_S, doubling up to WRITE_RETRY_MAX_S; any other
+    error propagates. Cancellation while waiting leaves the write undone, so the caller's
+    next run must be able to finish it. `holding`, a shield around the caller, is lifted
+    once the write has to wait: a full disk never holds up a stop.
+    """
+    delay = WRITE_RETRY_FIRST_S
+    while True:
+        try:
+            return await db.write(fn)
+        except StorageFull as err:
+            LOGGER.warning("storage full: %s waits %g s for room: %s", what, delay, err.__cause__)
+        if holding is not None:
+            holding.shield = False
+        await trio.sleep(delay)
+        delay = min(2 * delay, WRITE_RETRY_MAX_S)

@@ -31,9 +31,9 @@ from refresher.db import Database
 from refresher.jobs import outputstore, records
 from refresher.media import effects, encoding, measure
 from refresher.media.effects import Effects
-from refresher.media.ffmpeg import MediaError, encoder_mark, remove_files, rerun_if_interrupted
+from refresher.media.ffmpeg import encoder_mark, remove_files, rerun_if_interrupted
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
-from refresher.storage.full import StorageFull, is_storage_full
+from refresher.storage.full import StorageFull
 from refresher.storage.paths import Paths
 
 LOGGER = logging.getLogger(__name__)
@@ -70,12 +70,16 @@ class Draws:
         )  # fmt: skip
 
 
-class NoRoom(MediaError):
+class NoRoom(StorageFull):
+    """The evictor found no room for a batch, even after removing older results."""
+
     def __init__(self, nbytes: int) -> None:
         self.nbytes = nbytes
-        super().__init__(
+        self.what = f"there was no room to store {nbytes / 1e6:.0f} MB of variations"
+        Exception.__init__(
+            self,
             f"There was no room to store {nbytes / 1e6:.0f} MB of variations: the storage "
-            "is full even after removing older results."
+            "is full even after removing older results.",
         )
 
 
@@ -294,9 +298,7 @@ class BatchMaker:
         with trio.CancelScope(shield=True):
             try:
                 await self.db.write(record)
-            except sqlite3.Error as err:
-                if not is_storage_full(err):
-                    raise
+            except StorageFull as err:
                 await trio.to_thread.run_sync(
                     remove_files, [made.output.path for made in kept.values()]
                 )

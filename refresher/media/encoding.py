@@ -39,7 +39,7 @@ from refresher.media.ffmpeg import (
 from refresher.media.filtergraph import audio_filter, tee_escape, variation_filter
 from refresher.media.measure import Sampling, reference_filter
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
-from refresher.storage.full import StorageFull, is_storage_full
+from refresher.storage.full import files_written
 
 # One FFmpeg at a time: a process that decodes once and encodes up to
 # MAX_VARIATIONS_PER_ENCODE outputs keeps both cores busy on its own. Two at once were
@@ -290,8 +290,9 @@ async def encode_variations(
     reporter = _ProgressReporter(probed.duration_s, on_progress)
     done = False
     try:
-        for folder in {variation.output.parent for variation in variations}:
-            await trio.Path(folder).mkdir(parents=True, exist_ok=True)
+        with files_written("there was no room to write the variations"):
+            for folder in {variation.output.parent for variation in variations}:
+                await trio.Path(folder).mkdir(parents=True, exist_ok=True)
         returncode, stderr_tail = await run_ffmpeg(
             command, on_out_time_us=reporter.out_time_us, on_started=on_started, env=env
         )
@@ -310,11 +311,10 @@ async def encode_variations(
                     raise exit_failure(returncode, stderr_tail, writing="the variations")
             await trio.to_thread.run_sync(remove_files, [first.output for first in firsts])
         pairs = [(p.output, v.output) for p, v in zip(partials, variations, strict=True)]
-        outputs = await trio.to_thread.run_sync(_publish, pairs)
+        with files_written("there was no room to write the variations"):
+            outputs = await trio.to_thread.run_sync(_publish, pairs)
         done = True
     except OSError as err:  # making the folder, or keeping the outputs
-        if is_storage_full(err):
-            raise StorageFull("there was no room to write the variations") from err
         raise MediaError(f"The variations could not be written: {err.strerror}.") from err
     finally:
         if not done:

@@ -1,12 +1,13 @@
-"""A full storage is a result, not a crash: telling it apart, and writing to the store anyway.
+"""A full storage is a result, not a crash: one exception for it, and the room held back.
 
 SQLite answers any write on a full volume with `OperationalError: database or disk is
 full` (SQLITE_FULL; the transaction is rolled back), progress updates included, and a
 file write fails with ENOSPC (EDQUOT past a quota). A task that lets either escape
-crash-loops, because its restart redoes the work that filled the disk. So the service
-recognises the fault (`is_storage_full`), fails the work at hand with a reason a person
-reads (`StorageFull`), skips the writes it can do without (`write_if_room`) and lets the
-ones that must land wait for room (`write_when_room`).
+crash-loops, because its restart redoes the work that filled the disk. So the two layers
+that write translate the fault once into `StorageFull`, a reason a person reads: the
+store (`refresher.db`, which also skips the writes that can be done without and lets the
+ones that must land wait for room) and the file writes (`files_written`). Everything
+else catches `StorageFull`.
 """
 
 from __future__ import annotations
@@ -15,24 +16,14 @@ import errno
 import logging
 import os
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
-
-import trio
-
-from refresher.db import Database
 
 LOGGER = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 # What a file write answers on a full volume, or past the owner's quota.
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-# A write that must land tries again after this long, twice as long each time, up to the
-# cap: soon after room returns, without a log line a second while it does not.
-WRITE_RETRY_FIRST_S = 0.5
-WRITE_RETRY_MAX_S = 30.0
 # The ballast: a file of room held back on the volume and given up when a removal finds
 # the storage full, since removing results writes to the database too (its log), and a
 # full volume must not lock out the one thing that frees it. A hundredth of the volume,
@@ -68,49 +59,16 @@ def is_storage_full(error: BaseException) -> bool:
     return False
 
 
-async def write_if_room(db: Database, fn: Callable[[sqlite3.Connection], T], *, what: str) -> bool:
-    """Write `fn` unless the storage is full; return whether it was written.
-
-    For writes the service can do without (progress only a page reload shows): a full
-    storage is logged and the write skipped; any other error propagates.
-    """
+@contextmanager
+def files_written(what: str) -> Iterator[None]:
+    """Let a full volume met in the block (ENOSPC, EDQUOT) out as `StorageFull(what)`:
+    the one place a file write's full storage is told apart."""
     try:
-        await db.write(fn)
-    except sqlite3.Error as err:
-        if not is_storage_full(err):
-            raise
-        LOGGER.warning("storage full: %s skipped: %s", what, err)
-        return False
-    return True
-
-
-async def write_when_room(
-    db: Database,
-    fn: Callable[[sqlite3.Connection], T],
-    *,
-    what: str,
-    holding: trio.CancelScope | None = None,
-) -> T:
-    """Write `fn` and return its result, waiting for room while the storage is full.
-
-    For writes that must land (a job's state): a full storage is logged and the write
-    tried again after WRITE_RETRY_FIRST_S, doubling up to WRITE_RETRY_MAX_S; any other
-    error propagates. Cancellation while waiting leaves the write undone, so the caller's
-    next run must be able to finish it. `holding`, a shield around the caller, is lifted
-    once the write has to wait: a full disk never holds up a stop.
-    """
-    delay = WRITE_RETRY_FIRST_S
-    while True:
-        try:
-            return await db.write(fn)
-        except sqlite3.Error as err:
-            if not is_storage_full(err):
-                raise
-            LOGGER.warning("storage full: %s waits %g s for room: %s", what, delay, err)
-        if holding is not None:
-            holding.shield = False
-        await trio.sleep(delay)
-        delay = min(2 * delay, WRITE_RETRY_MAX_S)
+        yield
+    except OSError as err:
+        if err.errno in FULL_ERRNOS:
+            raise StorageFull(what) from err
+        raise
 
 
 def keep_ballast(path: Path) -> bool:

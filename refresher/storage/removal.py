@@ -31,7 +31,7 @@ from refresher import metrics
 from refresher.db import Database, placeholders
 from refresher.jobs.events import DELETED, JobEvent, status_event
 from refresher.jobs.status import FINISHED, TOMBSTONES, JobStatus, sql_list
-from refresher.storage.full import is_storage_full, release_ballast
+from refresher.storage.full import StorageFull, release_ballast
 from refresher.storage.paths import Paths, remove_tree
 from refresher.timestamps import duration_words, iso, seconds_between
 
@@ -138,9 +138,7 @@ async def remove(
             outcome.unavailable = err
             LOGGER.warning("removing nothing more for now (%s): %s", reason, err)
             break
-        except sqlite3.Error as err:
-            if not is_storage_full(err):
-                raise
+        except StorageFull:
             outcome.storage_full = True
             LOGGER.warning("removing nothing more for now (%s): the storage is full", reason)
             break
@@ -157,10 +155,8 @@ async def _reserve(reserver: Reserver, paths: Paths, job_id: str, reason: Remova
     (`refresher.storage.full`) and try once more: a removal is what frees the storage."""
     try:
         return await reserver.reserve_for_deletion(job_id, reason=reason)
-    except sqlite3.Error as err:
-        if not is_storage_full(err) or not await trio.to_thread.run_sync(
-            release_ballast, paths.ballast
-        ):
+    except StorageFull:
+        if not await trio.to_thread.run_sync(release_ballast, paths.ballast):
             raise
     return await reserver.reserve_for_deletion(job_id, reason=reason)
 

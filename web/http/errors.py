@@ -7,7 +7,7 @@ import logging
 from quart import Quart, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from refresher.storage.full import is_storage_full
+from refresher.storage.full import StorageFull
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,7 +65,7 @@ def register(app: Quart) -> None:
 
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> Response:
-        if is_storage_full(error):  # nothing was changed: the write rolled back
+        if isinstance(error, StorageFull):  # nothing was changed: the write rolled back
             LOGGER.warning("storage full on %s %s: %s", request.method, request.path, error)
             return error_response(507, STORAGE_FULL)
         LOGGER.error("unhandled error on %s %s", request.method, request.path, exc_info=error)

@@ -18,6 +18,8 @@ import trio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from refresher.storage.full import files_written
+
 # Bytes gathered before one write to disk: big writes keep thread hops few (one per MiB).
 WRITE_BUFFER_BYTES = 1024 * 1024
 # The most buffers one writev takes (Linux: 1024).
@@ -35,6 +37,7 @@ MAX_PART_HEADER_BYTES = 8 * 1024
 # an input left empty.
 MAX_EXTRA_PARTS = 16
 MAX_NAME_CHARS = 200
+NO_ROOM_FOR_UPLOAD = "there was no room for the upload"
 # RFC 2046 §5.1.1: a boundary is 1 to 70 characters.
 MAX_BOUNDARY_BYTES = 70
 
@@ -177,8 +180,8 @@ async def receive_form(
     Raise `FormRejected` as soon as a rule breaks (more than `max_files` files, a file
     over `max_file_bytes`, a file in another field, more or larger fields or part headers
     than MAX_FIELDS, MAX_FIELDS_TOTAL_BYTES and MAX_PART_HEADER_BYTES allow, a malformed
-    or incomplete body). The caller removes `directory` on any exception, including
-    cancellation.
+    or incomplete body), and `StorageFull` when the volume has no room for a file. The
+    caller removes `directory` on any exception, including cancellation.
     """
     events = _Events()
     try:
@@ -199,7 +202,8 @@ async def receive_form(
     async def flush() -> None:
         nonlocal pending, pending_bytes
         if pending and sink is not None:
-            await trio.to_thread.run_sync(_write_all, sink, pending)
+            with files_written(NO_ROOM_FOR_UPLOAD):
+                await trio.to_thread.run_sync(_write_all, sink, pending)
         pending, pending_bytes = [], 0
 
     try:
@@ -244,7 +248,8 @@ async def receive_form(
                         path=directory / f"{len(form.files)}.upload",
                     )
                     form.files.append(current)
-                    sink = await trio.to_thread.run_sync(_create, current.path)
+                    with files_written(NO_ROOM_FOR_UPLOAD):
+                        sink = await trio.to_thread.run_sync(_create, current.path)
                 elif kind == "data":
                     if current is not None:
                         current.size += len(data)

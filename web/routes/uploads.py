@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 import uuid
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 
@@ -20,7 +19,7 @@ from refresher.jobs.events import status_event
 from refresher.jobs.status import JobStatus
 from refresher.media.effects import Strength
 from refresher.media.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
-from refresher.storage.full import is_storage_full
+from refresher.storage.full import StorageFull
 from refresher.storage.paths import remove_tree
 from refresher.timestamps import duration_words
 from web.http.access import require_login
@@ -210,9 +209,7 @@ async def create_job() -> tuple[Response, int]:
                 )
         except FormRejected as err:
             raise ApiError(err.status, err.message) from None
-        except OSError as err:
-            if not is_storage_full(err):
-                raise
+        except StorageFull:
             raise ApiError(507, NO_ROOM) from None
         if deadline.cancelled_caught:
             LOGGER.info("job=%s upload timed out after %g s", job_id, config.upload_timeout_s)
@@ -255,11 +252,9 @@ async def create_job() -> tuple[Response, int]:
                     mirror=mirror,
                 )
             )
-        except sqlite3.Error as err:
+        except StorageFull:
             # Room is an answer, not a reservation: uploads sent together may fill the
             # volume between the answer and the job's row.
-            if not is_storage_full(err):
-                raise
             raise ApiError(507, NO_ROOM) from None
     except BaseException:
         # Bad input, a client that went away, or a crash: nothing of it stays on disk.

@@ -13,11 +13,11 @@ from typing import Any
 import pytest
 import trio
 
-from refresher.db import Database
+from refresher.db import Database, write_if_room, write_when_room
 from refresher.media import effects, encoding
 from refresher.media.probe import probe
 from refresher.storage import full
-from refresher.storage.full import StorageFull, is_storage_full, write_if_room, write_when_room
+from refresher.storage.full import StorageFull, files_written, is_storage_full
 from tests.support.full_disk import mounted_tmpfs
 
 FULL = "database or disk is full"
@@ -44,13 +44,27 @@ def _roll_back_after_a_full_disk() -> None:
         raise sqlite3.OperationalError("cannot rollback - no transaction is active")  # noqa: B904
 
 
+def test_a_full_volume_met_writing_files_is_storage_full_and_nothing_else_is() -> None:
+    with (
+        pytest.raises(StorageFull, match=r"^The storage is full: there was no room for x\.$"),
+        files_written("there was no room for x"),
+    ):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    with (
+        pytest.raises(PermissionError),
+        files_written("there was no room for x"),
+    ):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+
+
 class FullStore:
     """Stands in for `Database.write` on a disk that is full for the next `refusals`
-    writes; `attempts` keeps the (virtual) time of every write."""
+    writes (it raises what `Database` raises then); `attempts` keeps the (virtual) time
+    of every write."""
 
     def __init__(self, refusals: int, *, error: Exception | None = None) -> None:
         self.refusals = refusals
-        self.error = error or sqlite3.OperationalError(FULL)
+        self.error = error or StorageFull("there was no room to write to the job store")
         self.attempts: list[float] = []
 
     async def write(self, fn: Callable[[Any], Any]) -> Any:
@@ -107,9 +121,12 @@ async def test_a_commit_on_a_full_volume_is_storage_full_until_room_returns(
             def note(conn: sqlite3.Connection) -> None:
                 conn.execute("INSERT INTO notes VALUES (?)", ("x" * 8000,))
 
-            with pytest.raises(sqlite3.OperationalError) as refused:
+            with pytest.raises(
+                StorageFull,
+                match=r"^The storage is full: there was no room to write to the job store\.$",
+            ) as refused:
                 await db.write(note)
-            assert is_storage_full(refused.value)
+            assert is_storage_full(refused.value.__cause__)
             assert await write_if_room(db, note, what="a note") is False
             filler.unlink()
             assert await write_if_room(db, note, what="a note") is True
