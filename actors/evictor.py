@@ -26,11 +26,11 @@ from pathlib import Path
 import trio
 
 from actors.runtime import Mailbox, NoReply
-from refresher.db import Database
+from refresher.jobs.lifecycle import Lifecycle
+from refresher.jobs.transitions import EVICTED_MESSAGE, RemovalReason
 from refresher.storage import removal
 from refresher.storage.full import StorageFull
-from refresher.storage.paths import Paths
-from refresher.storage.removal import Publish, RemovalReason, Reserver
+from refresher.storage.removal import Reserver
 from refresher.storage.usage import Usage, eviction_candidates, read_volume, stored_bytes
 
 LOGGER = logging.getLogger(__name__)
@@ -67,17 +67,14 @@ class Evictor:
 
     def __init__(
         self,
-        db: Database,
-        paths: Paths,
+        lifecycle: Lifecycle,
         reserver: Reserver,
         *,
         quota_bytes: int,
         high: float,
         low: float,
-        now: Callable[[], float],
         interval_s: float = INTERVAL_S,
         volume_usage: Callable[[Path], tuple[int, int]] | None = None,
-        publish: Publish = removal.nobody_listens,
     ) -> None:
         if quota_bytes < 1:
             raise ValueError("quota_bytes must be >= 1")
@@ -87,18 +84,17 @@ class Evictor:
             raise ValueError("low must be > 0 and below high")
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
-        self.db = db
-        self.paths = paths
+        # Every job evicted goes through the lifecycle, which tells its event streams.
+        self.lifecycle = lifecycle
+        self.db = lifecycle.db
+        self.paths = lifecycle.paths
         self.reserver = reserver
         self.quota_bytes = quota_bytes
         self.high = high
         self.low = low
-        self.now = now
         self.interval_s = interval_s
         # (used bytes, usable bytes) of the volume holding a path; blocking.
         self.volume_usage = volume_usage or read_volume
-        # Every job evicted is announced, so its event streams end.
-        self.publish = publish
         self.inbox: Mailbox[RoomRequest] = Mailbox(INBOX_SIZE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -178,9 +174,7 @@ class Evictor:
 
     async def _make_room(self, nbytes: int | None) -> bool:
         """Evict down to `low` if over `high`, and enough for `nbytes` if given; say if it fits."""
-        await removal.resume(
-            self.db, self.paths, [RemovalReason.EVICTED], now=self.now, publish=self.publish
-        )
+        await removal.resume(self.lifecycle, [RemovalReason.EVICTED])
         usage = await self.usage()
         over = usage.fraction() > self.high
         short = nbytes is not None and not usage.has_room(nbytes, self.high)
@@ -201,14 +195,11 @@ class Evictor:
 
         nbytes_of = {candidate.job_id: candidate.nbytes for candidate in candidates}
         outcome = await removal.remove(
-            self.db,
-            self.paths,
+            self.lifecycle,
             self.reserver,
             RemovalReason.EVICTED,
-            dict.fromkeys(nbytes_of, removal.EVICTED_MESSAGE),
-            now=self.now,
+            dict.fromkeys(nbytes_of, EVICTED_MESSAGE),
             enough=lambda granted: enough(sum(nbytes_of[job_id] for job_id in granted)),
-            publish=self.publish,
         )
         for job_id in outcome.busy:
             LOGGER.info("job=%s is being downloaded; evicting a newer job", job_id)

@@ -25,20 +25,16 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import trio
 
-from refresher import metrics
-from refresher.db import Database
 from refresher.jobs import expiry
-from refresher.jobs.events import status_event
-from refresher.jobs.status import JobStatus
+from refresher.jobs.lifecycle import Lifecycle
+from refresher.jobs.transitions import LOST_MESSAGE, RemovalReason
 from refresher.storage import reconcile, removal
 from refresher.storage.full import StorageFull, keep_ballast
-from refresher.storage.paths import Paths
-from refresher.storage.removal import Publish, RemovalReason, Reserver
+from refresher.storage.removal import Reserver
 
 LOGGER = logging.getLogger(__name__)
 
@@ -85,16 +81,13 @@ class Janitor:
 
     def __init__(
         self,
-        db: Database,
-        paths: Paths,
+        lifecycle: Lifecycle,
         reserver: Reserver,
         *,
         interval_s: float,
-        now: Callable[[], float],
         tombstone_retention_s: float = TOMBSTONE_RETENTION_S,
         orphan_grace_s: float = ORPHAN_GRACE_S,
         process_started: float | None = None,
-        publish: Publish = removal.nobody_listens,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0")
@@ -102,18 +95,19 @@ class Janitor:
             raise ValueError("tombstone_retention_s must be >= 0")
         if orphan_grace_s < 0:
             raise ValueError("orphan_grace_s must be >= 0")
-        self.db = db
-        self.paths = paths
+        # Every job the janitor ends or removes goes through the lifecycle, which tells its
+        # event streams.
+        self.lifecycle = lifecycle
+        self.db = lifecycle.db
+        self.paths = lifecycle.paths
+        self.now = lifecycle.now
         self.reserver = reserver
         self.interval_s = interval_s
-        self.now = now
         self.tombstone_retention_s = tombstone_retention_s
         self.orphan_grace_s = orphan_grace_s
         # When this process started, by the clock that stamps files (`time.time`): files
         # with no row written before it are a dead process's (see plan_reconciliation).
         self.process_started = process_started
-        # Every job the janitor ends or removes is announced, so its event streams end.
-        self.publish = publish
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Make a pass on start and every `interval_s` until cancelled.
@@ -144,21 +138,14 @@ class Janitor:
         now = self.now()
         before = now - self.tombstone_retention_s
         report.purged = await self.db.write(lambda conn: expiry.purge_tombstones(conn, before))
-        failed = await self.db.write(lambda conn: expiry.fail_stale_queued(conn, now))
-        report.failed_queued = len(failed)
-        metrics.JOBS_FINISHED.labels(JobStatus.FAILED).inc(len(failed))
-        for job_id, error in failed.items():
-            LOGGER.debug("job=%s failed: queued past its expiry", job_id)
-            self.publish(status_event(job_id, JobStatus.FAILED, error))
+        report.failed_queued = len(await self.lifecycle.fail_stale())
         await self._expire(report, now)
         await self._reconcile(report)
         LOGGER.info("janitor pass in %.3f s: %s", time.perf_counter() - began, report.summary())
         return report
 
     async def _expire(self, report: SweepReport, now: float) -> None:
-        resumed = await removal.resume(
-            self.db, self.paths, RESUMED, now=self.now, publish=self.publish
-        )
+        resumed = await removal.resume(self.lifecycle, RESUMED)
         report.expired += len(resumed.get(RemovalReason.EXPIRED, []))
         report.lost += len(resumed.get(RemovalReason.LOST, []))
         for job_id in resumed.get(RemovalReason.DELETED, []):
@@ -204,7 +191,7 @@ class Janitor:
         report.forgotten_outputs = await self.db.write(forget)
         for job_id, output_ids in findings.missing_outputs.items():
             LOGGER.warning("job=%s %d output files vanished from disk", job_id, len(output_ids))
-        messages = dict.fromkeys(findings.lost, removal.LOST_MESSAGE)
+        messages = dict.fromkeys(findings.lost, LOST_MESSAGE)
         report.lost += len(await self._remove(messages, RemovalReason.LOST, report))
 
     async def _remove(
@@ -213,9 +200,7 @@ class Janitor:
         """Remove the jobs' results (see `refresher.storage.removal`); return the ids retired."""
         if report.skipped_deletions or not messages:
             return []
-        outcome = await removal.remove(
-            self.db, self.paths, self.reserver, reason, messages, now=self.now, publish=self.publish
-        )
+        outcome = await removal.remove(self.lifecycle, self.reserver, reason, messages)
         if outcome.unavailable is not None:
             # In doubt nothing is deleted; the next pass finds these jobs again.
             report.skipped_deletions = str(outcome.unavailable)

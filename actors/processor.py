@@ -26,11 +26,11 @@ from pathlib import Path
 import trio
 
 from actors.runtime import Mailbox
-from refresher import metrics
-from refresher.db import Database, write_if_room, write_when_room
+from refresher.db import write_if_room, write_when_room
 from refresher.jobs import records
 from refresher.jobs.batches import BatchMaker, Draws
 from refresher.jobs.events import JobEvent
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import FINISHED, JobStatus
 from refresher.media import effects, encoding, thumbnails
 from refresher.media.ffmpeg import (
@@ -43,7 +43,6 @@ from refresher.media.ffmpeg import (
 )
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
 from refresher.storage.full import StorageFull
-from refresher.storage.paths import Paths, remove_tree
 
 LOGGER = logging.getLogger(__name__)
 
@@ -97,27 +96,25 @@ class Processor:
 
     def __init__(
         self,
-        db: Database,
-        paths: Paths,
-        publish: Callable[[JobEvent], None],
+        lifecycle: Lifecycle,
         *,
         ffmpeg: str,
-        ttl_s: float,
-        now: Callable[[], float],
         threads: int | None = None,
         request_room: Callable[[int], Awaitable[bool]] | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
     ) -> None:
-        self.db = db
+        # A job's start and end go through the lifecycle; progress is told directly.
+        self.lifecycle = lifecycle
+        self.db = lifecycle.db
+        self.paths = lifecycle.paths
+        self.now = lifecycle.now
+        self.publish = lifecycle.publish
         self.limits = limits
-        self.paths = paths
-        self.publish = publish
         self.ffmpeg = ffmpeg
-        self.ttl_s = ttl_s
-        self.now = now
         self.batches = BatchMaker(
-            db, paths, ffmpeg, now=now, threads=threads, request_room=request_room, limits=limits
-        )
+            self.db, self.paths, ffmpeg, now=self.now, threads=threads,
+            request_room=request_room, limits=limits,
+        )  # fmt: skip
         self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
         self._wake = trio.Event()
         self._current: _RunningJob | None = None
@@ -147,21 +144,13 @@ class Processor:
 
     async def _work(self) -> None:
         # After started(): on a full storage this waits for room, and the service runs.
-        requeued = await write_when_room(
-            self.db,
-            lambda conn: records.requeue_interrupted(conn, self.now()),
-            what="requeueing interrupted jobs",
-        )
+        requeued = await self.lifecycle.requeue_interrupted()
         if requeued:
             LOGGER.warning("recovered: requeued jobs %s", requeued)
         while True:
             # A fresh event before looking: a ring during the look is not lost.
             self._wake = trio.Event()
-            job = await write_when_room(
-                self.db,
-                lambda conn: records.claim_next(conn, self.now()),
-                what="claiming the next job",
-            )
+            job = await self.lifecycle.start_next()
             if job is None:
                 await self._wake.wait()
                 continue
@@ -172,7 +161,6 @@ class Processor:
 
     async def _process(self, job: records.JobRecord) -> None:
         LOGGER.info("job=%s processing: %d videos", job.id, job.total_videos)
-        self._publish(job.id, "status", status=JobStatus.PROCESSING)
         await self._make_thumbnail(job)
         variation_effects = effects.generate(job.seed, job.total_variations)
         running = _RunningJob(
@@ -377,22 +365,4 @@ class Processor:
                 )
             else:
                 status, error = JobStatus.COMPLETED, None
-            await write_when_room(
-                self.db,
-                lambda conn: records.finish_job(
-                    conn, job_id, status=status, error=error, now=self.now(), ttl_s=self.ttl_s
-                ),
-                what=f"job={job_id} {status}",
-                holding=finishing,
-            )
-            # Files before rows: the uploads go first, then the rows stop naming them.
-            await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(job_id))
-            await write_when_room(
-                self.db,
-                lambda conn: records.clear_uploads(conn, job_id),
-                what=f"job={job_id} uploads removed",
-                holding=finishing,
-            )
-        LOGGER.info("job=%s %s", job_id, status)
-        metrics.JOBS_FINISHED.labels(status).inc()
-        self._publish(job_id, "status", status=status, error=error)
+            await self.lifecycle.finish(job_id, status=status, error=error, holding=finishing)

@@ -29,7 +29,7 @@ from bench.raw import RawServer
 from bench.service import PeakRss, Service, cpu_seconds, curl_many, rss_bytes
 from bench.verdict import Row, at_least, below, table
 from refresher.db import connect, migrate
-from refresher.jobs import outputstore, records
+from refresher.jobs import outputstore, records, transitions
 from refresher.jobs.status import JobStatus
 from refresher.storage.paths import Paths
 
@@ -44,7 +44,7 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
     job_dir.mkdir(parents=True)
     block = os.urandom(CHUNK)
     per_file = total_bytes // files
-    source = records.NewFile(str(uuid.uuid4()), "creative.mp4", "uploads/x", 1, 10.0)
+    source = transitions.NewFile(str(uuid.uuid4()), "creative.mp4", "uploads/x", 1, 10.0)
     outputs = []
     for index in range(1, files + 1):
         path = job_dir / f"{source.id}_var{index}.mp4"
@@ -61,7 +61,7 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
     migrate(conn)
     now = time.time()
     conn.execute("BEGIN IMMEDIATE")
-    records.insert_job(
+    transitions.insert_job(
         conn, job_id=job_id, files=[source], variations_per_video=files, seed=1, now=now,
         ttl_s=86_400,
     )  # fmt: skip
@@ -73,7 +73,9 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
                 path=paths.relative(path), size=size, crc32=crc, effects={},
             ),
         )  # fmt: skip
-    records.finish_job(conn, job_id, status=JobStatus.COMPLETED, error=None, now=now, ttl_s=86_400)
+    transitions.finish_job(
+        conn, job_id, status=JobStatus.COMPLETED, error=None, now=now, ttl_s=86_400
+    )
     records.clear_uploads(conn, job_id)
     conn.execute("COMMIT")
     conn.close()

@@ -40,6 +40,7 @@ from actors.janitor import Janitor
 from actors.runtime import Supervisor
 from bench.verdict import Row, below, table
 from refresher.db import Database, connect, migrate
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import ACTIVE, FINISHED, JobStatus
 from refresher.storage.paths import Paths
 from refresher.storage.usage import stored_bytes
@@ -161,11 +162,12 @@ async def run(paths: Paths, now: float, evictions: int) -> list[tuple[str, float
     results = []
     try:
         tracker = DownloadTracker(db, now=lambda: now)
-        janitor = Janitor(db, paths, tracker, interval_s=300, now=lambda: now)
+        lifecycle = Lifecycle(db, paths, now=lambda: now, ttl_s=86_400)
+        janitor = Janitor(lifecycle, tracker, interval_s=300)
         stored = await db.read(stored_bytes)
         evictor = Evictor(
-            db, paths, tracker, quota_bytes=10 * stored, high=0.85, low=0.75,
-            now=lambda: now, volume_usage=lambda root: VOLUME,
+            lifecycle, tracker, quota_bytes=10 * stored, high=0.85, low=0.75,
+            volume_usage=lambda root: VOLUME,
         )  # fmt: skip
         async with trio.open_nursery() as nursery:
             # The janitor is driven by hand; the evictor answers through its inbox.

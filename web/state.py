@@ -16,6 +16,7 @@ from actors.runtime import Mailbox, Supervisor
 from refresher.auth.credentials import Credentials
 from refresher.config import Config
 from refresher.db import Database
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.media.probe import PROBES_AT_ONCE
 from refresher.storage.paths import Paths
 from web.http.slots import StreamSlots
@@ -36,6 +37,8 @@ class AppState:
     events: EventHub
     tracker: DownloadTracker
     evictor: Evictor
+    # Every change of a job's status: its write, its event, its metric.
+    lifecycle: Lifecycle
     processor_inbox: Mailbox[JobQueued | CancelJob]
     # Wall clock (unix seconds); injected so tests can move time.
     now: Callable[[], float]

@@ -32,6 +32,7 @@ from refresher import metrics
 from refresher.auth import credentials as credentials_store
 from refresher.config import Config
 from refresher.db import Database
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.storage.full import keep_ballast
 from refresher.storage.paths import Paths
@@ -119,24 +120,18 @@ async def serve(
         LOGGER.warning("the volume is nearly full: no room held back for removals yet")
     try:
         events = EventHub()
+        lifecycle = Lifecycle(db, paths, now=now, ttl_s=config.job_ttl_s, publish=events.publish)
         tracker = DownloadTracker(db, now=now, ballast=paths.ballast)
         evictor = Evictor(
-            db,
-            paths,
+            lifecycle,
             tracker,
             quota_bytes=config.storage_quota_bytes,
             high=config.evict_high,
             low=config.evict_low,
-            now=now,
-            publish=events.publish,
         )
         processor = Processor(
-            db,
-            paths,
-            events.publish,
+            lifecycle,
             ffmpeg=ffmpeg,
-            ttl_s=config.job_ttl_s,
-            now=now,
             threads=config.ffmpeg_threads,
             request_room=evictor.request_room,
             limits=config.media_limits,
@@ -147,13 +142,10 @@ async def serve(
                 tracker,
                 processor,
                 Janitor(
-                    db,
-                    paths,
+                    lifecycle,
                     tracker,
                     interval_s=config.janitor_interval_s,
-                    now=now,
                     process_started=time.time(),
-                    publish=events.publish,
                 ),
                 evictor,
             ],
@@ -169,6 +161,7 @@ async def serve(
             events=events,
             tracker=tracker,
             evictor=evictor,
+            lifecycle=lifecycle,
             processor_inbox=processor.inbox,
             now=now,
             started_at=trio.current_time(),

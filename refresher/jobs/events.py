@@ -7,6 +7,7 @@ upload announces its new job as queued, so a stream of every job sees it appear.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,3 +34,10 @@ class JobEvent:
 def status_event(job_id: str, status: str, error: str | None = None) -> JobEvent:
     """The event of a job reaching `status` (with a reason for its owner, if any)."""
     return JobEvent(job_id, "status", {"status": status, "error": error})
+
+
+Publish = Callable[[JobEvent], None]
+
+
+def nobody_listens(event: JobEvent) -> None:
+    """The default `publish`: nobody follows the jobs (tools, benchmarks)."""

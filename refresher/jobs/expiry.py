@@ -1,10 +1,11 @@
-"""Which jobs have outlived their time: finished jobs past `expires_at`, queued jobs that
-never started, and tombstones past their retention.
+"""Which jobs have outlived their time: finished jobs past `expires_at`, and tombstones
+past their retention.
 
 Pure queries on a `sqlite3.Connection` (run them through `Database.read`/`write`); the
 janitor holds the policy of when to call them and removes expired results through
-`refresher.storage.removal`. Queued and processing jobs never expire by age: a queued job past
-its expiry fails instead, with a reason, and keeps its row as long as a finished one.
+`refresher.storage.removal`. Queued and processing jobs never expire by age: a queued job
+past its expiry fails instead (`Lifecycle.fail_stale`), with a reason, and keeps its row
+as long as a finished one.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, JobStatus, sql_list
-from refresher.storage.removal import RemovalReason, expiry_message
-from refresher.timestamps import duration_words, iso, seconds_between
+from refresher.jobs.status import FINISHED, TOMBSTONES, sql_list
+from refresher.jobs.transitions import RemovalReason, expiry_message
+from refresher.timestamps import iso
 
 
 @dataclass(frozen=True)
@@ -41,41 +42,6 @@ def expired_jobs(conn: sqlite3.Connection, now: float) -> list[ExpiredJob]:
         ExpiredJob(job_id, expiry_message(finished_at, expires_at))
         for job_id, finished_at, expires_at in rows
     ]
-
-
-def fail_stale_queued(conn: sqlite3.Connection, now: float) -> dict[str, str]:
-    """Fail queued jobs past `expires_at` (they never started); return id → the error.
-
-    A failed job keeps its row as long as a finished one would (the TTL it was queued
-    with, `expires_at - created_at`), so its owner sees why. Its uploads are left for
-    the janitor's reconciliation, which removes uploads of every job that has ended.
-    """
-    stamp = iso(now)
-    rows = conn.execute(
-        "SELECT id, created_at, expires_at FROM jobs WHERE status = ? AND expires_at <= ?",
-        (JobStatus.QUEUED, stamp),
-    ).fetchall()
-    failed = {}
-    for job_id, created_at, expires_at in rows:
-        ttl_s = max(seconds_between(created_at, expires_at) or 0.0, 0.0)
-        error = (
-            f"The job waited in the queue for more than {duration_words(ttl_s)} without "
-            "starting; upload the videos again."
-        )
-        changed = conn.execute(
-            """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
-                               expires_at = ?
-               WHERE id = ? AND status = ?""",
-            (JobStatus.FAILED, error, stamp, stamp, iso(now + ttl_s), job_id, JobStatus.QUEUED),
-        ).rowcount
-        if changed:
-            conn.execute(
-                f"""UPDATE job_files SET status = ?, error = ?, updated_at = ?
-                    WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
-                (JobStatus.FAILED, error, stamp, job_id),
-            )
-            failed[job_id] = error
-    return failed
 
 
 def purge_tombstones(conn: sqlite3.Connection, before: float) -> int:

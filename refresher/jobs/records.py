@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from refresher.archive import job_archive
-from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, JobStatus, sql_list
-from refresher.timestamps import iso, iso_after
+from refresher.jobs.status import JobStatus
+from refresher.timestamps import iso
 
 
 class JobNotFound(LookupError):
@@ -111,59 +111,6 @@ def overall_progress(job_status: str, files: Iterable[tuple[str, float]]) -> flo
     return round(sum(shares) / len(shares), 1) if shares else 0.0
 
 
-@dataclass(frozen=True)
-class NewFile:
-    id: str
-    original_name: str
-    upload_path: str
-    file_size: int
-    duration_s: float
-
-
-def insert_job(
-    conn: sqlite3.Connection,
-    *,
-    job_id: str,
-    files: list[NewFile],
-    variations_per_video: int,
-    seed: int,
-    now: float,
-    ttl_s: float,
-    strength: str = "subtle",
-    mirror: bool = False,
-) -> None:
-    """Record a queued job and its uploaded files (call inside one write transaction)."""
-    created = iso(now)
-    conn.execute(
-        """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
-                             variations_per_video, total_variations, seed, strength, mirror)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (
-            job_id,
-            JobStatus.QUEUED,
-            created,
-            created,
-            iso_after(now, ttl_s),
-            len(files),
-            variations_per_video,
-            len(files) * variations_per_video,
-            seed,
-            strength,
-            int(mirror),
-        ),
-    )
-    conn.executemany(
-        """INSERT INTO job_files (id, job_id, position, original_name, upload_path, file_size,
-                                  status, duration_s, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        [
-            (file.id, job_id, position, file.original_name, file.upload_path, file.file_size,
-             JobStatus.QUEUED, file.duration_s, created)
-            for position, file in enumerate(files)
-        ],
-    )  # fmt: skip
-
-
 def list_jobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     """Every job's row, newest first, with its source file names joined by a NUL, its
     variations made so far (`completed_variations`) and its `overall_progress`."""
@@ -250,34 +197,6 @@ def require_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
     return job
 
 
-def requeue_interrupted(conn: sqlite3.Connection, now: float) -> list[str]:
-    """Put jobs left `processing` by a crash or shutdown back in the queue; return their ids."""
-    queued, processing = JobStatus.QUEUED, JobStatus.PROCESSING
-    ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = ?", (processing,))]
-    stamp = iso(now)
-    for table in ("job_files", "jobs"):
-        conn.execute(
-            f"UPDATE {table} SET status = ?, updated_at = ? WHERE status = ?",
-            (queued, stamp, processing),
-        )
-    return ids
-
-
-def claim_next(conn: sqlite3.Connection, now: float) -> JobRecord | None:
-    """Mark the oldest queued job `processing` and return it; None when the queue is empty."""
-    row = conn.execute(
-        "SELECT id FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
-        (JobStatus.QUEUED,),
-    ).fetchone()
-    if row is None:
-        return None
-    conn.execute(
-        "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?",
-        (JobStatus.PROCESSING, iso(now), row[0]),
-    )
-    return load_job(conn, row[0])
-
-
 def set_file_state(
     conn: sqlite3.Connection,
     file_id: str,
@@ -307,38 +226,6 @@ def cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
     return row is None or row[0] is not None
 
 
-def finish_job(
-    conn: sqlite3.Connection,
-    job_id: str,
-    *,
-    status: JobStatus,
-    error: str | None,
-    now: float,
-    ttl_s: float,
-) -> None:
-    """End a job: results expire `ttl_s` after now, and the size of its ZIP is kept.
-
-    Files still queued or processing (a cancelled job) become `cancelled`.
-    """
-    if status not in FINISHED:
-        raise ValueError(f"status must be one of {sql_list(FINISHED)}, got {status!r}")
-    stamp = iso(now)
-    conn.execute(
-        f"""UPDATE job_files SET status = ?, updated_at = ?
-            WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
-        (JobStatus.CANCELLED, stamp, job_id),
-    )
-    conn.execute(
-        """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
-                           expires_at = ?, cancelled_at = CASE WHEN ? = ?
-                               THEN coalesce(cancelled_at, ?) ELSE cancelled_at END
-           WHERE id = ?""",
-        (status, error, stamp, stamp, iso_after(now, ttl_s), status, JobStatus.CANCELLED,
-         stamp, job_id),
-    )  # fmt: skip
-    keep_archive_size(conn, job_id)
-
-
 def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
     """Record the size of the job's ZIP as its rows now lay it out (None: no outputs).
 
@@ -358,24 +245,3 @@ def clear_uploads(conn: sqlite3.Connection, job_id: str) -> None:
 
 def set_thumbnail(conn: sqlite3.Connection, job_id: str, path: str) -> None:
     conn.execute("UPDATE jobs SET thumbnail_path = ? WHERE id = ?", (path, job_id))
-
-
-def request_cancel(conn: sqlite3.Connection, job_id: str, *, now: float, ttl_s: float) -> str:
-    """Cancel a job: a queued one ends now, a processing one is flagged for the processor.
-
-    Return the job's status afterwards. Raise `JobNotFound`, or `JobAlreadyFinished` for
-    a job that has already ended.
-    """
-    job = require_job(conn, job_id)
-    if job.status in TERMINAL:
-        raise JobAlreadyFinished(job_id, job.status)
-    if job.status == JobStatus.QUEUED:
-        conn.execute("UPDATE jobs SET cancelled_at = ? WHERE id = ?", (iso(now), job_id))
-        finish_job(conn, job_id, status=JobStatus.CANCELLED, error=None, now=now, ttl_s=ttl_s)
-        return JobStatus.CANCELLED
-    if job.cancelled_at is None:
-        conn.execute(
-            "UPDATE jobs SET cancelled_at = ?, updated_at = ? WHERE id = ?",
-            (iso(now), iso(now), job_id),
-        )
-    return job.status

@@ -1,6 +1,6 @@
 """Removing a job's results: the one flow the janitor, the evictor and DELETE all take.
 
-    reserve with the download tracker → remove the files → retire the row
+    reserve with the download tracker → remove the files → retire the row (`Lifecycle`)
 
 A reservation is granted only while no download holds a lease on the job, and from then
 on no new lease is given, so no file is removed under a running download. Files go
@@ -22,56 +22,28 @@ import logging
 import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Protocol
 
 import trio
 
-from refresher import metrics
-from refresher.db import Database, placeholders
-from refresher.jobs.events import DELETED, JobEvent, status_event
-from refresher.jobs.status import FINISHED, TOMBSTONES, JobStatus, sql_list
+from refresher.db import placeholders
+from refresher.jobs.lifecycle import Lifecycle
+from refresher.jobs.status import FINISHED
+from refresher.jobs.transitions import (
+    EVICTED_MESSAGE,
+    LOST_MESSAGE,
+    RemovalReason,
+    expiry_message,
+)
 from refresher.storage.full import StorageFull, release_ballast
 from refresher.storage.paths import Paths, remove_tree
-from refresher.timestamps import duration_words, iso, seconds_between
+from refresher.timestamps import iso
 
 LOGGER = logging.getLogger(__name__)
 
-LOST_MESSAGE = "The results were lost from the disk, so they can no longer be downloaded."
-EVICTED_MESSAGE = "Removed early to free space for new uploads."
 # A DELETE's reservation younger than this may still be at work in its request: it is
 # resumed only once older. Its files and row take well under a second to go.
 DELETE_RESUME_AFTER_S = 60.0
-
-
-class RemovalReason(StrEnum):
-    """Why a job's results go; kept with its reservation and deciding how its row ends."""
-
-    EXPIRED = "expired"  # past its time to live: an `expired` tombstone
-    LOST = "lost"  # its files vanished from the disk: an `expired` tombstone saying so
-    EVICTED = "evicted"  # room was needed: an `evicted` tombstone
-    DELETED = "deleted"  # its owner deleted it: the row goes too
-
-
-_TOMBSTONE = {
-    RemovalReason.EXPIRED: JobStatus.EXPIRED,
-    RemovalReason.LOST: JobStatus.EXPIRED,
-    RemovalReason.EVICTED: JobStatus.EVICTED,
-}
-# Who makes reservations of each reason, and so may finish them.
-_OWNER = {
-    RemovalReason.EXPIRED: "janitor",
-    RemovalReason.LOST: "janitor",
-    RemovalReason.EVICTED: "evictor",
-    RemovalReason.DELETED: "owner",
-}
-
-
-Publish = Callable[[JobEvent], None]
-
-
-def nobody_listens(event: JobEvent) -> None:
-    """The default `publish`: nobody follows the jobs (tools, benchmarks)."""
 
 
 class ReservationUnavailable(RuntimeError):
@@ -101,27 +73,17 @@ class Removal:
     storage_full: bool = False
 
 
-def expiry_message(finished_at: str | None, expires_at: str) -> str:
-    """What an expired job's owner reads: how long its results were kept."""
-    kept_s = seconds_between(finished_at, expires_at)
-    if kept_s is None or kept_s <= 0:
-        return "Results expired."
-    return f"Results expired {duration_words(kept_s)} after the job finished."
-
-
 async def remove(
-    db: Database,
-    paths: Paths,
+    lifecycle: Lifecycle,
     reserver: Reserver,
     reason: RemovalReason,
     messages: Mapping[str, str | None],
     *,
-    now: Callable[[], float],
     enough: Callable[[Collection[str]], bool] | None = None,
-    publish: Publish = nobody_listens,
 ) -> Removal:
     """Reserve, in order, each job of `messages` (id → message for its owner), then remove
-    the files of those granted, retire their rows and `publish` each one's final status.
+    the files of those granted and retire their rows (`Lifecycle.retire`, which tells
+    each one's final status).
 
     A job a download holds is left (`busy`). Reserving stops once `enough(granted ids)`
     holds, or when the reserver stops answering. Cancellation may cut the flow anywhere;
@@ -133,7 +95,7 @@ async def remove(
         if enough is not None and enough(granted.keys()):
             break
         try:
-            reserved = await _reserve(reserver, paths, job_id, reason)
+            reserved = await _reserve(reserver, lifecycle.paths, job_id, reason)
         except ReservationUnavailable as err:
             outcome.unavailable = err
             LOGGER.warning("removing nothing more for now (%s): %s", reason, err)
@@ -146,7 +108,7 @@ async def remove(
             granted[job_id] = message
         else:
             outcome.busy.append(job_id)
-    outcome.retired = await _carry_out(db, paths, granted, reason, now, publish)
+    outcome.retired = await _carry_out(lifecycle, granted, reason)
     return outcome
 
 
@@ -162,12 +124,7 @@ async def _reserve(reserver: Reserver, paths: Paths, job_id: str, reason: Remova
 
 
 async def resume(
-    db: Database,
-    paths: Paths,
-    reasons: Collection[RemovalReason],
-    *,
-    now: Callable[[], float],
-    publish: Publish = nobody_listens,
+    lifecycle: Lifecycle, reasons: Collection[RemovalReason]
 ) -> dict[RemovalReason, list[str]]:
     """Finish removals a kill or crash cut short: jobs reserved under one of `reasons`
     whose row was not retired yet. Return the ids retired, by reason.
@@ -176,34 +133,22 @@ async def resume(
     starts removals of its own, so the reservations it finds are not at work. A DELETE's
     runs in its request, so it is taken only once `DELETE_RESUME_AFTER_S` old.
     """
-    moment = now()
-    interrupted = await db.read(lambda conn: _interrupted(conn, reasons, moment))
+    moment = lifecycle.now()
+    interrupted = await lifecycle.db.read(lambda conn: _interrupted(conn, reasons, moment))
     retired: dict[RemovalReason, list[str]] = {}
     for reason, messages in interrupted.items():
         LOGGER.warning("finishing %d removals (%s) an earlier run left", len(messages), reason)
-        retired[reason] = await _carry_out(db, paths, messages, reason, now, publish)
+        retired[reason] = await _carry_out(lifecycle, messages, reason)
     return retired
 
 
 async def _carry_out(
-    db: Database,
-    paths: Paths,
-    granted: Mapping[str, str | None],
-    reason: RemovalReason,
-    now: Callable[[], float],
-    publish: Publish,
+    lifecycle: Lifecycle, granted: Mapping[str, str | None], reason: RemovalReason
 ) -> list[str]:
     if not granted:
         return []
-    removed = await trio.to_thread.run_sync(remove_job_files, paths, list(granted))
-    messages = {job_id: granted[job_id] for job_id in removed}
-    moment = now()
-    retired = await db.write(lambda conn: retire(conn, messages, reason, now=moment))
-    final = DELETED if reason is RemovalReason.DELETED else _TOMBSTONE[reason]
-    metrics.REMOVALS.labels(reason.value).inc(len(retired))
-    for job_id in retired:
-        publish(status_event(job_id, final, messages[job_id]))
-    return retired
+    removed = await trio.to_thread.run_sync(remove_job_files, lifecycle.paths, list(granted))
+    return await lifecycle.retire({job_id: granted[job_id] for job_id in removed}, reason)
 
 
 def remove_job_files(paths: Paths, job_ids: Iterable[str]) -> list[str]:
@@ -222,51 +167,6 @@ def remove_job_files(paths: Paths, job_ids: Iterable[str]) -> list[str]:
             continue
         removed.append(job_id)
     return removed
-
-
-def retire(
-    conn: sqlite3.Connection,
-    messages: Mapping[str, str | None],
-    reason: RemovalReason,
-    *,
-    now: float,
-) -> list[str]:
-    """Retire the rows of reserved jobs whose files are gone; return the ids retired.
-
-    A tombstone keeps the row and its source names, with `messages[id]` as the reason
-    shown; outputs and reservation go. Only a finished job reserved by the same remover
-    changes: a job the janitor reserved is never made `evicted`, an evicting one never
-    `expired`, and one a DELETE reserved is never left a tombstone. A DELETE takes any
-    reserved job, or a tombstone, and its row goes; a job already gone counts as retired.
-    """
-    changed = []
-    for job_id, message in messages.items():
-        row = conn.execute(
-            "SELECT reason FROM deletion_reservations WHERE job_id = ?", (job_id,)
-        ).fetchone()
-        if reason is RemovalReason.DELETED:
-            conn.execute(
-                f"DELETE FROM jobs WHERE id = ? AND (status IN {sql_list(TOMBSTONES)} OR ?)",
-                (job_id, row is not None),
-            )
-            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
-                changed.append(job_id)
-            continue
-        if row is None or _OWNER[RemovalReason(row[0])] != _OWNER[reason]:
-            continue
-        updated = conn.execute(
-            f"""UPDATE jobs SET status = ?, deleted_reason = ?, updated_at = ?,
-                                thumbnail_path = NULL, archive_bytes = NULL
-                WHERE id = ? AND status IN {sql_list(FINISHED)}""",
-            (_TOMBSTONE[reason], message, iso(now), job_id),
-        ).rowcount
-        if not updated:
-            continue
-        conn.execute("DELETE FROM output_files WHERE job_id = ?", (job_id,))
-        conn.execute("UPDATE job_files SET upload_path = NULL WHERE job_id = ?", (job_id,))
-        conn.execute("DELETE FROM deletion_reservations WHERE job_id = ?", (job_id,))
-        changed.append(job_id)
-    return changed
 
 
 def _interrupted(

@@ -22,6 +22,7 @@ from actors.evictor import Evictor, EvictorUnavailable
 from actors.runtime import Supervisor
 from refresher.db import Database
 from refresher.jobs import records
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.storage.paths import Paths
 from refresher.storage.usage import read_volume, stored_bytes
 from tests.support.clock import DAY_S, WallClock, wait_for
@@ -82,8 +83,8 @@ async def start(
 ) -> tuple[Evictor, DownloadTracker, Supervisor]:
     tracker = tracker or DownloadTracker(db, now=WallClock())
     evictor = Evictor(
-        db, paths, tracker, quota_bytes=quota_bytes, high=high, low=low, now=WallClock(),
-        interval_s=interval_s, volume_usage=volume,
+        Lifecycle(db, paths, now=WallClock(), ttl_s=DAY_S), tracker, quota_bytes=quota_bytes,
+        high=high, low=low, interval_s=interval_s, volume_usage=volume,
     )  # fmt: skip
     supervisor = Supervisor([tracker, evictor])
     await nursery.start(supervisor.run)
@@ -375,8 +376,8 @@ async def test_request_room_raises_when_the_evictor_does_not_answer(
     db: Database, paths: Paths, autojump_clock: trio.testing.MockClock
 ) -> None:
     silent = Evictor(
-        db, paths, DownloadTracker(db, now=WallClock()), quota_bytes=1, high=0.8, low=0.5,
-        now=WallClock(),
+        Lifecycle(db, paths, now=WallClock(), ttl_s=DAY_S), DownloadTracker(db, now=WallClock()),
+        quota_bytes=1, high=0.8, low=0.5,
     )  # fmt: skip
     with pytest.raises(
         EvictorUnavailable, match=r"^evictor did not answer a request for room for 10 bytes$"
@@ -399,5 +400,6 @@ async def test_evictor_refuses_bad_settings(
 ) -> None:
     settings: dict[str, float] = {"quota_bytes": 10, "high": 0.85, "low": 0.75, **changes}
     tracker = DownloadTracker(db, now=WallClock())
+    lifecycle = Lifecycle(db, paths, now=WallClock(), ttl_s=DAY_S)
     with pytest.raises(ValueError, match=message):
-        Evictor(db, paths, tracker, now=WallClock(), **settings)  # type: ignore[arg-type]
+        Evictor(lifecycle, tracker, **settings)  # type: ignore[arg-type]

@@ -24,10 +24,11 @@ from actors.janitor import Janitor
 from actors.runtime import Supervisor
 from refresher.archive import job_archive
 from refresher.db import Database
-from refresher.jobs import records
+from refresher.jobs import records, transitions
+from refresher.jobs.lifecycle import Lifecycle
+from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
 from refresher.storage.paths import Paths, remove_tree
-from refresher.storage.removal import RemovalReason
 from refresher.timestamps import iso
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
@@ -47,7 +48,7 @@ async def tracker(nursery: trio.Nursery, db: Database, wall_clock: WallClock) ->
 def make_janitor(
     db: Database, paths: Paths, tracker: DownloadTracker, clock: Callable[[], float]
 ) -> Janitor:
-    return Janitor(db, paths, tracker, interval_s=INTERVAL_S, now=clock)
+    return Janitor(Lifecycle(db, paths, now=clock, ttl_s=DAY_S), tracker, interval_s=INTERVAL_S)
 
 
 async def job(db: Database, job_id: str) -> records.JobRecord:
@@ -109,7 +110,7 @@ async def test_run_makes_a_pass_on_start_and_then_every_interval(
     # NOW + 600 s (the 11th) is the first to find it expired.
     expiring = await make_finished_job(db, paths, now=NOW, ttl_s=600)
     tracker = DownloadTracker(db, now=wall)
-    janitor = Janitor(db, paths, tracker, interval_s=60, now=wall)
+    janitor = Janitor(Lifecycle(db, paths, now=wall, ttl_s=DAY_S), tracker, interval_s=60)
     with trio.fail_after(3600):
         await nursery.start(Supervisor([tracker, janitor]).run)
         await wait_for(lambda: expired(db, already_expired), step_s=1)
@@ -304,7 +305,7 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     lost = await job(db, all_gone)
     assert (lost.status, lost.deleted_reason, lost.outputs) == (
         "expired",
-        removal.LOST_MESSAGE,
+        transitions.LOST_MESSAGE,
         (),
     )
     # A second pass finds nothing more to do.
@@ -328,8 +329,9 @@ async def test_a_partial_upload_of_a_dead_process_goes_on_the_first_pass(
     (live / "0.upload").write_bytes(b"u")
 
     janitor = Janitor(
-        db, paths, tracker, interval_s=INTERVAL_S, now=wall_clock, process_started=started
-    )
+        Lifecycle(db, paths, now=wall_clock, ttl_s=DAY_S), tracker, interval_s=INTERVAL_S,
+        process_started=started,
+    )  # fmt: skip
     report = await janitor.sweep()
     assert report.orphans == 1
     assert not dead.exists()  # at once, not an hour later
@@ -413,7 +415,7 @@ async def test_removals_a_kill_cut_short_are_finished_and_evictions_left_alone(
     assert (await job(db, files_gone)).deleted_reason == (
         "Results expired 24 hours after the job finished."
     )
-    assert (await job(db, judged_lost)).deleted_reason == removal.LOST_MESSAGE
+    assert (await job(db, judged_lost)).deleted_reason == transitions.LOST_MESSAGE
     assert not paths.job_dir(judged_lost).exists()
     assert (await job(db, evicting)).status == "completed"
     assert len(list(paths.job_dir(evicting).glob("*.mp4"))) == 2
@@ -491,5 +493,6 @@ def test_janitor_refuses_bad_settings(
     paths: Paths, changes: dict[str, float], message: str
 ) -> None:
     settings: dict[str, float] = {"interval_s": 1.0, **changes}
+    lifecycle = Lifecycle(None, paths, now=time.time, ttl_s=DAY_S)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
-        Janitor(None, paths, None, now=time.time, **settings)  # type: ignore[arg-type]
+        Janitor(lifecycle, None, **settings)  # type: ignore[arg-type]

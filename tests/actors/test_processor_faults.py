@@ -27,6 +27,7 @@ from actors.runtime import Supervisor
 from refresher.db import Database
 from refresher.jobs import records
 from refresher.jobs.events import JobEvent
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import TERMINAL, JobStatus
 from refresher.media.ffmpeg import find_ffmpeg, find_leftover_encoders
 from refresher.storage.paths import Paths
@@ -70,9 +71,8 @@ class Service:
 
 async def run_service(db: Database, paths: Paths, *, task_status: trio.TaskStatus[Service]) -> None:
     events: list[JobEvent] = []
-    processor = Processor(
-        db, paths, events.append, ffmpeg=find_ffmpeg(None), ttl_s=DAY_S, now=WallClock()
-    )
+    lifecycle = Lifecycle(db, paths, now=WallClock(), ttl_s=DAY_S, publish=events.append)
+    processor = Processor(lifecycle, ffmpeg=find_ffmpeg(None))
     supervisor = Supervisor([processor])
     stopped = trio.Event()
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from refresher.config import Config
 from refresher.db import Database
-from refresher.jobs import outputstore, records
+from refresher.jobs import outputstore, records, transitions
 from refresher.jobs.status import JobStatus
 from refresher.storage.paths import Paths
 from tests.support.clock import DAY_S
@@ -36,7 +36,7 @@ async def make_finished_job(
     job_id = str(uuid.uuid4())
     rng = random.Random(seed)
     files = [
-        records.NewFile(str(uuid.uuid4()), name, f"uploads/{job_id}/{n}.upload", 10, 1.0)
+        transitions.NewFile(str(uuid.uuid4()), name, f"uploads/{job_id}/{n}.upload", 10, 1.0)
         for n, name in enumerate(sources)
     ]
     job_dir = paths.job_dir(job_id)
@@ -50,7 +50,7 @@ async def make_finished_job(
             outputs.append((file.id, index, path, content))
 
     def record(conn):  # type: ignore[no-untyped-def]
-        records.insert_job(
+        transitions.insert_job(
             conn, job_id=job_id, files=files, variations_per_video=variations, seed=seed,
             now=now, ttl_s=ttl_s,
         )  # fmt: skip
@@ -67,7 +67,7 @@ async def make_finished_job(
             records.set_file_state(
                 conn, file.id, status=JobStatus.COMPLETED, progress=100.0, now=now
             )
-        records.finish_job(conn, job_id, status=status, error=None, now=now, ttl_s=ttl_s)
+        transitions.finish_job(conn, job_id, status=status, error=None, now=now, ttl_s=ttl_s)
         records.clear_uploads(conn, job_id)
 
     await db.write(record)
@@ -93,7 +93,7 @@ async def make_unfinished_job(
     upload = paths.upload_dir(job_id) / "0.upload"
     upload.parent.mkdir(parents=True)
     upload.write_bytes(b"u" * upload_bytes)
-    new_file = records.NewFile(
+    new_file = transitions.NewFile(
         str(uuid.uuid4()), "ad.mp4", paths.relative(upload), upload_bytes, 1.0
     )
     output = paths.job_dir(job_id) / f"{new_file.id}_var1.mp4"
@@ -102,13 +102,13 @@ async def make_unfinished_job(
         output.write_bytes(b"o" * output_bytes)
 
     def record(conn: sqlite3.Connection) -> None:
-        records.insert_job(
+        transitions.insert_job(
             conn, job_id=job_id, files=[new_file], variations_per_video=2, seed=1, now=now,
             ttl_s=ttl_s,
         )  # fmt: skip
         if not processing:
             return
-        claimed = records.claim_next(conn, now)
+        claimed = transitions.claim_next(conn, now)
         assert claimed is not None
         assert claimed.id == job_id
         if output_bytes:
@@ -157,12 +157,12 @@ async def queue_files_job(
         upload = upload_dir / f"{number}.upload"
         shutil.copyfile(source, upload)
         files.append(
-            records.NewFile(
+            transitions.NewFile(
                 str(uuid.uuid4()), source.name, paths.relative(upload), upload.stat().st_size, 1.0
             )
         )
     await db.write(
-        lambda conn: records.insert_job(
+        lambda conn: transitions.insert_job(
             conn, job_id=job_id, files=files, variations_per_video=variations, seed=5,
             now=now, ttl_s=ttl_s,
         )

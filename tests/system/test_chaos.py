@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from actors.janitor import Janitor
+from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES
 from tests.support.clips import Clips
 from tests.support.clock import WallClock
@@ -255,7 +256,8 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
             )
         await wait_until_all_ended(service)
         # One janitor pass of our own, as the live one may be between passes.
-        janitor = Janitor(state.db, state.paths, state.tracker, interval_s=1, now=wall_clock)
+        lifecycle = Lifecycle(state.db, state.paths, now=wall_clock, ttl_s=state.config.job_ttl_s)
+        janitor = Janitor(lifecycle, state.tracker, interval_s=1)
         wall_clock.advance(120)  # past the grace of any DELETE cut short
         await janitor.sweep()
 

@@ -11,8 +11,9 @@ import trio
 import trio.testing
 
 from actors.janitor import Janitor
-from refresher.jobs import records
+from refresher.jobs import transitions
 from refresher.jobs.events import JobEvent
+from refresher.jobs.lifecycle import Lifecycle
 from tests.support.clock import DAY_S, WallClock
 from tests.support.http import StartService, collect_events
 from tests.support.jobs import make_finished_job, make_unfinished_job
@@ -26,7 +27,7 @@ def queue_stays_put(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the processor from claiming the queued jobs these tests follow: each must end
     by the path under test, not by being processed (the processor may look at the queue
     at any moment after the service starts)."""
-    monkeypatch.setattr(records, "claim_next", lambda conn, now: None)
+    monkeypatch.setattr(transitions, "claim_next", lambda conn, now: None)
 
 
 async def follow(
@@ -71,10 +72,11 @@ async def announcement(
 
 def janitor_of(service: RunningService, clock: WallClock) -> Janitor:
     state = service.state
-    return Janitor(
-        state.db, state.paths, state.tracker, interval_s=300, now=clock,
+    lifecycle = Lifecycle(
+        state.db, state.paths, now=clock, ttl_s=state.config.job_ttl_s,
         publish=state.events.publish,
     )  # fmt: skip
+    return Janitor(lifecycle, state.tracker, interval_s=300)
 
 
 async def test_cancelling_a_queued_job_ends_its_stream(

@@ -13,7 +13,7 @@ import pytest
 import trio
 
 from refresher import timestamps
-from refresher.jobs import records
+from refresher.jobs import transitions
 from refresher.jobs.events import JobEvent
 from tests.support.clock import WallClock, wait_for
 from tests.support.http import TEST_PASSWORD, StartService
@@ -86,7 +86,7 @@ async def test_a_job_stream_ends_when_its_link_expires(
     wall_clock: WallClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(records, "claim_next", lambda conn, now: None)  # stays queued
+    monkeypatch.setattr(transitions, "claim_next", lambda conn, now: None)  # stays queued
     job_id = await make_finished_job(service.state.db, service.state.paths, now=wall_clock())
     await service.state.db.write(
         lambda conn: conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job_id,))

@@ -9,14 +9,11 @@ import trio
 from quart import Blueprint, Response, jsonify
 
 from actors.processor import CancelJob
-from refresher import metrics
 from refresher.auth import tokens
 from refresher.jobs import records
-from refresher.jobs.events import status_event
 from refresher.jobs.status import ACTIVE, JobStatus
+from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
-from refresher.storage.paths import remove_tree
-from refresher.storage.removal import RemovalReason
 from web.http.access import check_bearer, require_login
 from web.http.errors import STORAGE_FULL, ApiError
 from web.http.serving import send_private_image
@@ -51,21 +48,10 @@ async def _cancel_and_settle(app_state: AppState, job_id: str) -> records.JobRec
     """Cancel the job and wait (bounded) until the processor has settled it."""
     async with app_state.events.subscribe(job_id) as job_events:
         try:
-            status = await app_state.db.write(
-                lambda conn: records.request_cancel(
-                    conn, job_id, now=app_state.now(), ttl_s=app_state.config.job_ttl_s
-                )
-            )
+            status = await app_state.lifecycle.cancel(job_id)
         except records.JobNotFound:
             raise ApiError(404, "There is no such job; it may have been deleted.") from None
-        if status == JobStatus.CANCELLED:  # it was still queued: nothing ran
-            # Told at once, before anything that may be cut short or find the disk full:
-            # the janitor removes the uploads of an ended job if this does not.
-            app_state.events.publish(status_event(job_id, JobStatus.CANCELLED))
-            metrics.JOBS_FINISHED.labels(JobStatus.CANCELLED).inc()
-            await trio.to_thread.run_sync(remove_tree, app_state.paths.upload_dir(job_id))
-            await app_state.db.write(lambda conn: records.clear_uploads(conn, job_id))
-        else:
+        if status != JobStatus.CANCELLED:  # running: the processor stops it
             app_state.processor_inbox.post(CancelJob(job_id))
             with trio.move_on_after(SETTLE_TIMEOUT_S):
                 async for event in job_events:
@@ -105,13 +91,7 @@ async def delete_job(job_id: str) -> Response:
         if job.status == JobStatus.PROCESSING:
             raise ApiError(409, "The job is still stopping; try again in a moment.")
     outcome = await removal.remove(
-        app_state.db,
-        app_state.paths,
-        app_state.tracker,
-        RemovalReason.DELETED,
-        {job_id: None},
-        now=app_state.now,
-        publish=app_state.events.publish,
+        app_state.lifecycle, app_state.tracker, RemovalReason.DELETED, {job_id: None}
     )
     if outcome.unavailable is not None:
         raise ApiError(503, "Deleting is briefly unavailable; try again in a moment.")

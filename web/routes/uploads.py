@@ -12,11 +12,9 @@ from quart import Blueprint, Response, jsonify, request
 
 from actors.evictor import EvictorUnavailable
 from actors.processor import JobQueued
-from refresher import metrics
 from refresher.config import DEFAULT_VARIATIONS, Config
-from refresher.jobs import records
-from refresher.jobs.events import status_event
 from refresher.jobs.status import JobStatus
+from refresher.jobs.transitions import NewFile
 from refresher.media.effects import Strength
 from refresher.media.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
 from refresher.storage.full import StorageFull
@@ -228,7 +226,7 @@ async def create_job() -> tuple[Response, int]:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")
         probes = [await probe_upload(upload, app_state) for upload in form.files]
         files = [
-            records.NewFile(
+            NewFile(
                 id=str(uuid.uuid4()),
                 original_name=upload.name,
                 upload_path=app_state.paths.relative(upload.path),
@@ -239,18 +237,15 @@ async def create_job() -> tuple[Response, int]:
         ]
         seed = secrets.randbits(63)
         try:
-            await app_state.db.write(
-                lambda conn: records.insert_job(
-                    conn,
-                    job_id=job_id,
-                    files=files,
-                    variations_per_video=variations,
-                    seed=seed,
-                    now=app_state.now(),
-                    ttl_s=config.job_ttl_s,
-                    strength=strength,
-                    mirror=mirror,
-                )
+            # Announced before the processor hears of it, so every open page sees the job
+            # queued before it sees it processing.
+            await app_state.lifecycle.queue(
+                job_id=job_id,
+                files=files,
+                variations_per_video=variations,
+                seed=seed,
+                strength=strength,
+                mirror=mirror,
             )
         except StorageFull:
             # Room is an answer, not a reservation: uploads sent together may fill the
@@ -261,12 +256,8 @@ async def create_job() -> tuple[Response, int]:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(remove_tree, directory)
         raise
-    # Announced before the processor hears of it, so every open page sees the job queued
-    # before it sees it processing.
-    app_state.events.publish(status_event(job_id, JobStatus.QUEUED))
     app_state.processor_inbox.post(JobQueued(job_id))
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
-    metrics.UPLOADED_BYTES.inc(sum(file.file_size for file in files))
     body = {
         "jobId": job_id,
         "status": JobStatus.QUEUED,
