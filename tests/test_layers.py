@@ -27,7 +27,9 @@ BELOW = {
 }
 # The actor framework every actor builds on; not an actor itself.
 ACTOR_RUNTIME = "actors.runtime"
+# Past this a module warns; it may pass only with a comment that says why it is one idea.
 MAX_LINES = 400
+ONE_IDEA = "# Long, but one idea:"
 
 
 def modules() -> dict[str, Path]:
@@ -122,10 +124,11 @@ def test_every_rule_would_catch_its_breach(tmp_path: Path, monkeypatch: pytest.M
     assert any(line.startswith("web.views imports wiring.service") for line in found)
 
 
-def test_no_module_is_longer_than_a_sitting() -> None:
+def test_no_module_is_longer_than_a_sitting_unless_it_says_why() -> None:
     long = {
         name: count
         for name, path in modules().items()
-        if (count := len(path.read_text().splitlines())) > MAX_LINES
+        if (count := len((text := path.read_text()).splitlines())) > MAX_LINES
+        and ONE_IDEA not in text
     }
     assert long == {}

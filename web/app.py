@@ -13,15 +13,8 @@ from werkzeug.exceptions import BadHost, NotFound
 from werkzeug.routing import MapAdapter
 
 from refresher import metrics
-from web.http import errors
-from web.http.bodies import (
-    BODY_LIMITS_KEY,
-    BoundedRequest,
-    close_if_body_unread,
-    receive_limited_body,
-    refuse_large_header_block,
-)
-from web.http.closing import ClosingHTTPConnection
+from web.http import errors, patches
+from web.http.bodies import BODY_LIMITS_KEY, refuse_large_header_block
 from web.http.errors import ApiError
 from web.routes import (
     all_events,
@@ -95,8 +88,7 @@ async def _send_static(name: str) -> Response:
 def create_app(app_state: AppState) -> QuartTrio:
     """Build the app around `app_state`; it holds no other state of its own."""
     app = _App(__name__, static_folder=None)
-    app.request_class = BoundedRequest
-    app.asgi_http_class = ClosingHTTPConnection
+    patches.install(app)
     config = app_state.config
     app.config.update(
         # Quart cuts responses and request bodies after 60 s by default: a download or
@@ -131,7 +123,7 @@ def create_app(app_state: AppState) -> QuartTrio:
     ):
         app.register_blueprint(blueprint)
     app.before_request(refuse_large_header_block)
-    app.before_request(receive_limited_body)
+    app.before_request(patches.receive_limited_body)
 
     @app.before_request
     async def start_clock() -> None:
@@ -155,7 +147,7 @@ def create_app(app_state: AppState) -> QuartTrio:
     async def static_file(name: str) -> Response:
         return await _send_static(name)
 
-    app.after_request(close_if_body_unread)
+    app.after_request(patches.close_if_body_unread)
 
     @app.after_request
     async def add_security_headers(response: Response) -> Response:

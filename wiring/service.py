@@ -37,6 +37,7 @@ from refresher.media.ffmpeg import find_ffmpeg
 from refresher.storage.full import keep_ballast
 from refresher.storage.paths import Paths
 from web.app import create_app
+from web.http import lease
 from web.http.patches import ServerConfig, install_paced_server, tune_reads
 from web.http.slots import StreamSlots
 from web.state import AppState
@@ -73,9 +74,7 @@ def _bound(hypercorn_config: HypercornConfig, host: str, port: int) -> Hypercorn
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
-    hypercorn_config = ServerConfig()
-    hypercorn_config.stall_timeout_s = config.download_stall_s
-    hypercorn_config.min_send_rate_bytes_s = config.download_min_rate_bytes_s
+    hypercorn_config = lease.limit_clients(ServerConfig(), config)
     hypercorn_config.graceful_timeout = config.shutdown_grace_s
     return _bound(hypercorn_config, config.host, config.port)
 

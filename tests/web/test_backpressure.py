@@ -3,7 +3,7 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from web.http.bodies import HIGH_WATER_BYTES, BoundedBody
+from web.http.patches import HIGH_WATER_BYTES, BoundedBody
 
 
 async def test_receive_loop_waits_for_a_streaming_reader() -> None:

@@ -12,9 +12,10 @@ import trio
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import make_finished_job
-from web.http import bodies
-from web.http.bodies import SMALL_BODY, BodyLimit, BoundedBody
+from web.http import patches
+from web.http.bodies import SMALL_BODY, BodyLimit
 from web.http.errors import ApiError
+from web.http.patches import BoundedBody
 from web.routes.uploads import parse_variations
 from wiring.service import RunningService
 
@@ -412,7 +413,7 @@ async def test_methods_not_allowed_are_405_json(
 async def test_a_small_body_that_never_arrives_is_408_not_a_held_connection(
     service: RunningService, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(bodies, "SMALL_BODY_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(patches, "SMALL_BODY_TIMEOUT_S", 0.5)
     host, port = service.url.removeprefix("http://").split(":")
     with trio.fail_after(10):
         sock = trio.socket.socket()

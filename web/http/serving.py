@@ -1,9 +1,8 @@
-"""Serving a job's stored files: the lease that keeps them, ranges and validators, reads.
+"""Serving a job's stored files: ranges and validators, and reads ahead of the sends.
 
 Shared by the ZIP download and a single variation's route, so both answer `Range`,
-`If-Range`, `If-Match` and `If-Unmodified-Since` alike, and both hold a download lease
-from before their first byte until the request's handling ends (however it ends), so no
-cleanup deletes a file under a download or a player.
+`If-Range`, `If-Match` and `If-Unmodified-Since` alike. Both hold a download lease
+(`web.http.lease`) from before their first byte until the request's handling ends.
 """
 
 from __future__ import annotations
@@ -19,37 +18,12 @@ import outcome
 import trio
 from quart import Response, request, send_file
 
-from actors.download_tracker import LeaseRefused, TrackerUnavailable
 from web.http import ranges
-from web.http.closing import on_close
 from web.http.errors import ApiError
-from web.state import AppState
 
 # Large reads keep thread hops and sends few (measured, 2 GiB job: 1 MiB ~1.3-1.9 GB/s,
 # 2 MiB ~2.4 GB/s, 4 MiB ~2.4 GB/s); memory is about two chunks per download in flight.
 CHUNK_BYTES = 2 * 1024 * 1024
-
-GONE = "This job's results have expired or were removed."
-_REFUSED = {
-    "gone": (410, GONE),
-    "reserved": (410, "This job's results are being removed."),
-    "not_ready": (404, "This job has no results to download yet."),
-}
-
-
-async def hold_lease(app_state: AppState, job_id: str) -> None:
-    """Lease the job for as long as this request lasts, however it ends; or raise the
-    error to answer with."""
-    try:
-        lease = await app_state.tracker.acquire(job_id)
-    except LeaseRefused as refused:
-        code, message = _REFUSED[refused.reason]
-        raise ApiError(code, message) from None
-    except TrackerUnavailable:
-        raise ApiError(503, "Downloads are briefly unavailable; try again in a moment.") from None
-    # Released when the connection's handling of this request ends: also when the client
-    # leaves before the body's first byte, where a generator's `finally` never runs.
-    on_close(lambda: app_state.tracker.release(lease))
 
 
 async def send_private_image(path: Path, mimetype: str) -> Response:

@@ -26,7 +26,7 @@ from refresher.auth.tokens import Token
 from refresher.jobs import records
 from refresher.jobs.events import DELETED, JobEvent
 from refresher.jobs.status import TERMINAL
-from web.http.closing import on_close
+from web.http.patches import on_close
 from web.state import AppState
 from web.views import job_state
 

@@ -26,14 +26,8 @@ from refresher.jobs.status import FINISHED, TOMBSTONES
 from web.http import ranges
 from web.http.access import check_bearer
 from web.http.errors import ApiError
-from web.http.serving import (
-    CHUNK_BYTES,
-    GONE,
-    content_disposition,
-    file_chunks,
-    hold_lease,
-    wanted_range,
-)
+from web.http.lease import GONE, hold_lease
+from web.http.serving import CHUNK_BYTES, content_disposition, file_chunks, wanted_range
 from web.state import state
 from web.views import load_or_404
 
