@@ -28,7 +28,7 @@ import trio
 from actors.runtime import Mailbox
 from refresher.db import write_if_room, write_when_room
 from refresher.jobs import records
-from refresher.jobs.batches import BatchMaker, Draws
+from refresher.jobs.batches import BatchMaker
 from refresher.jobs.events import JobEvent
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import FINISHED, JobStatus
@@ -42,6 +42,7 @@ from refresher.media.ffmpeg import (
     remove_files,
 )
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
+from refresher.media.variations import Draws
 from refresher.storage.full import StorageFull
 
 LOGGER = logging.getLogger(__name__)

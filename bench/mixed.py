@@ -31,12 +31,12 @@ import time
 from pathlib import Path
 
 from bench.download import make_job
-from bench.footage import make_footage
 from bench.latency import Latencies, measure_latency
 from bench.service import PeakRss, Service, curl, tree_rss_bytes
 from bench.verdict import Row, below, exactly, table
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.storage.paths import Paths
+from tests.support.footage import make_footage
 
 MIB = 1024**2
 GIB = 1024**3

@@ -27,12 +27,12 @@ import time
 import urllib.error
 from pathlib import Path
 
-from bench.footage import make_footage
 from bench.raw import RawServer
 from bench.service import PeakRss, Service, curl, rss_bytes
 from bench.verdict import Row, at_least, below, table
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.media.probe import probe
+from tests.support.footage import make_footage
 
 GIB = 1024**3
 MIB = 1024**2

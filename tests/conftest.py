@@ -11,11 +11,11 @@ import httpx
 import pytest
 import trio
 
-from bench.footage import make_footage
 from refresher.config import Config
 from refresher.media.ffmpeg import find_ffmpeg
 from tests.support.clips import Clips, ClipSpec, make_clip
 from tests.support.clock import WallClock
+from tests.support.footage import make_footage
 from tests.support.http import TEST_PASSWORD, StartService
 from wiring.service import RunningService, serve
 

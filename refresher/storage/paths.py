@@ -9,6 +9,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+# Where a job's comparison stills go, inside its folder.
+STILLS = "stills"
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -53,6 +56,28 @@ class Paths:
 
     def job_dir(self, job_id: str) -> Path:
         return self.jobs / job_id
+
+    # --- one source file's outputs, inside its job's folder ---
+
+    def output(self, job_id: str, file_id: str, index: int) -> Path:
+        """Variation `index` of a source file."""
+        return self.job_dir(job_id) / f"{file_id}_var{index}.mp4"
+
+    def stills(self, job_id: str) -> Path:
+        """The folder of a job's comparison stills."""
+        return self.job_dir(job_id) / STILLS
+
+    def still(self, job_id: str, file_id: str, index: int) -> Path:
+        """Variation `index`'s comparison still."""
+        return self.stills(job_id) / f"{file_id}_var{index}.jpg"
+
+    def source_still(self, job_id: str, file_id: str) -> Path:
+        """The source's still, at the moment its variations are compared."""
+        return self.stills(job_id) / f"{file_id}_source.jpg"
+
+    def reference(self, job_id: str, file_id: str) -> Path:
+        """The source's 1-fps samples, written beside a batch and removed after it."""
+        return self.job_dir(job_id) / f"{file_id}_reference.mkv"
 
     def relative(self, path: Path) -> str:
         """The form a path takes in the database: relative to the data directory."""

@@ -26,11 +26,11 @@ import pdqhash
 import pytest
 import trio
 
-from bench.footage import make_footage
 from refresher.config import Config
 from refresher.media import effects, measure
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.media.probe import probe
+from tests.support.footage import make_footage
 from tests.support.http import StartService, wait_for_job
 
 pytestmark = pytest.mark.slow

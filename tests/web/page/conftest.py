@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import trio
 
-from bench.footage import make_footage
 from refresher.config import Config
 from refresher.media.ffmpeg import find_ffmpeg
 from tests.support.clock import WallClock
+from tests.support.footage import make_footage
 from wiring.service import serve
 
 # Every still in the comparison view scrolled to in turn, so each lazy image loads.

@@ -1,0 +1,5 @@
+import sys
+
+from bench.processing import main
+
+sys.exit(main())
