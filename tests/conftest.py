@@ -13,7 +13,7 @@ import trio
 
 from refresher.config import Config
 from refresher.media.ffmpeg import find_ffmpeg
-from tests.support.clips import Clips, ClipSpec, make_clip
+from tests.support.clips import Clips, make_clips
 from tests.support.clock import WallClock
 from tests.support.footage import make_footage
 from tests.support.http import TEST_PASSWORD, StartService
@@ -23,13 +23,7 @@ from wiring.service import RunningService, serve
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Clips:
     """Small generated clips carrying source metadata, made once per test session."""
-    directory = tmp_path_factory.mktemp("clips")
-    ffmpeg = find_ffmpeg(None)
-    return Clips(
-        mp4=make_clip(ffmpeg, directory / "creative.mp4", ClipSpec(seconds=1.0)),
-        mov=make_clip(ffmpeg, directory / "spot.mov", ClipSpec(seconds=1.0, container="mov")),
-        long=make_clip(ffmpeg, directory / "long.mp4", ClipSpec(seconds=4.0)),
-    )
+    return make_clips(find_ffmpeg(None), tmp_path_factory.mktemp("clips"))
 
 
 @pytest.fixture(scope="session")

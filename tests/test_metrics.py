@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from refresher import logs
 from refresher.config import Config
+from tests.support.clock import wait_for
 from tests.support.http import StartService, upload, wait_for_job
 
 
@@ -42,13 +43,14 @@ async def test_a_job_shows_in_the_metrics(
         assert archive.status_code == 200
         # Not on the public port.
         assert (await http.get("/metrics")).status_code == 404
+
+        async def scraped_with_the_job() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+            found = samples((await http.get(service.metrics_url)).text)
+            # The gauges are read every few seconds: wait for the finished job.
+            return found if found.get(("refresher_stored_bytes", ()), 0) > 0 else {}
+
         with trio.fail_after(10):
-            while True:
-                after = samples((await http.get(service.metrics_url)).text)
-                # The gauges are read every few seconds: wait for the finished job.
-                if after.get(("refresher_stored_bytes", ()), 0) > 0:
-                    break
-                await trio.sleep(0.2)
+            after = await wait_for(scraped_with_the_job, polls=50, step_s=0.2)
 
     def grew(name: str, **labels: str) -> float:
         key = (name, tuple(sorted(labels.items())))

@@ -87,6 +87,52 @@ def truncate_copy(source: Path, path: Path, fraction: float) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class Clips:
+    """The shared source clips, made once per test session; tests copy what they change."""
+
     mp4: Path  # 1 s, 320x240, with audio
     mov: Path  # 1 s QuickTime, with audio
     long: Path  # 4 s, long enough to act while it encodes
+    long_hd: Path  # 4 s of 1280x720 at 30 fps: FFmpeg reports progress before it ends
+    mute: Path  # no audio
+    audio_only: Path  # no video
+    mkv: Path  # Matroska: not MP4 or MOV
+    index_last: Path  # its index (moov) after its samples
+    odd: Path  # 321x241, 4:4:4, no audio
+    portrait: Path  # a display matrix turning 320x240 to portrait
+    cross: Path  # a 4 px white cross through the centre, to measure a rotation by
+
+    def named(self, name: str) -> Path:
+        path: Path = getattr(self, name)
+        return path
+
+
+# Each clip of `Clips` and how it is made.
+SPECS = {
+    "mp4": ClipSpec(),
+    "mov": ClipSpec(container="mov"),
+    "long": ClipSpec(seconds=4.0),
+    "long_hd": ClipSpec(seconds=4, width=1280, height=720, rate=30),
+    "mute": ClipSpec(audio=False),
+    "audio_only": ClipSpec(video=False),
+    "mkv": ClipSpec(container="matroska"),
+    "index_last": ClipSpec(faststart=False),
+    "odd": ClipSpec(audio=False, pattern="testsrc", pix_fmt="yuv444p", width=321, height=241),
+    "portrait": ClipSpec(audio=False, display_rotation=90),
+    "cross": ClipSpec(
+        audio=False,
+        pattern="color",
+        video_filter="drawbox=x=0:y=118:w=iw:h=4:color=white:t=fill,"
+        "drawbox=x=158:y=0:w=4:h=ih:color=white:t=fill",
+    ),
+}
+NAMES = {"mp4": "creative.mp4", "mov": "spot.mov", "long": "long.mp4", "mkv": "clip.mkv"}
+
+
+def make_clips(ffmpeg: str, folder: Path) -> Clips:
+    """Every clip of `Clips`, written to `folder` (blocking)."""
+    return Clips(
+        **{
+            name: make_clip(ffmpeg, folder / NAMES.get(name, f"{name}.mp4"), spec)
+            for name, spec in SPECS.items()
+        }
+    )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import trio
 
 DAY_S = 24 * 3600.0
+
+T = TypeVar("T")
 
 
 class WallClock:
@@ -23,12 +26,14 @@ class WallClock:
 
 
 async def wait_for(
-    check: Callable[[], Awaitable[bool]], *, polls: int = 2000, step_s: float = 0.01
-) -> None:
-    """Poll `check` until true: an actor's work shows only in the store, written from
-    threads, so there is no event to wait on. Under a mock clock the steps are virtual."""
+    check: Callable[[], Awaitable[T]], *, polls: int = 2000, step_s: float = 0.01
+) -> T:
+    """Poll `check` until it gives something true, and return that: an actor's work shows
+    only in the store, written from threads (or in another process), so there is no event
+    to wait on. Fail after `polls` polls, `step_s` apart (under a mock clock the steps
+    are virtual; on a real one, `polls * step_s` is the least the wait may take)."""
     for _poll in range(polls):
-        if await check():
-            return
+        if found := await check():
+            return found
         await trio.sleep(step_s)
     raise AssertionError(f"{check} still false after {polls} polls")

@@ -11,9 +11,12 @@ import httpx
 import trio
 
 from refresher.jobs.status import TERMINAL
+from tests.support.clock import wait_for
 from wiring.service import RunningService
 
 TEST_PASSWORD = "correct horse battery"
+# How often a test asks the service how a job stands.
+POLL_S = 0.05
 
 # The `start_service` fixture: starts the whole service; keyword arguments alter the config.
 StartService = Callable[..., Awaitable[RunningService]]
@@ -42,14 +45,15 @@ async def wait_for_job(
     timeout_s: float = 60,
 ) -> dict[str, Any]:
     """Poll the job's detail until `until(detail)` holds; fail after `timeout_s`."""
+
+    async def detail_if_done() -> dict[str, Any] | None:
+        response = await client.get(f"/api/jobs/{job_id}")
+        response.raise_for_status()
+        detail: dict[str, Any] = response.json()
+        return detail if until(detail) else None
+
     with trio.fail_after(timeout_s):
-        while True:
-            response = await client.get(f"/api/jobs/{job_id}")
-            response.raise_for_status()
-            detail: dict[str, Any] = response.json()
-            if until(detail):
-                return detail
-            await trio.sleep(0.05)
+        return await wait_for(detail_if_done, polls=int(timeout_s / POLL_S) + 1, step_s=POLL_S)
 
 
 def finished(detail: dict[str, Any]) -> bool:

@@ -14,7 +14,8 @@ from refresher.db import Database
 from refresher.jobs import outputstore, records, transitions
 from refresher.jobs.status import JobStatus
 from refresher.storage.paths import Paths
-from tests.support.clock import DAY_S
+from tests.support.clock import DAY_S, wait_for
+from web.state import AppState
 
 NOW = 1_800_000_000.0
 
@@ -168,3 +169,20 @@ async def queue_files_job(
         )
     )  # fmt: skip
     return job_id
+
+
+async def lease_count(state: AppState) -> int:
+    """How many download leases the service's store holds now."""
+    count: int = await state.db.read(
+        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
+    )
+    return count
+
+
+async def wait_for_leases(state: AppState, count: int, *, polls: int = 2000) -> None:
+    """Wait until the store holds `count` leases (released from threads: no event)."""
+
+    async def reached() -> bool:
+        return await lease_count(state) == count
+
+    await wait_for(reached, polls=polls)

@@ -28,7 +28,7 @@ from actors.janitor import Janitor
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES
 from tests.support.clips import Clips
-from tests.support.clock import WallClock
+from tests.support.clock import WallClock, wait_for
 from tests.support.http import TEST_PASSWORD, StartService, upload
 from wiring.service import RunningService
 
@@ -190,11 +190,10 @@ async def wait_until_all_ended(service: RunningService) -> None:
         ).fetchone()[0]
         return count
 
-    for _poll in range(1200):
-        if not await service.state.db.read(active):
-            return
-        await trio.sleep(0.1)
-    raise AssertionError("jobs still queued or processing long after the chaos ended")
+    async def all_ended() -> bool:
+        return not await service.state.db.read(active)
+
+    await wait_for(all_ended, polls=1200, step_s=0.1)
 
 
 async def held_once_settled(service: RunningService) -> tuple[int, int]:

@@ -13,6 +13,7 @@ import pytest
 import trio
 
 from refresher.media.ffmpeg import find_leftover_encoders
+from tests.support.clock import wait_for
 from tests.support.http import finished, some_variation_done, upload, wait_for_job
 from tests.support.process import (
     GRACE_S,
@@ -92,15 +93,14 @@ async def test_job_resumes_after_the_service_is_killed_mid_encode(
             http.headers["Authorization"] = f"Bearer {login.json()['token']}"
             job_id = (await upload(http, [clips.long], variations="12")).json()["jobId"]
             await wait_for_job(http, job_id, some_variation_done)
+
         # Between two FFmpeg runs (measuring a batch, starting the next) none is running:
         # wait for the next one, so the kill lands mid-encode.
-        marked: list[int] = []
+        async def encoding() -> list[int]:
+            return await trio.to_thread.run_sync(find_leftover_encoders, data_dir)
+
         with trio.fail_after(60):
-            for _ in range(1200):
-                marked = await trio.to_thread.run_sync(find_leftover_encoders, data_dir)
-                if marked:
-                    break
-                await trio.sleep(0.05)
+            marked = await wait_for(encoding, polls=1200, step_s=0.05)
         first.process.send_signal(signal.SIGKILL)
         await first.process.wait()
     # kill -9 orphans the encoders; they die of a broken pipe at their next progress

@@ -14,7 +14,7 @@ import pytest
 import trio
 
 from tests.support.http import StartService
-from tests.support.jobs import make_finished_job, output_bytes
+from tests.support.jobs import lease_count, make_finished_job, output_bytes, wait_for_leases
 from tests.support.zips import check_with_all_tools, extract_with_all_tools
 from wiring.service import RunningService
 
@@ -25,21 +25,6 @@ LARGER_THAN_SOCKET_BUFFERS = {"variations": 8, "size": 8 * 1024 * 1024}
 
 async def finished_job(service: RunningService, **options: object) -> str:
     return await make_finished_job(service.state.db, service.state.paths, **options)  # type: ignore[arg-type]
-
-
-async def wait_for_leases(service: RunningService, count: int) -> None:
-    with trio.fail_after(20):
-        while True:
-            if await lease_count(service) == count:
-                return
-            await trio.sleep(0.05)
-
-
-async def lease_count(service: RunningService) -> int:
-    count: int = await service.state.db.read(
-        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
-    )
-    return count
 
 
 async def test_zip_holds_every_variation_in_folders_by_source(
@@ -76,7 +61,7 @@ async def test_zip_holds_every_variation_in_folders_by_source(
             for index in (1, 2):
                 entry = opened.read(f"{folder}/{folder}_var{index}.mp4")
                 assert entry == on_disk[f"{file['id']}_var{index}.mp4"]
-    await wait_for_leases(service, 0)
+    await wait_for_leases(service.state, 0)
 
 
 HOSTILE_NAMES = [
@@ -137,7 +122,7 @@ async def test_head_reads_no_file_and_takes_no_lease(
     assert head.content == b""
     assert head.headers["content-length"] == str(len(full.content))
     assert head.headers["etag"] == full.headers["etag"]
-    await wait_for_leases(service, 0)
+    await wait_for_leases(service.state, 0)
 
 
 async def test_ranges_return_exact_slices(
@@ -176,7 +161,7 @@ async def test_ranges_return_exact_slices(
     )
     assert firefox.status_code == 206
     assert firefox.content == whole[10:]
-    await wait_for_leases(service, 0)
+    await wait_for_leases(service.state, 0)
 
 
 async def test_signed_link_downloads_without_a_header(
@@ -251,7 +236,7 @@ async def test_cleanup_leaves_a_job_alone_while_it_downloads(
         async for chunk in stream:
             received += len(chunk)
         assert received == int(response.headers["content-length"])
-    await wait_for_leases(service, 0)
+    await wait_for_leases(service.state, 0)
     assert (await authed.delete(f"/api/jobs/{job_id}")).status_code == 200
     assert not service.state.paths.job_dir(job_id).exists()
 
@@ -262,8 +247,8 @@ async def test_client_that_goes_away_releases_its_lease(
     job_id = await finished_job(service, **LARGER_THAN_SOCKET_BUFFERS)
     async with authed.stream("GET", f"/api/jobs/{job_id}/download") as response:
         await response.aiter_raw().__anext__()
-        assert await lease_count(service) == 1
-    await wait_for_leases(service, 0)
+        assert await lease_count(service.state) == 1
+    await wait_for_leases(service.state, 0)
 
 
 async def test_client_that_stops_reading_is_cut_and_releases_its_lease(
@@ -283,9 +268,9 @@ async def test_client_that_stops_reading_is_cut_and_releases_its_lease(
         f"Authorization: Bearer {token}\r\n\r\n"
     )
     await sock.send(request.encode())
-    await wait_for_leases(service, 1)
+    await wait_for_leases(service.state, 1)
     # Read nothing more: the server's sends stall and it must give up.
-    await wait_for_leases(service, 0)
+    await wait_for_leases(service.state, 0)
     sock.close()
 
 
@@ -310,7 +295,7 @@ async def test_a_trickling_reader_is_cut_and_its_job_can_be_deleted(
             f"Authorization: Bearer {token}\r\n\r\n"
         )
         await sock.send(request.encode())
-        await wait_for_leases(service, 1)
+        await wait_for_leases(service.state, 1)
         assert (await http.delete(f"/api/jobs/{job_id}")).status_code == 409
         received, began = 0, trio.current_time()
         # About 80 KB/s, read steadily, the window opening every 0.1 s (so the kernel's
@@ -318,12 +303,12 @@ async def test_a_trickling_reader_is_cut_and_its_job_can_be_deleted(
         while trio.current_time() - began < 20:
             data = await sock.recv(8192)
             received += len(data)
-            if not data or await lease_count(service) == 0:
+            if not data or await lease_count(service.state) == 0:
                 break
             await trio.sleep(0.1)
         cut_after_s = trio.current_time() - began
         sock.close()
-        await wait_for_leases(service, 0)
+        await wait_for_leases(service.state, 0)
         assert (await http.delete(f"/api/jobs/{job_id}")).status_code == 200
     assert received < 32 * 1024 * 1024  # cut long before the end
     assert cut_after_s < 15, cut_after_s

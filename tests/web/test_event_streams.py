@@ -14,7 +14,7 @@ from actors.janitor import Janitor
 from refresher.jobs import transitions
 from refresher.jobs.events import JobEvent
 from refresher.jobs.lifecycle import Lifecycle
-from tests.support.clock import DAY_S, WallClock
+from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.http import StartService, collect_events
 from tests.support.jobs import make_finished_job, make_unfinished_job
 from wiring.service import RunningService
@@ -43,11 +43,12 @@ async def follow(
 
     nursery.start_soon(read)
     # The first event is the job's state: the stream is open from then on.
-    for _poll in range(STREAM_TIMEOUT_S * 100):
-        if events:
-            return events, ended
-        await trio.sleep(0.01)
-    raise AssertionError("the stream sent nothing")
+
+    async def opened() -> bool:
+        return bool(events)
+
+    await wait_for(opened, polls=STREAM_TIMEOUT_S * 100)
+    return events, ended
 
 
 async def ended_with(events: list[tuple[str, Any]], ended: trio.Event) -> str:

@@ -12,28 +12,12 @@ import trio
 import trio.testing
 
 from tests.support.http import TEST_PASSWORD
-from tests.support.jobs import make_finished_job
+from tests.support.jobs import lease_count, make_finished_job, wait_for_leases
 from web.app import create_app
 from wiring.service import RunningService
 
 CLIENTS = 16
 DROPS_PER_CLIENT = 100
-
-
-async def lease_count(service: RunningService) -> int:
-    count: int = await service.state.db.read(
-        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
-    )
-    return count
-
-
-async def wait_for_no_leases(service: RunningService) -> None:
-    """Poll: releases are written from threads, so there is no event to wait on."""
-    for _poll in range(400):
-        if not await lease_count(service):
-            return
-        await trio.sleep(0.05)
-    raise AssertionError(f"{await lease_count(service)} leases left")
 
 
 async def token_for(service: RunningService) -> str:
@@ -78,7 +62,7 @@ async def test_a_client_leaving_as_the_headers_go_out_releases_its_lease(
     with trio.fail_after(10):
         await app(scope, receive, send)  # type: ignore[arg-type]
     assert headers_sent.is_set()
-    assert await lease_count(service) == 0
+    assert await lease_count(service.state) == 0
 
 
 async def _download_and_drop(
@@ -132,7 +116,7 @@ async def test_clients_dropping_downloads_at_random_moments_leak_no_lease(
         async with trio.open_nursery() as clients:
             for seed in range(CLIENTS):
                 clients.start_soon(client, seed)
-        await wait_for_no_leases(service)
+        await wait_for_leases(service.state, 0, polls=2000)
     print(f"dropped downloads: {CLIENTS * DROPS_PER_CLIENT} ({stats}); leaked leases: 0")
     # Nothing holds the job now: it can be deleted at once.
     async with httpx.AsyncClient(base_url=service.url) as http:

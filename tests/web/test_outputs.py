@@ -14,9 +14,8 @@ import pytest
 import trio
 
 from refresher.jobs import records
-from tests.support.clock import wait_for
 from tests.support.http import finished, upload, wait_for_job
-from tests.support.jobs import make_finished_job, make_unfinished_job
+from tests.support.jobs import lease_count, make_finished_job, make_unfinished_job, wait_for_leases
 from wiring.service import RunningService
 
 # One video of 1 s in 2 variations: a few seconds of FFmpeg on a small machine.
@@ -44,18 +43,8 @@ async def stored_bytes(service: RunningService, job_id: str, output_id: str) -> 
     return service.state.paths.absolute(output.path).read_bytes()
 
 
-async def lease_count(service: RunningService) -> int:
-    count: int = await service.state.db.read(
-        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
-    )
-    return count
-
-
 async def no_leases(service: RunningService) -> None:
-    async def none_left() -> bool:
-        return await lease_count(service) == 0
-
-    await wait_for(none_left)
+    await wait_for_leases(service.state, 0)
 
 
 async def test_a_real_variation_plays_from_its_link_as_stored(
@@ -213,7 +202,7 @@ async def test_a_player_holds_the_job_until_its_stream_ends(
     async with anonymous.stream("GET", url) as response:
         stream = response.aiter_raw()
         received = len(await stream.__anext__())
-        assert await lease_count(service) == 1
+        assert await lease_count(service.state) == 1
         delete = await authed.delete(f"/api/jobs/{job_id}")
         assert delete.status_code == 409
         assert delete.json() == {
@@ -233,7 +222,7 @@ async def test_a_player_that_goes_away_releases_its_lease(
     _job_id, url = await large_variation(service, authed)
     async with anonymous.stream("GET", url) as response:
         await response.aiter_raw().__anext__()
-        assert await lease_count(service) == 1
+        assert await lease_count(service.state) == 1
     await no_leases(service)
 
 
@@ -273,7 +262,7 @@ async def test_refusals(
         assert response.status_code == status
         if method == "GET":
             assert response.json() == {"error": message}
-    assert await lease_count(service) == 0
+    assert await lease_count(service.state) == 0
 
 
 async def test_a_lease_refused_as_the_job_is_removed_is_410(

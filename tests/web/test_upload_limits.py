@@ -17,6 +17,7 @@ import trio
 
 from refresher.config import MIB, Config
 from refresher.media.probe import Probe
+from tests.support.clock import wait_for
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import StartService, upload
 from tests.support.jobs import leftovers, make_finished_job
@@ -297,10 +298,11 @@ async def test_upload_slower_than_the_timeout_is_408_and_leaves_nothing(
         async with stream:
             started = trio.current_time()
             await stream.send_all(head + body[:1024])  # the part's headers: its file is open
-            while True:
-                if list((config.data_dir / "uploads").rglob("*.upload")):
-                    break
-                await trio.sleep(0.01)
+
+            async def file_open() -> bool:
+                return bool(list((config.data_dir / "uploads").rglob("*.upload")))
+
+            await wait_for(file_open)
 
             async def trickle() -> None:
                 # 100 bytes per 50 ms, and never the last byte: the form never completes.

@@ -18,7 +18,7 @@ from refresher.media import effects, encoding
 from refresher.media.encoding import EncodedOutput, Variation
 from refresher.media.ffmpeg import EncodeFailed
 from refresher.media.probe import NotAVideo, Probe, probe
-from tests.support.clips import SECRET
+from tests.support.clips import SECRET, Clips
 
 # Every test here runs FFmpeg for well under a second on an idle machine; the bound is
 # for a loaded CI runner, and keeps a hung FFmpeg from hanging the suite.
@@ -135,7 +135,7 @@ def _all_metadata(path: Path) -> Iterator[str]:
 
 
 async def test_variations_are_clean_distinct_h264_mp4s(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
     variations = _variations(out_dir, 2)
     progress: list[float] = []
@@ -143,9 +143,9 @@ async def test_variations_are_clean_distinct_h264_mp4s(
     with trio.fail_after(TIMEOUT_S):
         encoded = await encoding.encode_variations(
             ffmpeg,
-            sample_clips["mp4"],
+            clips.mp4,
             variations,
-            probed=probe(sample_clips["mp4"]),
+            probed=probe(clips.mp4),
             on_progress=progress.append,
             on_started=pids.append,
         )
@@ -179,21 +179,21 @@ async def test_variations_are_clean_distinct_h264_mp4s(
 
 
 async def test_a_source_without_audio_gives_outputs_without_audio(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
     chosen = effects.generate(2, 1)[0]
-    encoded = await _encode_one(ffmpeg, sample_clips["mute"], out_dir / "var1.mp4", chosen)
+    encoded = await _encode_one(ffmpeg, clips.mute, out_dir / "var1.mp4", chosen)
     with av.open(str(encoded.path)) as container:
         assert [stream.type for stream in container.streams] == ["video"]
 
 
 async def test_outputs_have_even_sizes_and_keep_a_rotated_clip_upright(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
     sizes = {}
     for name in ("odd", "portrait"):
         chosen = effects.generate(3, 1)[0]
-        encoded = await _encode_one(ffmpeg, sample_clips[name], out_dir / f"{name}.mp4", chosen)
+        encoded = await _encode_one(ffmpeg, clips.named(name), out_dir / f"{name}.mp4", chosen)
         with av.open(str(encoded.path)) as container:
             frame = next(container.decode(video=0))
             sizes[name] = (frame.width, frame.height, frame.rotation)
@@ -201,14 +201,14 @@ async def test_outputs_have_even_sizes_and_keep_a_rotated_clip_upright(
 
 
 async def test_rotation_turns_the_picture_like_ffmpegs_rotate_filter(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
     turned = effects.Effects(rotation_rad=0.01, brightness=0.0, contrast=1.0, saturation=1.0)
     reference = out_dir / "rotate.mp4"
-    ours = await _encode_one(ffmpeg, sample_clips["cross"], out_dir / "ours.mp4", turned)
+    ours = await _encode_one(ffmpeg, clips.cross, out_dir / "ours.mp4", turned)
     rotate = ["-vf", "rotate=0.01", "-c:v", "libx264", "-crf", "10", str(reference)]
     with trio.fail_after(TIMEOUT_S):
-        await trio.run_process([ffmpeg, "-v", "error", "-i", str(sample_clips["cross"]), *rotate])
+        await trio.run_process([ffmpeg, "-v", "error", "-i", str(clips.cross), *rotate])
     # Clockwise by 0.01 rad: 200 px right along the horizontal arm it is 0.01 x 200 px
     # lower; 200 px down the vertical arm it is 2 px further left. (Whole pixels, so
     # nearest-neighbour sampling measures them exactly, as bilinear `rotate` does.)
@@ -221,18 +221,18 @@ async def test_rotation_turns_the_picture_like_ffmpegs_rotate_filter(
 
 
 async def test_an_output_name_with_tee_special_characters_is_written(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
     output = out_dir / "it's a|b\\c [1].mp4"
-    await _encode_one(ffmpeg, sample_clips["mp4"], output, effects.generate(4, 1)[0])
+    await _encode_one(ffmpeg, clips.mp4, output, effects.generate(4, 1)[0])
     assert _files(out_dir) == [output]
     assert probe(output).has_audio
 
 
 def test_encode_args_strip_metadata_and_leave_out_missing_audio(
-    sample_clips: dict[str, Path],
+    clips: Clips,
 ) -> None:
-    probed = dataclasses.replace(probe(sample_clips["mp4"]), has_audio=False)
+    probed = dataclasses.replace(probe(clips.mp4), has_audio=False)
     args = encoding.encode_args(Path("in.mp4"), _variations(Path("out"), 3), probed=probed)
     joined = " ".join(args)
     for expected in (
@@ -250,16 +250,16 @@ def test_encode_args_strip_metadata_and_leave_out_missing_audio(
 
 
 async def test_cancelling_mid_encode_stops_ffmpeg_and_leaves_nothing(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
-    pids, progress = await _cancel_at_first_progress(ffmpeg, sample_clips["long"], out_dir, 3)
+    pids, progress = await _cancel_at_first_progress(ffmpeg, clips.long_hd, out_dir, 3)
     assert 0 < progress[0] < 1
     assert len(pids) == 1
 
 
 async def test_cancelling_escalates_to_kill_for_an_ffmpeg_that_ignores_q_and_term(
     tmp_path: Path,
-    sample_clips: dict[str, Path],
+    clips: Clips,
     out_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -278,25 +278,25 @@ async def test_cancelling_escalates_to_kill_for_an_ffmpeg_that_ignores_q_and_ter
     stubborn.chmod(0o755)
     monkeypatch.setattr("refresher.media.ffmpeg.QUIT_WAIT_S", 0.2)
     monkeypatch.setattr("refresher.media.ffmpeg.TERM_WAIT_S", 0.2)
-    await _cancel_at_first_progress(str(stubborn), sample_clips["mp4"], out_dir, 2)
+    await _cancel_at_first_progress(str(stubborn), clips.mp4, out_dir, 2)
 
 
 async def test_a_deleted_source_fails_with_ffmpegs_reason(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path, tmp_path: Path
+    ffmpeg: str, clips: Clips, out_dir: Path, tmp_path: Path
 ) -> None:
     await _encode_fails(
         ffmpeg,
         tmp_path / "gone.mp4",
         out_dir,
         2,
-        probed=probe(sample_clips["mp4"]),
+        probed=probe(clips.mp4),
         match=r"No such file",
     )
     assert _files(out_dir) == []
 
 
 async def test_a_source_that_is_not_a_video_fails(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path, tmp_path: Path
+    ffmpeg: str, clips: Clips, out_dir: Path, tmp_path: Path
 ) -> None:
     source = tmp_path / "text.mp4"
     source.write_text("not a video\n" * 100)
@@ -305,7 +305,7 @@ async def test_a_source_that_is_not_a_video_fails(
         source,
         out_dir,
         1,
-        probed=probe(sample_clips["mp4"]),
+        probed=probe(clips.mp4),
         match=r"Invalid data",
     )
     # Probed first, as the service does, it never reaches FFmpeg.

@@ -10,6 +10,7 @@ import trio
 
 from refresher.media.probe import MediaLimits, Probe, probe
 from refresher.media.thumbnails import make_thumbnail
+from tests.support.clips import Clips
 
 # FFmpeg makes a thumbnail in well under a second on an idle machine; the bound is for a
 # loaded CI runner, and keeps a hung FFmpeg from hanging the suite.
@@ -37,9 +38,9 @@ async def _thumbnail_made(ffmpeg: str, source: Path, out_dir: Path, *, duration_
 
 
 async def test_thumbnail_of_a_one_second_clip_is_a_128_wide_webp(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
-    thumbnail = await _thumbnail_made(ffmpeg, sample_clips["mp4"], out_dir, duration_s=1.0)
+    thumbnail = await _thumbnail_made(ffmpeg, clips.mp4, out_dir, duration_s=1.0)
     data = thumbnail.read_bytes()
     assert (data[:4], data[8:12]) == (b"RIFF", b"WEBP")
     with av.open(str(thumbnail)) as container:
@@ -61,8 +62,8 @@ async def test_thumbnail_of_a_broken_source_is_false_and_leaves_nothing(
 
 
 async def test_thumbnail_falls_back_to_the_first_frame_when_the_duration_is_wrong(
-    ffmpeg: str, sample_clips: dict[str, Path], out_dir: Path
+    ffmpeg: str, clips: Clips, out_dir: Path
 ) -> None:
     # 10 % of a claimed 100 s is past the end of the 1 s clip: FFmpeg writes 0 bytes.
-    thumbnail = await _thumbnail_made(ffmpeg, sample_clips["mp4"], out_dir, duration_s=100.0)
+    thumbnail = await _thumbnail_made(ffmpeg, clips.mp4, out_dir, duration_s=100.0)
     assert thumbnail.stat().st_size > 0

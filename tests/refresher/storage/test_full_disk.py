@@ -18,6 +18,7 @@ from refresher.media import effects, encoding
 from refresher.media.probe import probe
 from refresher.storage import full
 from refresher.storage.full import StorageFull, files_written, is_storage_full
+from tests.support.clips import Clips
 from tests.support.full_disk import mounted_tmpfs
 
 FULL = "database or disk is full"
@@ -135,9 +136,9 @@ async def test_a_commit_on_a_full_volume_is_storage_full_until_room_returns(
 
 
 async def test_an_encode_that_fills_the_volume_fails_with_storage_full_and_leaves_nothing(
-    ffmpeg: str, sample_clips: dict[str, Path], tmp_path: Path
+    ffmpeg: str, clips: Clips, tmp_path: Path
 ) -> None:
-    source = sample_clips["long"]  # 4 s of 720p: far more than 256 KiB of variations
+    source = clips.long_hd  # 4 s of 720p: far more than 256 KiB of variations
     with mounted_tmpfs(tmp_path / "volume", 256 * 1024) as volume:
         variations = [
             encoding.Variation(volume / "out" / f"var{index}.mp4", chosen)
