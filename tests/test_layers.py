@@ -55,6 +55,41 @@ def imported(path: Path) -> set[str]:
     return {name for name in found if name.split(".")[0] in PACKAGES}
 
 
+def imported_at_run_time(path: Path) -> set[str]:
+    """What `path` imports outside `if TYPE_CHECKING:` blocks (annotations only)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", "") == "TYPE_CHECKING":
+            node.body = []
+    known = modules()
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        else:
+            continue
+        found.update(name for name in names if name in known)
+    return found
+
+
+def mutual_imports() -> list[str]:
+    """Pairs of modules that import each other: each should be a part of one idea, or one
+    should depend on the other only."""
+    graph = {name: imported_at_run_time(path) for name, path in modules().items()}
+    return sorted(
+        f"{name} and {other} import each other"
+        for name, targets in graph.items()
+        for other in targets
+        if name < other and name in graph.get(other, set())
+    )
+
+
+def test_no_two_modules_import_each_other() -> None:
+    assert mutual_imports() == []
+
+
 def is_route_module(path: Path) -> bool:
     return "Blueprint(" in path.read_text()
 
@@ -102,9 +137,12 @@ def test_imports_point_one_way_and_actors_meet_only_through_protocols() -> None:
 
 def test_every_rule_would_catch_its_breach(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checker itself: an upward import (into actors, into the wiring), an actor
-    importing an actor, and a route module importing a route module are each reported."""
+    importing an actor, a route module importing a route module, and two modules
+    importing each other are each reported."""
     breaches = {
-        "refresher/jobs/records.py": "from actors.runtime import Mailbox\n",
+        "refresher/jobs/records.py": (
+            "from actors.runtime import Mailbox\nfrom refresher.jobs import outputstore\n"
+        ),
         "actors/janitor.py": "from actors.download_tracker import DownloadTracker\n",
         "web/routes/events.py": "from web.routes.jobs import blueprint\n",
         "web/views.py": "from wiring.service import serve\n",
@@ -122,6 +160,9 @@ def test_every_rule_would_catch_its_breach(tmp_path: Path, monkeypatch: pytest.M
     assert any(line.startswith("actors.janitor imports actors.download_tracker") for line in found)
     assert any(line.startswith("web.routes.events imports web.routes.jobs") for line in found)
     assert any(line.startswith("web.views imports wiring.service") for line in found)
+    assert "refresher.jobs.outputstore and refresher.jobs.records import each other" in (
+        mutual_imports()
+    )
 
 
 def test_no_module_is_longer_than_a_sitting_unless_it_says_why() -> None:

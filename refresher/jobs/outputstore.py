@@ -12,6 +12,8 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
+from refresher.archive import job_archive
+from refresher.jobs import records
 from refresher.timestamps import iso
 
 
@@ -92,3 +94,15 @@ def update_measured(conn: sqlite3.Connection, measured: dict[str, dict[str, Any]
 
 def set_file_still(conn: sqlite3.Connection, file_id: str, still_path: str) -> None:
     conn.execute("UPDATE job_files SET still_path = ? WHERE id = ?", (still_path, file_id))
+
+
+def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
+    """Record the size of the job's ZIP as its rows now lay it out (None: no outputs).
+
+    A job gone meanwhile (deleted while a janitor pass ran) is left alone.
+    """
+    job = records.load_job(conn, job_id)
+    if job is None:
+        return
+    size = job_archive.size_of(job) if job.outputs else None
+    conn.execute("UPDATE jobs SET archive_bytes = ? WHERE id = ?", (size, job_id))

@@ -13,7 +13,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from refresher.archive import job_archive
 from refresher.jobs.status import JobStatus
 from refresher.timestamps import iso
 
@@ -224,18 +223,6 @@ def set_file_progress(conn: sqlite3.Connection, file_id: str, progress: float, n
 def cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
     row = conn.execute("SELECT cancelled_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
     return row is None or row[0] is not None
-
-
-def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
-    """Record the size of the job's ZIP as its rows now lay it out (None: no outputs).
-
-    A job gone meanwhile (deleted while a janitor pass ran) is left alone.
-    """
-    job = load_job(conn, job_id)
-    if job is None:
-        return
-    size = job_archive.size_of(job) if job.outputs else None
-    conn.execute("UPDATE jobs SET archive_bytes = ? WHERE id = ?", (size, job_id))
 
 
 def clear_uploads(conn: sqlite3.Connection, job_id: str) -> None:

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from refresher.jobs.outputstore import keep_archive_size
 from refresher.jobs.records import (
     JobAlreadyFinished,
     JobRecord,
-    keep_archive_size,
     load_job,
     require_job,
 )

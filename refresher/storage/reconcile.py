@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from refresher.db import placeholders
-from refresher.jobs.records import keep_archive_size
+from refresher.jobs.outputstore import keep_archive_size
 from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
 from refresher.media.ffmpeg import PARTIAL_SUFFIX
 from refresher.storage.paths import Paths, remove_tree
