@@ -2,8 +2,11 @@
 
 Every change goes through this actor's inbox and is applied in one database transaction
 (`refresher.storage.leases`), so leases survive a kill and restart of the tracker: the new
-incarnation finds them where the old one left them. Leases of an earlier process are
-dropped when the tracker starts, since their downloads died with that process.
+incarnation finds them where the old one left them. Each lease lasts `ttl_s` (the
+service's DOWNLOAD_STALL_S) unless renewed, and the tracker renews the leases this
+process holds every third of that, for as long as their downloads run: leases of a
+process that died lapse within `ttl_s`, whichever process looks. Where one process owns
+the store, the leases of an earlier run are dropped at once when the tracker starts.
 
 Callers use the public coroutines (`acquire`, `release`, `reserve_for_deletion`); each
 sends a message and waits for the reply. A request whose reply never comes (the tracker
@@ -18,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import sqlite3
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,13 +29,14 @@ from typing import Any
 
 import outcome
 import trio
+from sqlalchemy import Connection
 
 from actors.runtime import Mailbox, NoReply
-from refresher.db import Database
 from refresher.storage import leases
 from refresher.storage.full import StorageFull, release_ballast
 from refresher.storage.leases import Lease, LeaseRefused
 from refresher.storage.removal import ReservationUnavailable
+from refresher.store import Database
 from refresher.timestamps import iso
 
 LOGGER = logging.getLogger(__name__)
@@ -45,6 +48,11 @@ INBOX_SIZE = 256
 # unreachable.
 REPLY_TIMEOUT_S = 10.0
 ATTEMPTS = 5
+# A lease lives this long unless renewed (the service sets DOWNLOAD_STALL_S), and is
+# renewed this many times over it: a renewal that finds the store busy has two more goes
+# before the lease could lapse.
+LEASE_TTL_S = 120.0
+RENEWALS_PER_TTL = 3
 
 __all__ = ["DownloadTracker", "Lease", "LeaseRefused", "TrackerUnavailable"]
 
@@ -58,7 +66,8 @@ class TrackerUnavailable(ReservationUnavailable):
 class Acquire:
     lease_id: str
     job_id: str
-    boot_id: str
+    holder: str
+    ttl_s: float
 
 
 @dataclass(frozen=True)
@@ -81,10 +90,12 @@ class _Envelope:
     reply: trio.MemorySendChannel[outcome.Outcome[Any]]
 
 
-def _apply(conn: sqlite3.Connection, request: Request, now: str) -> object:
+def _apply(conn: Connection, request: Request, now: str) -> object:
     match request:
-        case Acquire(lease_id, job_id, boot_id):
-            return leases.acquire(conn, lease_id=lease_id, job_id=job_id, boot_id=boot_id, now=now)
+        case Acquire(lease_id, job_id, holder, ttl_s):
+            return leases.acquire(
+                conn, lease_id=lease_id, job_id=job_id, holder=holder, now=now, ttl_s=ttl_s
+            )
         case Release(lease_id):
             leases.release(conn, lease_id)
         case Reserve(job_id, reason):
@@ -96,23 +107,57 @@ class DownloadTracker:
     name = "download_tracker"
 
     def __init__(
-        self, db: Database, *, now: Callable[[], float], ballast: Path | None = None
+        self,
+        db: Database,
+        *,
+        now: Callable[[], float],
+        ballast: Path | None = None,
+        ttl_s: float = LEASE_TTL_S,
     ) -> None:
+        if ttl_s <= 0:
+            raise ValueError("ttl_s must be > 0")
         self.db = db
         self.now = now
         # Room held back on the volume (`refresher.storage.full`), given up when a release
         # finds the store full: a lease that stays would keep its job from removal.
         self.ballast = ballast
+        self.ttl_s = ttl_s
         # One id per process: leases taken by this process carry it.
-        self.boot_id = uuid.uuid4().hex
+        self.holder = uuid.uuid4().hex
+        # The leases this process holds now: renewed until released. Kept by the tracker
+        # object, so a restart of the actor renews them on.
+        self.held: set[str] = set()
         self.inbox: Mailbox[_Envelope] = Mailbox(INBOX_SIZE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Serve lease requests until cancelled; a request cut off by cancel is retried."""
-        dropped = await self.db.write(lambda conn: leases.drop_other_boots(conn, self.boot_id))
-        if dropped:
-            LOGGER.info("dropped %d leases of an earlier process", dropped)
+        """Serve lease requests, and renew the leases held, until cancelled; a request cut
+        off by cancel is retried."""
+        if not self.db.shared:
+            dropped = await self.db.write(lambda conn: leases.drop_other_holders(conn, self.holder))
+            if dropped:
+                LOGGER.info("dropped %d leases of an earlier process", dropped)
         task_status.started()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._renew)
+            await self._serve()
+
+    async def _renew(self) -> None:
+        """Every third of the leases' time to live: renew those held, drop lapsed ones."""
+        while True:
+            await trio.sleep(self.ttl_s / RENEWALS_PER_TTL)
+
+            def renew(conn: Connection, held: frozenset[str] = frozenset(self.held)) -> int:
+                leases.drop_lapsed(conn)
+                return leases.renew(conn, held, ttl_s=self.ttl_s)
+
+            try:
+                renewed = await self.db.write(renew)
+            except StorageFull:
+                LOGGER.warning("leases not renewed: the storage is full")
+                continue
+            LOGGER.debug("renewed %d leases", renewed)
+
+    async def _serve(self) -> None:
         async for envelope in self.inbox.receive:
             # Closed however this ends, so a caller never waits on a killed run.
             with envelope.reply:
@@ -139,10 +184,12 @@ class DownloadTracker:
         left that nobody holds. The give-back queues behind the request in the inbox,
         which the tracker serves in order.
         """
-        request = Acquire(uuid.uuid4().hex, job_id, self.boot_id)
+        request = Acquire(uuid.uuid4().hex, job_id, self.holder, self.ttl_s)
+        self.held.add(request.lease_id)
         try:
             lease: Lease = await self._ask(request)
         except LeaseRefused:
+            self.held.discard(request.lease_id)
             raise
         except BaseException:
             await self.release(Lease(request.lease_id, job_id))
@@ -152,6 +199,8 @@ class DownloadTracker:
     async def release(self, lease: Lease) -> None:
         """Give the lease back (a lease already given back is fine). Shielded: it runs to
         the end even in a cancelled task."""
+        # Not renewed any more whatever happens below: a lease the store keeps lapses.
+        self.held.discard(lease.id)
         with trio.CancelScope(shield=True):
             for attempt in range(2):
                 try:
@@ -164,8 +213,8 @@ class DownloadTracker:
                         break
                     if not await trio.to_thread.run_sync(release_ballast, self.ballast):
                         break
-            # The lease stays and keeps the job from deletion: the safe side. The next
-            # process start drops it.
+            # The lease stays and keeps the job from deletion for its time to live at
+            # most: the safe side, and it lapses then.
             LOGGER.error("lease=%s job=%s could not be released", lease.id, lease.job_id)
 
     async def reserve_for_deletion(self, job_id: str, *, reason: str) -> bool:

@@ -9,8 +9,10 @@ tracker first (a job being downloaded is skipped for the next oldest), then the 
 files are removed, then its row becomes an `evicted` tombstone.
 
 `request_room(nbytes)` answers whether `nbytes` more fit under `high`, evicting first
-when that makes room. Requests go through the inbox, so evictions never run two at a
-time; the evictor also looks on start and every `interval_s`. A run killed mid-eviction
+when that makes room. Requests go through the inbox, and each look holds the store's
+cluster-wide "evictor" lock, so evictions never run two at a time, whichever processes
+ask; the evictor also looks on start and every `interval_s` (skipping a look while
+another process's evictor makes one). A run killed mid-eviction
 leaves jobs reserved as "evicted": the next run finishes them before anything else.
 """
 
@@ -43,6 +45,10 @@ INTERVAL_S = 60.0
 ROOM_TIMEOUT_S = 60.0
 # A request cut off by a kill of the evictor is sent again this many times in all.
 ATTEMPTS = 3
+# The store's lock that one look at a time holds, cluster-wide; a request waits this long
+# for another process's look to end (then answers whether the room could be made).
+LOCK = "evictor"
+LOCK_PATIENCE_S = ROOM_TIMEOUT_S / 2
 
 
 class EvictorUnavailable(RuntimeError):
@@ -164,10 +170,16 @@ class Evictor:
         return usage.has_room(nbytes, self.high, freed=evictable)
 
     async def _room_or_full(self, nbytes: int | None) -> bool:
-        """`_make_room`, where a store too full to record an eviction means no room: on a
-        restart the same look would fail again at once, a crash loop."""
+        """`_make_room` under the cluster-wide lock, where a store too full to record an
+        eviction means no room: on a restart the same look would fail again at once, a
+        crash loop. A request waits for the lock; the periodic look (`nbytes` None) skips
+        while another process holds it."""
         try:
-            return await self._make_room(nbytes)
+            patience = 0.0 if nbytes is None else LOCK_PATIENCE_S
+            async with self.db.exclusive(LOCK, patience_s=patience) as held:
+                if not held:
+                    return nbytes is None or await self._could_fit(nbytes)
+                return await self._make_room(nbytes)
         except StorageFull as err:
             LOGGER.warning("no room: the storage is too full to record evictions (%s)", err)
             return False

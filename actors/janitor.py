@@ -14,20 +14,23 @@ One pass, on start and every `interval_s`:
   tombstone saying so.
 
 Queued and processing jobs are never touched, except that a queued job past expiry
-fails. Everything is read from the store and the disk each pass, so a kill at any point
-is harmless: the next pass finds the same facts and finishes the work. When the tracker
-does not answer, the pass deletes nothing that needs a reservation.
+fails, and a cancelled one no worker holds any more ends. One pass runs at a time
+across every process sharing the store: a pass holds the store's "janitor" lock, and a
+process whose turn finds it held waits for it a while, then skips the pass. Everything is read from the store and
+the disk each pass, so a kill at any point is harmless: the next pass finds the same
+facts and finishes the work. When the tracker does not answer, the pass deletes nothing
+that needs a reservation.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import sqlite3
 import time
 from dataclasses import dataclass, fields
 
 import trio
+from sqlalchemy import Connection
 
 from refresher.jobs import expiry
 from refresher.jobs.lifecycle import Lifecycle
@@ -46,6 +49,10 @@ TOMBSTONE_RETENTION_S = 7 * 24 * 3600.0
 # a live upload streams, writing far more often than that; one idle this long died with
 # its process.
 ORPHAN_GRACE_S = 3600.0
+# The store's lock a pass holds, so that one runs at a time across processes; a pass
+# waits this long for another's to end (it then finds little left to do).
+LOCK = "janitor"
+LOCK_PATIENCE_S = 30.0
 # The removals the janitor finishes after a kill: all but evictions, the evictor's own.
 RESUMED = (RemovalReason.EXPIRED, RemovalReason.LOST, RemovalReason.DELETED)
 
@@ -56,6 +63,7 @@ class SweepReport:
 
     expired: int = 0
     failed_queued: int = 0
+    cancelled: int = 0
     purged: int = 0
     lost: int = 0
     forgotten_outputs: int = 0
@@ -133,12 +141,20 @@ class Janitor:
         Cancelling it may leave the pass half done, which is safe: the next pass
         finishes it.
         """
+        async with self.db.exclusive(LOCK, patience_s=LOCK_PATIENCE_S) as held:
+            if not held:
+                LOGGER.info("janitor pass skipped: another process is making one")
+                return SweepReport(skipped_deletions="another process is making a pass")
+            return await self._sweep()
+
+    async def _sweep(self) -> SweepReport:
         began = time.perf_counter()
         report = SweepReport()
         now = self.now()
         before = now - self.tombstone_retention_s
         report.purged = await self.db.write(lambda conn: expiry.purge_tombstones(conn, before))
         report.failed_queued = len(await self.lifecycle.fail_stale())
+        report.cancelled = len(await self.lifecycle.settle_cancelled())
         await self._expire(report, now)
         await self._reconcile(report)
         LOGGER.info("janitor pass in %.3f s: %s", time.perf_counter() - began, report.summary())
@@ -184,7 +200,7 @@ class Janitor:
             LOGGER.debug("removed %s: it belongs to no job", self.paths.relative(path))
 
         # Files before rows: the uploads are gone, now the rows stop naming them.
-        def forget(conn: sqlite3.Connection) -> int:
+        def forget(conn: Connection) -> int:
             reconcile.clear_ended_uploads(conn)
             return reconcile.forget_outputs(conn, findings.missing_outputs)
 

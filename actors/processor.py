@@ -1,10 +1,16 @@
-"""The processor: turns queued jobs into variations with FFmpeg, one job at a time.
+"""The processor: a worker that turns queued jobs into variations with FFmpeg, one source
+file at a time.
 
-The database is the queue and the record: `JobQueued` only rings the bell, and every
-finished variation is a row written in the same transaction that counts it. So the
-processor can be killed anywhere: on its next start it kills encoders a dead run left
-behind, puts interrupted jobs back in the queue, and resumes each from its last finished
-variation.
+The store is the queue and the record: `JobQueued` only rings the bell, and every
+finished variation is a row written in the same transaction that counts it. The
+processor claims a file (`refresher.jobs.claims`), renews the claim while it works on it
+and gives it back when done, so any number of processors in any number of processes
+share the queue. So a processor can be killed anywhere: its FFmpeg dies with it, its
+claim lapses, and another processor (or its own next start, which in a store it alone
+uses drops earlier claims at once and kills encoders a dead run left behind) resumes the
+file from its last finished variation. A cancel reaches the processor holding the job
+(`CancelJob`, through the bus) and stops its FFmpeg at once; a lost notice is made up for
+at the next batch or renewal, which read the job's cancel from the store.
 
 Faults are results, not crashes. A full storage (in an output or in the database) fails
 the file being encoded with a reason, after removing what its batch wrote
@@ -19,19 +25,23 @@ from __future__ import annotations
 
 import functools
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from sqlalchemy import Connection
 
 from actors.runtime import Mailbox
-from refresher.db import write_if_room, write_when_room
-from refresher.jobs import records
+from refresher.jobs import claims, records
 from refresher.jobs.batches import BatchMaker
+from refresher.jobs.claims import CLAIM_TTL_S, RENEWALS_PER_TTL, Claim, ClaimLost
 from refresher.jobs.events import JobEvent
 from refresher.jobs.lifecycle import Lifecycle
-from refresher.jobs.status import FINISHED, JobStatus
+from refresher.jobs.progress import FileProgress
+from refresher.jobs.progress import report as report_progress
+from refresher.jobs.status import JobStatus
 from refresher.media import effects, encoding, thumbnails
 from refresher.media.ffmpeg import (
     MediaError,
@@ -44,16 +54,18 @@ from refresher.media.ffmpeg import (
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
 from refresher.media.variations import Draws
 from refresher.storage.full import StorageFull
+from refresher.store import write_if_room
 
 LOGGER = logging.getLogger(__name__)
 
 # Doorbells and cancels; a full inbox already holds a ring that makes the processor look.
 INBOX_SIZE = 64
-# Progress events go to subscribers at every whole percent; the database, which only
-# serves page reloads, at most every few percent.
-EVENT_PROGRESS_STEP = 1.0
-DB_PROGRESS_STEP = 5.0
 THUMBNAIL_NAME = "thumbnail.webp"
+# A claim's token, in the names of the files made under it: this many hex digits.
+CLAIM_TAG_CHARS = 12
+# A stopping processor waits this long at most to give its claim back; past it, the claim
+# lapses on its own.
+RELEASE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -69,27 +81,13 @@ class CancelJob:
 
 
 @dataclass
-class _FileProgress:
-    """In-memory progress of one source file while its variations encode."""
+class _Running:
+    """The claim being worked on, and how to stop the work."""
 
-    total: int
-    done: int
-    running: dict[int, float] = field(default_factory=dict)
-    published: float = -1.0
-    saved: float = 0.0
-    changed: trio.Event = field(default_factory=trio.Event)
-
-    @property
-    def percent(self) -> float:
-        return round(100.0 * (self.done + sum(self.running.values())) / self.total, 1)
-
-
-@dataclass
-class _RunningJob:
-    job_id: str
+    claim: Claim
     scope: trio.CancelScope
-    # Each file's (status, percent) as it stands now, for the job's overall progress.
-    files: dict[str, tuple[JobStatus, float]]
+    # The claim lapsed and another processor took the file over: the work is void.
+    lost: bool = False
 
 
 class Processor:
@@ -103,8 +101,11 @@ class Processor:
         threads: int | None = None,
         request_room: Callable[[int], Awaitable[bool]] | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
+        claim_ttl_s: float = CLAIM_TTL_S,
     ) -> None:
-        # A job's start and end go through the lifecycle; progress is told directly.
+        if claim_ttl_s <= 0:
+            raise ValueError("claim_ttl_s must be > 0")
+        # A file's start and end go through the lifecycle; progress is told directly.
         self.lifecycle = lifecycle
         self.db = lifecycle.db
         self.paths = lifecycle.paths
@@ -112,25 +113,29 @@ class Processor:
         self.publish = lifecycle.publish
         self.limits = limits
         self.ffmpeg = ffmpeg
+        self.claim_ttl_s = claim_ttl_s
+        # This processor's name in its claims.
+        self.worker = uuid.uuid4().hex
         self.batches = BatchMaker(
             self.db, self.paths, ffmpeg, now=self.now, threads=threads,
-            request_room=request_room, limits=limits,
+            request_room=request_room, limits=limits, claim_ttl_s=claim_ttl_s,
         )  # fmt: skip
         self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
         self._wake = trio.Event()
-        self._current: _RunningJob | None = None
+        self._current: _Running | None = None
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Recover from any earlier run, then process queued jobs until cancelled.
+        """Recover from any earlier run, then process queued files until cancelled.
 
-        Reports started once the encoders an earlier run left are killed; requeueing the
-        jobs it left comes after, as it may have to wait for room. Cancellation stops
-        FFmpeg and removes partial outputs; the job stays in the database as
-        `processing` and is requeued by the next `run()`.
+        Reports started once the encoders an earlier run left are killed (in a store this
+        process alone uses); giving back the claims it left comes after, as it may have to
+        wait for room. Cancellation stops FFmpeg, removes partial outputs and gives the
+        claim back; the file stays `processing` for the next claim to resume.
         """
-        killed = await trio.to_thread.run_sync(kill_leftover_encoders, self.paths.root)
-        if killed:
-            LOGGER.warning("recovered: killed %d encoders", len(killed))
+        if not self.db.shared:
+            killed = await trio.to_thread.run_sync(kill_leftover_encoders, self.paths.root)
+            if killed:
+                LOGGER.warning("recovered: killed %d encoders", len(killed))
         self._current = None
         task_status.started()
         async with trio.open_nursery() as nursery:
@@ -138,54 +143,141 @@ class Processor:
             async for message in self.inbox.receive:
                 if isinstance(message, CancelJob):
                     current = self._current
-                    if current is not None and current.job_id == message.job_id:
+                    if current is not None and current.claim.job.id == message.job_id:
                         current.scope.cancel()
                 else:
                     self._wake.set()
 
     async def _work(self) -> None:
         # After started(): on a full storage this waits for room, and the service runs.
-        requeued = await self.lifecycle.requeue_interrupted()
-        if requeued:
-            LOGGER.warning("recovered: requeued jobs %s", requeued)
+        if not self.db.shared:
+            resumed = await self.lifecycle.drop_claims()
+            if resumed:
+                LOGGER.warning("recovered: resuming jobs %s", resumed)
         while True:
             # A fresh event before looking: a ring during the look is not lost.
             self._wake = trio.Event()
-            job = await self.lifecycle.start_next()
-            if job is None:
+            await self.lifecycle.settle_cancelled()
+            claim = await self.lifecycle.claim_next(
+                worker=self.worker, token=uuid.uuid4().hex[:CLAIM_TAG_CHARS],
+                ttl_s=self.claim_ttl_s,
+            )  # fmt: skip
+            if claim is not None:
+                await self._process(claim)
+            elif self.db.shared:
+                # Another processor's claim may lapse without a ring: look again in a while.
+                with trio.move_on_after(self.claim_ttl_s / RENEWALS_PER_TTL):
+                    await self._wake.wait()
+            else:
                 await self._wake.wait()
-                continue
-            await self._process(job)
 
-    def _publish(self, job_id: str, kind: str, **data: object) -> None:
-        self.publish(JobEvent(job_id, kind, dict(data)))
-
-    async def _process(self, job: records.JobRecord) -> None:
-        LOGGER.info("job=%s processing: %d videos", job.id, job.total_videos)
-        await self._make_thumbnail(job)
-        variation_effects = effects.generate(job.seed, job.total_variations)
-        running = _RunningJob(
-            job.id,
-            trio.CancelScope(),
-            {file.id: (file.status, file.progress) for file in job.files},
-        )
+    async def _process(self, claim: Claim) -> None:
+        job, file = claim.job, claim.file
+        LOGGER.info("job=%s file=%s processing (claim %s)", job.id, file.id, claim.token)
+        running = _Running(claim, trio.CancelScope())
         self._current = running
-        with running.scope:
-            if await self.db.read(lambda conn: records.cancel_requested(conn, job.id)):
+        ended: tuple[JobStatus, str | None, FileProgress] | None = None
+        try:
+            with running.scope:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._keep_claim, running)
+                    try:
+                        ended = await self._process_file(running)
+                    except ClaimLost:
+                        running.lost = True
+                    nursery.cancel_scope.cancel()
+        except BaseException:
+            # A stop (or a fault): the claim goes back, so another processor (or the next
+            # run) takes the file over at once instead of when the claim lapses.
+            with trio.move_on_after(RELEASE_TIMEOUT_S) as releasing:
+                releasing.shield = True
+                await self.lifecycle.release(claim, ttl_s=self.claim_ttl_s, holding=releasing)
+            raise
+        finally:
+            self._current = None
+        if running.lost:
+            LOGGER.warning("job=%s file=%s taken over by another worker", job.id, file.id)
+            return
+        # Shielded, so that a stop does not cut a file's end in two; the shield is lifted
+        # if a write has to wait for room (the claim then lapses, and the file resumes).
+        with trio.CancelScope(shield=True) as finishing:
+            if ended is None:  # cancelled
+                await self.lifecycle.release(claim, ttl_s=self.claim_ttl_s, holding=finishing)
+                return
+            status, error, progress = ended
+            percent = 100.0 if status == JobStatus.COMPLETED else progress.percent
+            # Told before the job's end (which ends the job's streams) that it may bring.
+            self.publish(JobEvent(job.id, "progress", progress.event(file.id, status, percent)))
+            try:
+                await self.lifecycle.end_file(
+                    claim, status=status, progress=percent, error=error,
+                    ttl_s=self.claim_ttl_s, holding=finishing,
+                )  # fmt: skip
+            except ClaimLost:
+                LOGGER.warning("job=%s file=%s taken over by another worker", job.id, file.id)
+
+    async def _keep_claim(self, running: _Running) -> None:
+        """Renew the claim every third of its time to live; stop the work if it was taken
+        over, or if the job was cancelled (a cancel whose notice was lost)."""
+        claim = running.claim
+
+        def renew(conn: Connection) -> tuple[bool, bool]:
+            ours = claims.renew(conn, claim.file.id, claim.token, self.claim_ttl_s)
+            return ours, records.cancel_requested(conn, claim.job.id)
+
+        while True:
+            await trio.sleep(self.claim_ttl_s / RENEWALS_PER_TTL)
+            try:
+                ours, cancelled = await self.db.write(renew)
+            except StorageFull:
+                LOGGER.warning("job=%s claim not renewed: the storage is full", claim.job.id)
+                continue
+            if not ours:
+                running.lost = True
+            if cancelled or not ours:
                 running.scope.cancel()
-            for file in job.files:
-                if file.status in FINISHED:
-                    continue
-                first = file.position * job.variations_per_video
-                await self._process_file(
-                    job, file, variation_effects[first : first + job.variations_per_video]
-                )
-        self._current = None
-        await self._finish(job.id, cancelled=running.scope.cancelled_caught)
+                return
+
+    async def _process_file(self, running: _Running) -> tuple[JobStatus, str | None, FileProgress]:
+        """Make the claimed file's variations still to make; return how the file ends:
+        its status, why it failed (or None) and its progress."""
+        claim = running.claim
+        job, file = claim.job, claim.file
+        if file.position == 0 and job.thumbnail_path is None:
+            await self._make_thumbnail(job)
+        if await self.db.read(lambda conn: records.cancel_requested(conn, job.id)):
+            running.scope.cancel()
+            await trio.lowlevel.checkpoint()
+        done = {output.variation_index for output in file.outputs}
+        await trio.to_thread.run_sync(self.batches.remove_leftovers, job.id, file)
+        progress = FileProgress(
+            total=job.variations_per_video,
+            done=len(done),
+            files={each.id: (each.status, each.progress) for each in job.files},
+        )
+        moment = self.now()
+        await write_if_room(
+            self.db,
+            lambda conn: claims.save_progress(conn, file.id, claim.token, progress.percent, moment),
+            what=f"job={job.id} file={file.id} start",
+        )
+        progress.event(file.id, JobStatus.PROCESSING, progress.percent)
+        pending = [index for index in range(1, job.variations_per_video + 1) if index not in done]
+        first = file.position * job.variations_per_video
+        file_effects = effects.generate(job.seed, job.total_variations)[
+            first : first + job.variations_per_video
+        ]
+        if file.upload_path is None:
+            error: str | None = "The upload is gone; upload the video again."
+        else:
+            source = self.paths.absolute(file.upload_path)
+            error = await self._encode_pending(running, source, pending, file_effects, progress)
+        if error:
+            LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
+            return JobStatus.FAILED, error, progress
+        return JobStatus.COMPLETED, None, progress
 
     async def _make_thumbnail(self, job: records.JobRecord) -> None:
-        if job.thumbnail_path is not None:
-            return
         first = job.files[0]
         if first.upload_path is None:
             return
@@ -202,61 +294,16 @@ class Processor:
         ):
             await trio.to_thread.run_sync(remove_files, [output])
 
-    async def _process_file(
-        self,
-        job: records.JobRecord,
-        file: records.FileRecord,
-        file_effects: list[effects.Effects],
-    ) -> None:
-        done = {output.variation_index for output in file.outputs}
-        await trio.to_thread.run_sync(self.batches.remove_leftovers, job.id, file.id, done)
-        progress = _FileProgress(total=job.variations_per_video, done=len(done))
-        await write_if_room(
-            self.db,
-            lambda conn: records.set_file_state(
-                conn,
-                file.id,
-                status=JobStatus.PROCESSING,
-                progress=progress.percent,
-                now=self.now(),
-            ),
-            what=f"job={job.id} file={file.id} start",
-        )
-        self._track(file.id, JobStatus.PROCESSING, progress.percent)
-        pending = [index for index in range(1, job.variations_per_video + 1) if index not in done]
-        if file.upload_path is None:
-            error: str | None = "The upload is gone; upload the video again."
-        else:
-            source = self.paths.absolute(file.upload_path)
-            error = await self._encode_pending(job, file, source, pending, file_effects, progress)
-        if error:
-            LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
-        status = JobStatus.FAILED if error else JobStatus.COMPLETED
-        percent = 100.0 if status == JobStatus.COMPLETED else progress.percent
-        # Not shielded: a stop while this waits for room leaves the file to the next run.
-        await write_when_room(
-            self.db,
-            lambda conn: records.set_file_state(
-                conn, file.id, status=status, progress=percent, error=error, now=self.now()
-            ),
-            what=f"job={job.id} file={file.id} {status}",
-        )
-        self._track(file.id, status, percent)
-        self._publish(
-            job.id, "progress", fileId=file.id, progress=percent, status=status,
-            completedVariations=progress.done, overallProgress=self._overall(),
-        )  # fmt: skip
-
     async def _encode_pending(
         self,
-        job: records.JobRecord,
-        file: records.FileRecord,
+        running: _Running,
         source: Path,
         pending: list[int],
         file_effects: list[effects.Effects],
-        progress: _FileProgress,
+        progress: FileProgress,
     ) -> str | None:
         """Encode the file's `pending` variations; return why the file failed, or None."""
+        job, file = running.claim.job, running.claim.file
         try:
             probed = await trio.to_thread.run_sync(probe, source, self.limits)
         except NotAVideo as err:
@@ -278,10 +325,15 @@ class Processor:
         per_encode = encoding.variations_per_encode(probed.width, probed.height)
         error: str | None = None
         async with trio.open_nursery() as watchers:
-            watchers.start_soon(self._report_progress, job.id, file.id, progress)
+            watchers.start_soon(
+                functools.partial(
+                    report_progress, progress, running.claim, db=self.db, publish=self.publish,
+                    now=self.now,
+                )
+            )  # fmt: skip
             try:
                 for batch in encoding.split_batches(pending, per_encode):
-                    await self._encode_batch(job, file, source, probed, batch, draws, progress)
+                    await self._encode_batch(running, source, probed, batch, draws, progress)
             except (MediaError, StorageFull, OSError) as err:
                 error = failure_sentence(err)
                 LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, failure_detail(err))
@@ -290,80 +342,24 @@ class Processor:
 
     async def _encode_batch(
         self,
-        job: records.JobRecord,
-        file: records.FileRecord,
+        running: _Running,
         source: Path,
         probed: Probe,
         indices: list[int],
         draws: Draws,
-        progress: _FileProgress,
+        progress: FileProgress,
     ) -> None:
-        if await self.db.read(lambda conn: records.cancel_requested(conn, job.id)):
-            # The doorbell for this cancel was lost (a full inbox, a restart): act on the
-            # database's word.
-            if self._current is not None:
-                self._current.scope.cancel()
+        if await self.db.read(lambda conn: records.cancel_requested(conn, running.claim.job.id)):
+            # The notice of this cancel was lost (a full inbox, a restart, another
+            # process): act on the store's word.
+            running.scope.cancel()
             await trio.lowlevel.checkpoint()
         key = indices[0]
 
         def on_progress(fraction: float) -> None:
-            progress.running[key] = fraction * len(indices)
-            progress.changed.set()
+            progress.batch_moved(key, fraction * len(indices))
 
         await self.batches.make(
-            job.id, file, source, probed, indices, draws, on_progress=on_progress
+            running.claim, source, probed, indices, draws, on_progress=on_progress
         )
-        progress.running.pop(key, None)
-        progress.done += len(indices)
-        progress.changed.set()
-
-    async def _report_progress(self, job_id: str, file_id: str, progress: _FileProgress) -> None:
-        while True:
-            await progress.changed.wait()
-            progress.changed = trio.Event()
-            percent = progress.percent
-            self._track(file_id, JobStatus.PROCESSING, percent)
-            if percent - progress.published >= EVENT_PROGRESS_STEP:
-                progress.published = percent
-                self._publish(
-                    job_id, "progress", fileId=file_id, progress=percent,
-                    status=JobStatus.PROCESSING,
-                    completedVariations=progress.done, overallProgress=self._overall(),
-                )  # fmt: skip
-            if percent - progress.saved >= DB_PROGRESS_STEP:
-                progress.saved = percent
-                # Only a page reload shows it: on a full storage, the encode goes on without.
-                await write_if_room(
-                    self.db,
-                    functools.partial(
-                        records.set_file_progress, file_id=file_id, progress=percent,
-                        now=self.now(),
-                    ),
-                    what=f"job={job_id} file={file_id} progress",
-                )  # fmt: skip
-
-    def _track(self, file_id: str, status: JobStatus, percent: float) -> None:
-        if self._current is not None:
-            self._current.files[file_id] = (status, percent)
-
-    def _overall(self) -> float:
-        if self._current is None:
-            return 0.0
-        return records.overall_progress(JobStatus.PROCESSING, self._current.files.values())
-
-    async def _finish(self, job_id: str, *, cancelled: bool) -> None:
-        # Shielded, so that a stop does not cut a job's end in two; the shield is lifted
-        # if a write has to wait for room (the next run then finishes the job).
-        with trio.CancelScope(shield=True) as finishing:
-            job = await self.db.read(lambda conn: records.require_job(conn, job_id))
-            failed = [file for file in job.files if file.status == JobStatus.FAILED]
-            if cancelled:
-                status, error = JobStatus.CANCELLED, None
-            elif job.files and len(failed) == len(job.files):
-                status = JobStatus.FAILED
-                error = "Every video failed: " + "; ".join(
-                    f"{file.original_name}: {file.error}" for file in failed
-                )
-            else:
-                status, error = JobStatus.COMPLETED, None
-            await self.lifecycle.finish(job_id, status=status, error=error, holding=finishing)
+        progress.batch_done(key, len(indices))

@@ -28,10 +28,10 @@ from pathlib import Path
 from bench.raw import RawServer
 from bench.service import PeakRss, Service, cpu_seconds, curl_many, rss_bytes
 from bench.verdict import Row, at_least, below, table
-from refresher.db import connect, migrate
 from refresher.jobs import outputstore, records, transitions
 from refresher.jobs.status import JobStatus
 from refresher.storage.paths import Paths
+from refresher.store import sqlite as sqlite_store
 
 CHUNK = 8 * 1024 * 1024
 
@@ -57,28 +57,24 @@ def make_job(paths: Paths, total_bytes: int, files: int = 8) -> tuple[str, list[
                 crc = zlib.crc32(piece, crc)
                 written += len(piece)
         outputs.append((index, path, per_file, crc))
-    conn = connect(paths.database)
-    migrate(conn)
     now = time.time()
-    conn.execute("BEGIN IMMEDIATE")
-    transitions.insert_job(
-        conn, job_id=job_id, files=[source], variations_per_video=files, seed=1, now=now,
-        ttl_s=86_400,
-    )  # fmt: skip
-    for index, path, size, crc in outputs:
-        outputstore.record_output(
-            conn, job_id=job_id, file_id=source.id, now=now,
-            output=outputstore.NewOutput(
-                output_id=str(uuid.uuid4()), variation_index=index,
-                path=paths.relative(path), size=size, crc32=crc, effects={},
-            ),
+    with sqlite_store.writing(paths.database) as conn:
+        transitions.insert_job(
+            conn, job_id=job_id, files=[source], variations_per_video=files, seed=1, now=now,
+            ttl_s=86_400,
         )  # fmt: skip
-    transitions.finish_job(
-        conn, job_id, status=JobStatus.COMPLETED, error=None, now=now, ttl_s=86_400
-    )
-    records.clear_uploads(conn, job_id)
-    conn.execute("COMMIT")
-    conn.close()
+        for index, path, size, crc in outputs:
+            outputstore.record_output(
+                conn, job_id=job_id, file_id=source.id, now=now,
+                output=outputstore.NewOutput(
+                    output_id=str(uuid.uuid4()), variation_index=index,
+                    path=paths.relative(path), size=size, crc32=crc, effects={},
+                ),
+            )  # fmt: skip
+        transitions.finish_job(
+            conn, job_id, status=JobStatus.COMPLETED, error=None, now=now, ttl_s=86_400
+        )
+        records.clear_uploads(conn, job_id)
     return job_id, [path for _, path, _, _ in outputs]
 
 

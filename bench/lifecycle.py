@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sqlite3
 import sys
 import tempfile
 import time
@@ -33,17 +32,19 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import trio
+from sqlalchemy import Connection, text
 
 from actors.download_tracker import DownloadTracker
 from actors.evictor import Evictor
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
 from bench.verdict import Row, below, table
-from refresher.db import Database, connect, migrate
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import ACTIVE, FINISHED, JobStatus
 from refresher.storage.paths import Paths
 from refresher.storage.usage import stored_bytes
+from refresher.store import Database
+from refresher.store import sqlite as sqlite_store
 from refresher.timestamps import iso
 
 TARGET_S = 0.5
@@ -54,6 +55,14 @@ UPLOAD_BYTES = 1_000_000
 VARIATIONS = 2
 GIB = 1024**3
 VOLUME = (50 * GIB, 100 * GIB)
+
+
+# The columns of the rows `build` makes, in their order.
+JOB_FIELDS = ("id", "status", "created", "updated", "finished", "expires", "variations", "seed",
+              "reason")  # fmt: skip
+FILE_FIELDS = ("id", "job_id", "name", "upload", "size", "status", "updated")
+OUTPUT_FIELDS = ("id", "job_id", "file_id", "variation", "path", "size", "crc", "effects",
+                 "created")  # fmt: skip
 
 
 def build(paths: Paths, jobs: int, now: float) -> dict[str, int]:
@@ -118,31 +127,35 @@ def build(paths: Paths, jobs: int, now: float) -> dict[str, int]:
             file_rows.append(
                 (file_id, job_id, "ad.mp4", upload_path, UPLOAD_BYTES, file_status, iso(updated))
             )
-    conn = connect(paths.database)
-    migrate(conn)
-    conn.execute("BEGIN IMMEDIATE")
-    conn.executemany(
-        """INSERT INTO jobs (id, status, created_at, updated_at, finished_at, expires_at,
-                             total_videos, variations_per_video, total_variations, seed,
-                             deleted_reason)
-           VALUES (?, ?, ?, ?, ?, ?, 1, ?, 2, ?, ?)""",
-        job_rows,
-    )
-    conn.executemany(
-        """INSERT INTO job_files (id, job_id, position, original_name, upload_path, file_size,
-                                  status, updated_at)
-           VALUES (?, ?, 0, ?, ?, ?, ?, ?)""",
-        file_rows,
-    )
-    conn.executemany(
-        """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path, size,
-                                     crc32, effects_json, created_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        output_rows,
-    )
-    conn.execute("COMMIT")
-    conn.execute("ANALYZE")
-    conn.close()
+    with sqlite_store.writing(paths.database) as conn:
+        conn.execute(
+            text(
+                """INSERT INTO jobs (id, status, created_at, updated_at, finished_at, expires_at,
+                                     total_videos, variations_per_video, total_variations,
+                                     seed, deleted_reason)
+                   VALUES (:id, :status, :created, :updated, :finished, :expires, 1,
+                           :variations, 2, :seed, :reason)"""
+            ),
+            [dict(zip(JOB_FIELDS, row, strict=True)) for row in job_rows],
+        )
+        conn.execute(
+            text(
+                """INSERT INTO job_files (id, job_id, position, original_name, upload_path,
+                                          file_size, status, updated_at)
+                   VALUES (:id, :job_id, 0, :name, :upload, :size, :status, :updated)"""
+            ),
+            [dict(zip(FILE_FIELDS, row, strict=True)) for row in file_rows],
+        )
+        conn.execute(
+            text(
+                """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path,
+                                             size, crc32, effects_json, created_at)
+                   VALUES (:id, :job_id, :file_id, :variation, :path, :size, :crc, :effects,
+                           :created)"""
+            ),
+            [dict(zip(OUTPUT_FIELDS, row, strict=True)) for row in output_rows],
+        )
+        conn.exec_driver_sql("ANALYZE")
     return counts
 
 
@@ -152,8 +165,10 @@ async def timed(label: str, action: Callable[[], Awaitable[object]]) -> tuple[st
     return label, time.perf_counter() - began, result
 
 
-def count_status(conn: sqlite3.Connection, status: str) -> int:
-    found: int = conn.execute("SELECT count(*) FROM jobs WHERE status = ?", (status,)).fetchone()[0]
+def count_status(conn: Connection, status: str) -> int:
+    found: int = conn.execute(
+        text("SELECT count(*) FROM jobs WHERE status = :status"), {"status": status}
+    ).scalar_one()
     return found
 
 

@@ -1,6 +1,6 @@
 """The real service in a subprocess, as in production, and what benchmarks read of it.
 
-`Service` starts `python -m refresher serve` on a free loopback port with a data
+`Service` starts `python -m wiring serve` on a free loopback port with a data
 directory of the benchmark's, logs in, and reads the memory and CPU time of the service
 and of its FFmpeg children from /proc.
 """

@@ -23,6 +23,10 @@ MIB = 1024**2
 DEFAULT_VARIATIONS = 5
 
 
+# Settings whose values an error message never repeats.
+SECRETS = frozenset({"AUTH_PASSWORD", "TOKEN_SECRET", "DATABASE_URL"})
+
+
 class ConfigError(ValueError):
     """A setting has a value the service cannot run with."""
 
@@ -30,7 +34,8 @@ class ConfigError(ValueError):
         self.variable = variable
         self.rule = rule
         self.value = value
-        super().__init__(f"{variable} {rule}, got {value!r}")
+        shown = "a value that is not shown" if variable in SECRETS else repr(value)
+        super().__init__(f"{variable} {rule}, got {shown}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +45,13 @@ class Config:
     data_dir: Path = Path("./data")
     auth_password: str | None = None
     token_secret: str | None = None
+    # Where the job store lives: unset, a SQLite file in the data directory, for one
+    # process; a `postgresql://` URL, a PostgreSQL database any number of web and worker
+    # processes share (it holds the queue, the leases and the events between them).
+    database_url: str | None = dataclasses.field(default=None, repr=False)
+    # Seconds a worker's claim on a source file lasts unless renewed (every third of it):
+    # a worker that dies has its work taken over within about this long and a third.
+    claim_ttl_s: float = 30.0
     job_ttl_hours: float = 24.0
     storage_quota_bytes: int = 3 * GIB
     evict_high: float = 0.85
@@ -155,6 +167,12 @@ def _secret(text: str) -> str:
     return text
 
 
+def _database_url(text: str) -> str:
+    if not text.strip().startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL (leave it unset for SQLite)")
+    return text.strip()
+
+
 def _origins(text: str) -> tuple[str, ...]:
     origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
     for origin in origins:
@@ -192,6 +210,8 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "data_dir": lambda text: Path(_text(text)),
     "auth_password": _secret,
     "token_secret": _secret,
+    "database_url": _database_url,
+    "claim_ttl_s": _number(0.0, low_open=True),
     "job_ttl_hours": _number(0.0, low_open=True),
     "storage_quota_bytes": _integer(1),
     "evict_high": _number(0.0, 1.0, low_open=True),

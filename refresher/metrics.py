@@ -9,13 +9,14 @@ served on their own port (`METRICS_PORT`, off by default), never on the public o
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from sqlalchemy import Connection, text
 
 from refresher.jobs.status import JobStatus
 from refresher.storage.usage import read_volume, stored_bytes
+from refresher.store.sql import dialect
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 GAUGE_PERIOD_S = 5.0
@@ -83,17 +84,25 @@ def download_ended(sent: int, wanted: int) -> None:
     DOWNLOADS.labels("completed" if sent == wanted else "cut").inc()
 
 
-def refresh_gauges(conn: sqlite3.Connection, data_dir: Path, quota_bytes: int) -> None:
+def refresh_gauges(conn: Connection, data_dir: Path, quota_bytes: int) -> None:
     """Read the gauges' values from the store and the volume (blocking)."""
-    counts = dict(
-        conn.execute(
-            "SELECT status, count(*) FROM jobs WHERE status IN (?, ?) GROUP BY status",
-            (JobStatus.QUEUED, JobStatus.PROCESSING),
-        ).fetchall()
-    )
+    counts: dict[str, int] = {
+        status: count
+        for status, count in conn.execute(
+            text(
+                "SELECT status, count(*) FROM jobs WHERE status IN (:queued, :processing) "
+                "GROUP BY status"
+            ),
+            {"queued": JobStatus.QUEUED, "processing": JobStatus.PROCESSING},
+        )
+    }
     QUEUED.set(counts.get(JobStatus.QUEUED, 0))
     PROCESSING.set(counts.get(JobStatus.PROCESSING, 0))
-    LEASES.set(conn.execute("SELECT count(*) FROM leases").fetchone()[0])
+    LEASES.set(
+        conn.execute(
+            text(f"SELECT count(*) FROM leases WHERE expires_at > {dialect(conn).now_s}")
+        ).scalar_one()
+    )
     STORED_BYTES.set(stored_bytes(conn))
     QUOTA_BYTES.set(quota_bytes)
     used, usable = read_volume(data_dir)

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import AsyncIterator
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ from tests.support.clips import Clips, make_clips
 from tests.support.clock import WallClock
 from tests.support.footage import make_footage
 from tests.support.http import TEST_PASSWORD, StartService
+from tests.support.postgres import PostgresServer, drop_database, fresh_database, running_server
 from wiring.service import RunningService, serve
 
 
@@ -31,6 +34,35 @@ def footage(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Natural footage (a pan across photographs, with sound): 640x360, 10 s, made once."""
     path = tmp_path_factory.mktemp("footage") / "pan.mp4"
     return make_footage(find_ffmpeg(None), path, width=640, height=360, seconds=10.0)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for the session, started only when a test asks for one. Its
+    folder is outside pytest's (root's, which the server's own user cannot enter)."""
+    root = Path(tempfile.mkdtemp(prefix="refresher-pg-"))
+    try:
+        with running_server(root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """An empty database of the test's own on the session's PostgreSQL server."""
+    url = fresh_database(postgres)
+    yield url
+    drop_database(postgres, url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
+    """Where a store is opened, once for each backend: a SQLite file, a PostgreSQL URL."""
+    if request.param == "sqlite":
+        return tmp_path / "db.sqlite3"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
 
 
 @pytest.fixture

@@ -11,14 +11,13 @@ from quart import current_app
 from actors.download_tracker import DownloadTracker
 from actors.events import EventHub
 from actors.evictor import Evictor
-from actors.processor import CancelJob, JobQueued
-from actors.runtime import Mailbox, Supervisor
+from actors.runtime import Supervisor
 from refresher.auth.credentials import Credentials
 from refresher.config import Config
-from refresher.db import Database
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.media.probe import PROBES_AT_ONCE
 from refresher.storage.paths import Paths
+from refresher.store import Database
 from web.http.slots import StreamSlots
 from web.http.throttle import LoginThrottle
 
@@ -37,9 +36,9 @@ class AppState:
     events: EventHub
     tracker: DownloadTracker
     evictor: Evictor
-    # Every change of a job's status: its write, its event, its metric.
+    # Every change of a job's status: its write, its event, its metric, its notice to
+    # the workers.
     lifecycle: Lifecycle
-    processor_inbox: Mailbox[JobQueued | CancelJob]
     # Wall clock (unix seconds); injected so tests can move time.
     now: Callable[[], float]
     # Monotonic time the service started, from trio.current_time().

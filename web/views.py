@@ -33,7 +33,6 @@ def thumbnail_url(app_state: AppState, job_id: str, thumbnail_path: str | None) 
 def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str, object]:
     """The job as `GET /api/jobs` lists it; with no `app_state`, without its signed link
     (what an event carries)."""
-    names = row["file_names"]
     summary: dict[str, object] = {
         "id": row["id"],
         "status": row["status"],
@@ -41,7 +40,7 @@ def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str,
         "totalVariations": row["total_variations"],
         "completedVariations": row["completed_variations"],
         "overallProgress": row["overall_progress"],
-        "fileNames": names.split("\0") if names else [],
+        "fileNames": list(row["file_names"]),
         "createdAt": row["created_at"],
         "expiresAt": row["expires_at"],
         "source": "upload",

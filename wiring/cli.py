@@ -1,4 +1,9 @@
-"""`video-refresher serve`: the service's command line."""
+"""`video-refresher serve` and `video-refresher worker`: the service's command line.
+
+`serve` runs everything in one process (`--role all`, the default) or the web side of
+several (`--role web`); `worker` runs the encoding side. Both of the latter share a
+PostgreSQL store (`DATABASE_URL`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from actors.runtime import SupervisorGaveUp
 from refresher import config as config_module
 from refresher import logs
 from wiring import service as service
+from wiring.service import NeedsSharedStore, Role
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,12 +34,27 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the service. Every flag can also be set by the environment "
         "variable of the same name in upper case (--port or PORT); a flag wins.",
     )
-    for field in config_module.SETTINGS:
-        serve.add_argument(
-            "--" + field.replace("_", "-"),
-            dest=field,
-            metavar=config_module.env_name(field),
-        )
+    serve.add_argument(
+        "--role",
+        choices=[Role.ALL, Role.WEB],
+        default=Role.ALL,
+        help="all: everything in this one process (the default); web: the API, the page, "
+        "downloads, the janitor and the evictor, beside `worker` processes "
+        "(needs DATABASE_URL)",
+    )
+    worker = commands.add_parser(
+        "worker",
+        help="encode and measure, beside `serve --role web` processes",
+        description="Encode and measure the jobs that web processes queue, in a PostgreSQL "
+        "store they share (DATABASE_URL). Takes the same flags and variables as serve.",
+    )
+    for command in (serve, worker):
+        for field in config_module.SETTINGS:
+            command.add_argument(
+                "--" + field.replace("_", "-"),
+                dest=field,
+                metavar=config_module.env_name(field),
+            )
     return parser
 
 
@@ -45,10 +66,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except config_module.ConfigError as err:
         print(f"video-refresher: {err}", file=sys.stderr)
         return 2
+    role = Role.WORKER if arguments.command == "worker" else Role(arguments.role)
+    if role is not Role.ALL and config.database_url is None:
+        print(f"video-refresher: {NeedsSharedStore(role)}", file=sys.stderr)
+        return 2
     logs.configure(config.log_level, config.log_format)
     gave_up: list[BaseException] = []
     try:
-        trio.run(service.run, config)
+        trio.run(service.run, config, role)
     except* SupervisorGaveUp as group:
         gave_up.extend(group.exceptions)
     for error in gave_up:

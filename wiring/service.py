@@ -6,6 +6,23 @@ Hypercorn stops accepting and gives running requests (downloads) up to
 `config.shutdown_grace_s` to finish, then the actors are cancelled and the database
 closed. `run()` adds the process's edge: SIGTERM/SIGINT set that event, a second signal
 stops at once.
+
+A process plays a `Role`. By default it plays them all, on either store. Where several
+processes share a PostgreSQL store (`DATABASE_URL`), each may play one:
+
+| actor | all | web | worker |
+|---|---|---|---|
+| the web app (API, page, downloads) | yes | yes | |
+| event hub (the streams' events) | yes | yes | |
+| download tracker (leases, reservations) | yes | yes | yes |
+| evictor (room for uploads and encodes) | yes | yes | yes |
+| janitor | yes | yes | |
+| processor (encoding, measuring) | yes | | yes |
+| bus (PostgreSQL's notifications) | shared store | yes | yes |
+
+Events and notices between the processes go through the bus: a worker's progress to
+every web process's streams, an upload's job to the workers, a cancel to the worker
+holding the job.
 """
 
 from __future__ import annotations
@@ -15,32 +32,35 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import trio
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.trio import serve as hypercorn_serve
-from prometheus_client import make_asgi_app
 
 from actors.download_tracker import DownloadTracker
 from actors.events import EventHub
 from actors.evictor import Evictor
 from actors.janitor import Janitor
-from actors.processor import Processor
+from actors.processor import CancelJob, JobQueued, Processor
 from actors.runtime import BACKOFF_MAX_S, MAX_RESTARTS, Supervisor
-from refresher import metrics
 from refresher.auth import credentials as credentials_store
 from refresher.config import Config
-from refresher.db import Database
+from refresher.jobs.events import JobEvent, Publish
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.storage.full import keep_ballast
 from refresher.storage.paths import Paths
+from refresher.store import Database
+from refresher.store.bus import JOB_CANCEL, JOB_EVENTS, JOB_QUEUED, Bus, LocalBus
+from refresher.store.postgres import PostgresBus
 from web.app import create_app
 from web.http import lease
 from web.http.patches import ServerConfig, install_paced_server, tune_reads
 from web.http.slots import StreamSlots
 from web.state import AppState
+from wiring.metrics import bound, serve_metrics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,13 +68,41 @@ LOGGER = logging.getLogger(__name__)
 DB_CLOSE_TIMEOUT_S = 10.0
 
 
+class Role(StrEnum):
+    """What a process of the service does (see the table above)."""
+
+    ALL = "all"
+    WEB = "web"
+    WORKER = "worker"
+
+    @property
+    def serves_web(self) -> bool:
+        return self is not Role.WORKER
+
+    @property
+    def works(self) -> bool:
+        return self is not Role.WEB
+
+
+class NeedsSharedStore(ValueError):
+    def __init__(self, role: Role) -> None:
+        super().__init__(
+            f"a {role} process works beside others: set DATABASE_URL to the PostgreSQL "
+            "database they share (only `serve` alone runs on the SQLite default)"
+        )
+
+
 @dataclass(frozen=True)
 class RunningService:
-    """What `serve()` reports once it accepts connections."""
+    """What `serve()` reports once it accepts connections (a worker: once it works)."""
 
+    # Empty for a worker, which serves no web app.
     urls: list[str]
-    state: AppState
-    # Where Prometheus scrapes (`METRICS_PORT`); None when not served.
+    # None for a worker.
+    state: AppState | None
+    supervisor: Supervisor
+    db: Database
+    # Where Prometheus scrapes (`METRICS_PORT`), and `/health` answers; None when not served.
     metrics_url: str | None = None
 
     @property
@@ -62,145 +110,45 @@ class RunningService:
         return self.urls[0]
 
 
-def _bound(hypercorn_config: HypercornConfig, host: str, port: int) -> HypercornConfig:
-    """`hypercorn_config` listening on `host:port`, logging through our setup (not a
-    second stderr handler of Hypercorn's own), without a Server header."""
-    shown = f"[{host}]" if ":" in host else host
-    hypercorn_config.bind = [f"{shown}:{port}"]
-    hypercorn_config.accesslog = None
-    hypercorn_config.errorlog = logging.getLogger("hypercorn.error")
-    hypercorn_config.include_server_header = False
-    return hypercorn_config
-
-
 def _hypercorn_config(config: Config) -> HypercornConfig:
     hypercorn_config = lease.limit_clients(ServerConfig(), config)
     hypercorn_config.graceful_timeout = config.shutdown_grace_s
-    return _bound(hypercorn_config, config.host, config.port)
+    return bound(hypercorn_config, config.host, config.port)
 
 
 async def serve(
     config: Config,
     *,
     shutdown: trio.Event,
+    role: Role = Role.ALL,
     now: Callable[[], float] = time.time,
     restart_limit: int = MAX_RESTARTS,
     restart_backoff_max_s: float = BACKOFF_MAX_S,
     task_status: trio.TaskStatus[RunningService] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Run the service until `shutdown` is set (graceful) or the call is cancelled.
+    """Run the service in `role` until `shutdown` is set (graceful) or the call is cancelled.
 
     `restart_limit` (restarts of one actor within a minute past which the service gives
     up) and `restart_backoff_max_s` (the longest wait before a restart) are the restart
     policy; chaos tests raise the one and lower the other to kill actors far more often.
 
-    Reports a `RunningService` once it accepts connections. Raises
-    `actors.runtime.SupervisorGaveUp` (in an exception group) when an actor keeps dying.
+    Reports a `RunningService` once it accepts connections (a worker: once its actors
+    run). Raises `actors.runtime.SupervisorGaveUp` (in an exception group) when an actor
+    keeps dying, and `NeedsSharedStore` for a web or worker process without DATABASE_URL.
     """
+    if role is not Role.ALL and config.database_url is None:
+        raise NeedsSharedStore(role)
     paths = Paths(config.data_dir)
     await trio.to_thread.run_sync(paths.create)
-    tune_reads()
-    install_paced_server()
-    credentials = await trio.to_thread.run_sync(
-        lambda: credentials_store.load(
-            paths, password=config.auth_password, token_secret=config.token_secret
-        )
-    )
-    if config.auth_password is None:
-        LOGGER.warning(
-            "login password: %s (kept in %s; set AUTH_PASSWORD to choose your own)",
-            credentials.password,
-            credentials.password_source,
-        )
-    ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, config.ffmpeg)
-    LOGGER.info("using FFmpeg at %s", ffmpeg)
-    db = await Database.open(paths.database)
-    if not await trio.to_thread.run_sync(keep_ballast, paths.ballast):
-        LOGGER.warning("the volume is nearly full: no room held back for removals yet")
+    if role.serves_web:
+        tune_reads()
+        install_paced_server()
+    db = await Database.open(config.database_url or paths.database)
     try:
-        events = EventHub()
-        lifecycle = Lifecycle(db, paths, now=now, ttl_s=config.job_ttl_s, publish=events.publish)
-        tracker = DownloadTracker(db, now=now, ballast=paths.ballast)
-        evictor = Evictor(
-            lifecycle,
-            tracker,
-            quota_bytes=config.storage_quota_bytes,
-            high=config.evict_high,
-            low=config.evict_low,
-        )
-        processor = Processor(
-            lifecycle,
-            ffmpeg=ffmpeg,
-            threads=config.ffmpeg_threads,
-            request_room=evictor.request_room,
-            limits=config.media_limits,
-        )
-        supervisor = Supervisor(
-            [
-                events,
-                tracker,
-                processor,
-                Janitor(
-                    lifecycle,
-                    tracker,
-                    interval_s=config.janitor_interval_s,
-                    process_started=time.time(),
-                ),
-                evictor,
-            ],
-            max_restarts=restart_limit,
-            backoff_max_s=restart_backoff_max_s,
-        )
-        app_state = AppState(
-            config=config,
-            paths=paths,
-            db=db,
-            credentials=credentials,
-            supervisor=supervisor,
-            events=events,
-            tracker=tracker,
-            evictor=evictor,
-            lifecycle=lifecycle,
-            processor_inbox=processor.inbox,
-            now=now,
-            started_at=trio.current_time(),
-            streams=StreamSlots(
-                per_key=config.max_event_streams_per_link, total=config.max_event_streams
-            ),
-        )
-        app = create_app(app_state)
-        # Nurseries nested by lifetime: the actors outlive the server, so requests being
-        # drained can still reach them.
-        async with trio.open_nursery() as actors_nursery:
-            await actors_nursery.start(supervisor.run)
-
-            async def shutdown_requested() -> None:
-                await shutdown.wait()
-                app_state.stopping.set()
-                LOGGER.info(
-                    "shutting down: draining requests for up to %g s", config.shutdown_grace_s
-                )
-
-            async with trio.open_nursery() as server_nursery:
-                metrics_url = None
-                if config.metrics_port is not None:
-                    metrics_url = await _serve_metrics(
-                        server_nursery, config, config.metrics_port, db, shutdown
-                    )
-                urls = await server_nursery.start(
-                    lambda task_status: hypercorn_serve(
-                        app,
-                        _hypercorn_config(config),
-                        shutdown_trigger=shutdown_requested,
-                        task_status=task_status,
-                    )
-                )
-                LOGGER.info("listening on %s", ", ".join(urls))
-                task_status.started(
-                    RunningService(urls=urls, state=app_state, metrics_url=metrics_url)
-                )
-            # Hypercorn returns once its drain is over; now stop the actors.
-            actors_nursery.cancel_scope.cancel()
+        await _run(
+            config, role, db, paths, shutdown=shutdown, now=now, restart_limit=restart_limit,
+            restart_backoff_max_s=restart_backoff_max_s, task_status=task_status,
+        )  # fmt: skip
     finally:
         with trio.move_on_after(DB_CLOSE_TIMEOUT_S) as cleanup:
             cleanup.shield = True
@@ -208,48 +156,170 @@ async def serve(
     LOGGER.info("stopped")
 
 
-async def _serve_metrics(
-    nursery: trio.Nursery, config: Config, port: int, db: Database, shutdown: trio.Event
-) -> str:
-    """Serve Prometheus metrics on `port` (`METRICS_PORT`) until `shutdown`, keeping the gauges
-    fresh; return the URL to scrape."""
-    paths = Paths(config.data_dir)
+async def _run(
+    config: Config,
+    role: Role,
+    db: Database,
+    paths: Paths,
+    *,
+    shutdown: trio.Event,
+    now: Callable[[], float],
+    restart_limit: int,
+    restart_backoff_max_s: float,
+    task_status: trio.TaskStatus[RunningService],
+) -> None:
+    if not await trio.to_thread.run_sync(keep_ballast, paths.ballast):
+        LOGGER.warning("the volume is nearly full: no room held back for removals yet")
+    events = EventHub()
+    bus: Bus
+    publish: Publish
+    actors: list[Any] = []
+    if db.shared:
+        assert config.database_url is not None
+        bus = postgres_bus = PostgresBus(config.database_url, db.backend.engine)
+        actors.append(postgres_bus)
 
-    async def refresh_gauges() -> None:
-        while not shutdown.is_set():
-            await db.read(
-                lambda conn: metrics.refresh_gauges(conn, paths.root, config.storage_quota_bytes)
+        def publish(event: JobEvent) -> None:
+            postgres_bus.publish(JOB_EVENTS, event.as_json())
+
+        if role.serves_web:
+            bus.subscribe(JOB_EVENTS, lambda payload: events.publish(JobEvent.from_json(payload)))
+    else:
+        bus, publish = LocalBus(), events.publish
+    lifecycle = Lifecycle(db, paths, now=now, ttl_s=config.job_ttl_s, publish=publish, bus=bus)
+    tracker = DownloadTracker(db, now=now, ballast=paths.ballast, ttl_s=config.download_stall_s)
+    evictor = Evictor(
+        lifecycle,
+        tracker,
+        quota_bytes=config.storage_quota_bytes,
+        high=config.evict_high,
+        low=config.evict_low,
+    )
+    if role.serves_web:
+        actors.append(events)
+    actors.append(tracker)
+    if role.works:
+        ffmpeg = await trio.to_thread.run_sync(find_ffmpeg, config.ffmpeg)
+        LOGGER.info("using FFmpeg at %s", ffmpeg)
+        processor = Processor(
+            lifecycle,
+            ffmpeg=ffmpeg,
+            threads=config.ffmpeg_threads,
+            request_room=evictor.request_room,
+            limits=config.media_limits,
+            claim_ttl_s=config.claim_ttl_s,
+        )
+        bus.subscribe(JOB_QUEUED, lambda job_id: processor.inbox.post(JobQueued(job_id)))
+        bus.subscribe(JOB_CANCEL, lambda job_id: processor.inbox.post(CancelJob(job_id)))
+        actors.append(processor)
+    if role.serves_web:
+        actors.append(
+            Janitor(
+                lifecycle,
+                tracker,
+                interval_s=config.janitor_interval_s,
+                # Where other processes share the data, an old file may be theirs.
+                process_started=None if db.shared else time.time(),
             )
-            with trio.move_on_after(metrics.GAUGE_PERIOD_S):
+        )
+    actors.append(evictor)
+    supervisor = Supervisor(actors, max_restarts=restart_limit, backoff_max_s=restart_backoff_max_s)
+    # Nurseries nested by lifetime: the actors outlive the server, so requests being
+    # drained can still reach them.
+    async with trio.open_nursery() as actors_nursery:
+        await actors_nursery.start(supervisor.run)
+        async with trio.open_nursery() as server_nursery:
+            metrics_url = None
+            if config.metrics_port is not None:
+                metrics_url = await serve_metrics(
+                    server_nursery, config, db, supervisor, role, shutdown
+                )
+            if not role.serves_web:
+                LOGGER.info("worker %s running", role)
+                task_status.started(RunningService([], None, supervisor, db, metrics_url))
                 await shutdown.wait()
+                LOGGER.info("shutting down: stopping the work under way")
+            else:
+                await _serve_web(
+                    server_nursery, config, db, paths, supervisor, lifecycle, events, tracker,
+                    evictor, now=now, shutdown=shutdown, metrics_url=metrics_url,
+                    task_status=task_status,
+                )  # fmt: skip
+        # Hypercorn returns once its drain is over; now stop the actors.
+        actors_nursery.cancel_scope.cancel()
 
-    hypercorn_config = _bound(HypercornConfig(), config.host, port)
-    exposition = make_asgi_app(metrics.REGISTRY)
 
-    async def app(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "lifespan":
-            await exposition(scope, receive, send)
-            return
-        # Nothing to start or stop; answered, so Hypercorn does not warn of its absence.
-        while (await receive())["type"] != "lifespan.shutdown":
-            await send({"type": "lifespan.startup.complete"})
-        await send({"type": "lifespan.shutdown.complete"})
+async def _serve_web(
+    nursery: trio.Nursery,
+    config: Config,
+    db: Database,
+    paths: Paths,
+    supervisor: Supervisor,
+    lifecycle: Lifecycle,
+    events: EventHub,
+    tracker: DownloadTracker,
+    evictor: Evictor,
+    *,
+    now: Callable[[], float],
+    shutdown: trio.Event,
+    metrics_url: str | None,
+    task_status: trio.TaskStatus[RunningService],
+) -> None:
+    """Serve the web app until `shutdown`, then drain its requests."""
+    if db.shared:
+        credentials = await db.write(
+            lambda conn: credentials_store.load_shared(
+                conn, password=config.auth_password, token_secret=config.token_secret
+            )
+        )
+    else:
+        credentials = await trio.to_thread.run_sync(
+            lambda: credentials_store.load(
+                paths, password=config.auth_password, token_secret=config.token_secret
+            )
+        )
+    if config.auth_password is None:
+        LOGGER.warning(
+            "login password: %s (kept in %s; set AUTH_PASSWORD to choose your own)",
+            credentials.password,
+            credentials.password_source,
+        )
+    app_state = AppState(
+        config=config,
+        paths=paths,
+        db=db,
+        credentials=credentials,
+        supervisor=supervisor,
+        events=events,
+        tracker=tracker,
+        evictor=evictor,
+        lifecycle=lifecycle,
+        now=now,
+        started_at=trio.current_time(),
+        streams=StreamSlots(
+            per_key=config.max_event_streams_per_link, total=config.max_event_streams
+        ),
+    )
+    app = create_app(app_state)
 
-    urls: list[str] = await nursery.start(
+    async def shutdown_requested() -> None:
+        await shutdown.wait()
+        app_state.stopping.set()
+        LOGGER.info("shutting down: draining requests for up to %g s", config.shutdown_grace_s)
+
+    urls = await nursery.start(
         lambda task_status: hypercorn_serve(
             app,
-            hypercorn_config,
-            shutdown_trigger=shutdown.wait,
-            mode="asgi",
+            _hypercorn_config(config),
+            shutdown_trigger=shutdown_requested,
             task_status=task_status,
         )
     )
-    nursery.start_soon(refresh_gauges)
-    LOGGER.info("metrics on %s/metrics", urls[0])
-    return f"{urls[0]}/metrics"
+    LOGGER.info("listening on %s", ", ".join(urls))
+    task_status.started(RunningService(urls, app_state, supervisor, db, metrics_url))
 
 
-async def run(config: Config) -> None:
+async def run(config: Config, role: Role = Role.ALL) -> None:
     """Serve until SIGTERM or SIGINT (graceful), or a second such signal (immediate)."""
     shutdown = trio.Event()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -265,5 +335,5 @@ async def run(config: Config) -> None:
                     shutdown.set()
 
             nursery.start_soon(watch_signals)
-            await serve(config, shutdown=shutdown)
+            await serve(config, shutdown=shutdown, role=role)
             nursery.cancel_scope.cancel()

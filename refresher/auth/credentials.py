@@ -1,8 +1,10 @@
-"""The team's shared password and the token secret: from the environment or the data dir.
+"""The team's shared password and the token secret: from the environment, or kept.
 
-Either one, when not given in the environment, is generated on first run and kept in the
-data directory (mode 0600), so a restart neither changes the password nor logs anyone
-out.
+Either one, when not given in the environment, is generated on first run and kept, so a
+restart neither changes the password nor logs anyone out: in the data directory (mode
+0600) where one process owns it (`load`), in the store where several processes share it
+(`load_shared`), so that a token one web process issued, and a job's signed links, work
+on every other.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Connection, text
+
 from refresher.storage.paths import Paths, write_private_file
 
 LOGGER = logging.getLogger(__name__)
@@ -23,6 +27,10 @@ LOGGER = logging.getLogger(__name__)
 GENERATED_PASSWORD_BYTES = 9
 TOKEN_SECRET_BYTES = 32
 
+
+# Keys of the two in the store's `settings` table.
+PASSWORD_SETTING = "auth_password"
+TOKEN_SECRET_SETTING = "token_secret"
 
 # Tells the signing key apart from any other use of the same secret.
 SIGNING_KEY_CONTEXT = b"video-refresher signing key v1\0"
@@ -79,6 +87,37 @@ def load(paths: Paths, *, password: str | None, token_secret: str | None) -> Cre
     if token_secret is None:
         token_secret = _load_or_create(
             paths.token_secret_file, secrets.token_urlsafe(TOKEN_SECRET_BYTES)
+        )
+    return Credentials(
+        password=password, token_secret=token_secret.encode(), password_source=source
+    )
+
+
+def _setting(conn: Connection, key: str, make: str) -> str:
+    """The stored value of `key`, stored as `make` first if there was none (the first of
+    several processes starting at once to store one wins; the others read it)."""
+    conn.execute(
+        text(
+            "INSERT INTO settings (key, value) VALUES (:key, :value) ON CONFLICT (key) DO NOTHING"
+        ),
+        {"key": key, "value": make},
+    )
+    value: str = conn.execute(
+        text("SELECT value FROM settings WHERE key = :key"), {"key": key}
+    ).scalar_one()
+    return value
+
+
+def load_shared(conn: Connection, *, password: str | None, token_secret: str | None) -> Credentials:
+    """Like `load`, but each value not given is kept in the store every process shares
+    (run in a write transaction)."""
+    source = "environment"
+    if password is None:
+        password = _setting(conn, PASSWORD_SETTING, secrets.token_urlsafe(GENERATED_PASSWORD_BYTES))
+        source = "the database's settings table"
+    if token_secret is None:
+        token_secret = _setting(
+            conn, TOKEN_SECRET_SETTING, secrets.token_urlsafe(TOKEN_SECRET_BYTES)
         )
     return Credentials(
         password=password, token_secret=token_secret.encode(), password_source=source

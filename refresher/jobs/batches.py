@@ -9,13 +9,16 @@ and records every output with its measures in one transaction; when the store ha
 room for the rows, it removes the outputs instead (files before rows) and fails with
 `StorageFull`. So a batch is recorded or gone, and a restart resumes after the last
 recorded one, once `remove_leftovers` has cleared what a run that died left.
+
+A batch is made under its worker's claim on the file (`refresher.jobs.claims`): every
+name it writes carries the claim's token, and its rows are recorded only while the claim
+is still the worker's (`ClaimLost` otherwise, its files removed).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -24,16 +27,18 @@ from pathlib import Path
 
 import numpy as np
 import trio
+from sqlalchemy import Connection
 
 from refresher import metrics
-from refresher.db import Database
-from refresher.jobs import outputstore, records
+from refresher.jobs import claims, outputstore, records
+from refresher.jobs.claims import CLAIM_TTL_S, Claim, ClaimLost
 from refresher.media import measure
 from refresher.media.ffmpeg import encoder_mark, remove_files
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 from refresher.media.variations import Batch, Draws, Encoder, Layout, make_variations
 from refresher.storage.full import StorageFull
 from refresher.storage.paths import STILLS, Paths
+from refresher.store import Database
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,22 +68,25 @@ class BatchMaker:
     threads: int | None = None
     request_room: Callable[[int], Awaitable[bool]] | None = None
     limits: MediaLimits = DEFAULT_LIMITS
+    # How long a claim lasts past each batch recorded (`refresher.jobs.claims`).
+    claim_ttl_s: float = CLAIM_TTL_S
 
-    def remove_leftovers(self, job_id: str, file_id: str, recorded: set[int]) -> None:
-        """Remove the file's outputs but the `recorded` variations: what a run that died
-        left (blocking)."""
-        keep = {self.paths.output(job_id, file_id, index) for index in recorded}
-        keep |= {self.paths.still(job_id, file_id, index) for index in recorded}
+    def remove_leftovers(self, job_id: str, file: records.FileRecord) -> None:
+        """Remove every file of `file`'s variations that its rows do not name: what a run
+        (or a claim) that died left (blocking)."""
+        kept = [output.path for output in file.outputs]
+        kept += [output.still_path for output in file.outputs if output.still_path]
+        kept += [file.still_path] if file.still_path else []
+        keep = {self.paths.absolute(stored) for stored in kept}
         folder = self.paths.job_dir(job_id)
-        leftovers = [*folder.glob(f"{file_id}_*"), *(folder / STILLS).glob(f"{file_id}_var*")]
+        leftovers = [*folder.glob(f"{file.id}_*"), *(folder / STILLS).glob(f"{file.id}_*")]
         for path in leftovers:
             if path not in keep:
                 path.unlink(missing_ok=True)
 
     async def make(
         self,
-        job_id: str,
-        file: records.FileRecord,
+        claim: Claim,
         source: Path,
         probed: Probe,
         indices: Sequence[int],
@@ -86,13 +94,14 @@ class BatchMaker:
         *,
         on_progress: Callable[[float], None],
     ) -> None:
-        """Make, measure and record the variations `indices` of `file` (drawn by
+        """Make, measure and record the variations `indices` of the claimed file (drawn by
         `draws`), reporting 0..1 to `on_progress`.
 
-        Raise `NoRoom`, `StorageFull` or `MediaError` (the file's reason to fail), leaving
-        no output of the batch behind. On cancellation FFmpeg is stopped and the batch's
-        outputs are removed.
+        Raise `NoRoom`, `StorageFull` or `MediaError` (the file's reason to fail), or
+        `ClaimLost`, leaving no output of the batch behind. On cancellation FFmpeg is
+        stopped and the batch's outputs are removed.
         """
+        job_id, file = claim.job.id, claim.file
         needed = file.file_size * len(indices)
         if self.request_room is not None and not await self.request_room(needed):
             raise NoRoom(needed)
@@ -101,16 +110,16 @@ class BatchMaker:
         recorded_hashes = [measure.Sampled.unpack(s.pdq_hashes).hashes for s in recorded]
         encoder = Encoder(self.ffmpeg, self.limits, self.threads, encoder_mark(self.paths.root))
         layout = Layout(
-            output=partial(self.paths.output, job_id, file.id),
-            still=partial(self.paths.still, job_id, file.id),
-            reference=self.paths.reference(job_id, file.id),
-            source_still=self.paths.source_still(job_id, file.id),
+            output=partial(self.paths.output, job_id, file.id, claim=claim.token),
+            still=partial(self.paths.still, job_id, file.id, claim=claim.token),
+            reference=self.paths.reference(job_id, file.id, claim=claim.token),
+            source_still=self.paths.source_still(job_id, file.id, claim=claim.token),
         )
         batch = await make_variations(
             encoder, source, probed, indices, draws, layout, earlier=recorded_hashes,
             on_progress=on_progress, what=f"job={job_id} file={file.id}",
         )  # fmt: skip
-        await self._record(job_id, file, recorded, recorded_hashes, batch, layout.source_still)
+        await self._record(claim, recorded, recorded_hashes, batch, layout.source_still)
         metrics.VARIATIONS_ENCODED.inc(len(batch.kept))
         per_variation = (trio.current_time() - began) / len(batch.kept)
         for _ in batch.kept:
@@ -118,8 +127,7 @@ class BatchMaker:
 
     async def _record(
         self,
-        job_id: str,
-        file: records.FileRecord,
+        claim: Claim,
         recorded: list[outputstore.Sibling],
         recorded_hashes: list[np.ndarray],
         batch: Batch,
@@ -127,7 +135,9 @@ class BatchMaker:
     ) -> None:
         """Record the kept outputs with their final measures, and bring their recorded
         siblings' nearest sibling up to date (shielded: the files are complete, so their
-        rows must be written too; or, with no room for the rows, the files must go)."""
+        rows must be written too; or, with no room for the rows or no claim, the files
+        must go)."""
+        job_id, file = claim.job.id, claim.file
         candidates = [source_still, *(made.still for made in batch.kept.values() if made.still)]
         present = await trio.to_thread.run_sync(lambda: {p for p in candidates if p.exists()})
         new_hashes = {
@@ -165,22 +175,28 @@ class BatchMaker:
             ).as_json()  # fmt: skip
         still = self.paths.relative(source_still) if source_still in present else None
 
-        def record(conn: sqlite3.Connection) -> None:
+        moment = self.now()
+
+        def record(conn: Connection) -> None:
+            claims.hold(conn, file.id, claim.token, self.claim_ttl_s)
             for row in rows:
                 outputstore.record_output(
-                    conn, job_id=job_id, file_id=file.id, output=row, now=self.now()
+                    conn, job_id=job_id, file_id=file.id, output=row, now=moment
                 )
             outputstore.update_measured(conn, updates)
             if still is not None:
                 outputstore.set_file_still(conn, file.id, still)
 
+        made_files = [made.output.path for made in batch.kept.values()]
+        made_files += [made.still for made in batch.kept.values() if made.still]
         with trio.CancelScope(shield=True):
             try:
                 await self.db.write(record)
+            except ClaimLost:
+                await trio.to_thread.run_sync(remove_files, made_files)
+                raise
             except StorageFull as err:
-                await trio.to_thread.run_sync(
-                    remove_files, [made.output.path for made in batch.kept.values()]
-                )
+                await trio.to_thread.run_sync(remove_files, made_files)
                 raise StorageFull(
                     "the variations were made, but there was no room to record them"
                 ) from err

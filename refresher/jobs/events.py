@@ -7,6 +7,7 @@ upload announces its new job as queued, so a stream of every job sees it appear.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,15 @@ class JobEvent:
     job_id: str
     kind: str
     data: dict[str, Any]
+
+    def as_json(self) -> str:
+        """The event as one line of JSON, for other processes (`from_json` reads it)."""
+        return json.dumps({"jobId": self.job_id, "kind": self.kind, "data": self.data})
+
+    @classmethod
+    def from_json(cls, text: str) -> JobEvent:
+        fields = json.loads(text)
+        return cls(fields["jobId"], fields["kind"], fields["data"])
 
     @property
     def ends_job(self) -> bool:

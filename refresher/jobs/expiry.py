@@ -10,8 +10,9 @@ as long as a finished one.
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
+
+from sqlalchemy import Connection, text
 
 from refresher.jobs.status import FINISHED, TOMBSTONES, sql_list
 from refresher.jobs.transitions import RemovalReason, expiry_message
@@ -24,19 +25,21 @@ class ExpiredJob:
     message: str
 
 
-def expired_jobs(conn: sqlite3.Connection, now: float) -> list[ExpiredJob]:
+def expired_jobs(conn: Connection, now: float) -> list[ExpiredJob]:
     """Finished jobs whose results are past `expires_at`, oldest expiry first.
 
     Jobs the evictor or a DELETE has reserved are left to them; queued and processing
     jobs never expire by age.
     """
     rows = conn.execute(
-        f"""SELECT id, finished_at, expires_at FROM jobs
-            WHERE expires_at <= ? AND status IN {sql_list(FINISHED)}
-              AND NOT EXISTS (SELECT 1 FROM deletion_reservations r
-                              WHERE r.job_id = jobs.id AND r.reason IN (?, ?))
-            ORDER BY expires_at, id""",
-        (iso(now), RemovalReason.EVICTED, RemovalReason.DELETED),
+        text(
+            f"""SELECT id, finished_at, expires_at FROM jobs
+                WHERE expires_at <= :now AND status IN {sql_list(FINISHED)}
+                  AND NOT EXISTS (SELECT 1 FROM deletion_reservations r
+                                  WHERE r.job_id = jobs.id AND r.reason IN (:evicted, :deleted))
+                ORDER BY expires_at, id"""
+        ),
+        {"now": iso(now), "evicted": RemovalReason.EVICTED, "deleted": RemovalReason.DELETED},
     ).fetchall()
     return [
         ExpiredJob(job_id, expiry_message(finished_at, expires_at))
@@ -44,14 +47,14 @@ def expired_jobs(conn: sqlite3.Connection, now: float) -> list[ExpiredJob]:
     ]
 
 
-def purge_tombstones(conn: sqlite3.Connection, before: float) -> int:
+def purge_tombstones(conn: Connection, before: float) -> int:
     """Delete tombstones that became tombstones at or before `before`; return how many.
 
     A tombstone's `updated_at` is the moment it became one (nothing changes it after),
     so retention counts from when the results went away.
     """
     deleted: int = conn.execute(
-        f"DELETE FROM jobs WHERE status IN {sql_list(TOMBSTONES)} AND updated_at <= ?",
-        (iso(before),),
+        text(f"DELETE FROM jobs WHERE status IN {sql_list(TOMBSTONES)} AND updated_at <= :before"),
+        {"before": iso(before)},
     ).rowcount
     return deleted

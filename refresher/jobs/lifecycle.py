@@ -1,19 +1,25 @@
 """Every change of a job's status, as the service makes it: the write, the event that
 tells every open stream, and the metric, together, in one place.
 
-| change | who asks | write (`refresher.jobs.transitions`) | event | metric |
+| change | who asks | write | event; notice | metric |
 |---|---|---|---|---|
-| `queue` | an upload | `insert_job` | queued | uploaded bytes |
-| `start_next` | the processor | `claim_next` | processing | |
-| `requeue_interrupted` | the processor, on start | `requeue_interrupted` | | |
-| `cancel` | a user | `request_cancel` (a queued job ends at once) | cancelled | jobs finished |
-| `finish` | the processor | `finish_job`, then its uploads go | its status | jobs finished |
-| `fail_stale` | the janitor | `fail_stale_queued` | failed | jobs finished |
+| `queue` | an upload | `insert_job` | queued; work to claim | uploaded bytes |
+| `claim_next` | a worker | `claim_next` | processing (a job's first claim) | |
+| `end_file` | a worker | `end_file`, the last ends the job | the job's end | jobs finished |
+| `release` | a stopping worker | `release`, may end a cancelled job | the job's end | ditto |
+| `settle_cancelled` | worker, janitor | `settle`: cancelled, unheld jobs | cancelled | ditto |
+| `drop_claims` | the sole worker, at start | `drop_all` | | |
+| `cancel` | a user | `request_cancel`; unheld, it ends | cancelled; stop work | ditto |
+| `fail_stale` | the janitor | `fail_stale_queued` | failed | ditto |
 | `retire` | the removal flow | `retire` | expired, evicted, deleted | removals |
 
-A job's end (`finish`, and a queued job's `cancel`) removes its uploads, files before
-rows. Writes that must land wait for room on a full storage (`write_when_room`); a
-`holding` shield around the caller is lifted then, so a full disk never holds up a stop.
+(Writes are `refresher.jobs.transitions`' and `refresher.jobs.claims`'.)
+
+A job's end removes its uploads, files before rows. Events go to every open stream
+(`publish`); notices to the workers go through the bus (`refresher.store.bus`): work to
+claim, a job to stop. Writes that must land wait for room on a full storage
+(`write_when_room`); a `holding` shield around the caller is lifted then, so a full disk
+never holds up a stop.
 """
 
 from __future__ import annotations
@@ -22,21 +28,24 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 
 import trio
+from sqlalchemy import Connection
 
 from refresher import metrics
-from refresher.db import Database, write_when_room
-from refresher.jobs import records, transitions
+from refresher.jobs import claims, records, transitions
+from refresher.jobs.claims import Claim
 from refresher.jobs.events import DELETED, Publish, nobody_listens, status_event
-from refresher.jobs.records import JobRecord
 from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile, RemovalReason
 from refresher.storage.paths import Paths, remove_tree
+from refresher.store import Database, write_when_room
+from refresher.store.bus import JOB_CANCEL, JOB_QUEUED, Bus, LocalBus
 
 LOGGER = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    """Changes jobs' statuses in `db`, telling `publish` (the event hub) of each."""
+    """Changes jobs' statuses in `db`, telling `publish` (the event hub) of each, and the
+    workers (`bus`) of work to claim and jobs to stop."""
 
     def __init__(
         self,
@@ -46,12 +55,15 @@ class Lifecycle:
         now: Callable[[], float],
         ttl_s: float,
         publish: Publish = nobody_listens,
+        bus: Bus | None = None,
     ) -> None:
         self.db = db
         self.paths = paths
         self.now = now
         self.ttl_s = ttl_s
         self.publish = publish
+        # Notices to the workers, wherever they run.
+        self.bus: Bus = bus if bus is not None else LocalBus()
 
     async def queue(
         self,
@@ -74,71 +86,120 @@ class Lifecycle:
             )
         )  # fmt: skip
         self.publish(status_event(job_id, JobStatus.QUEUED))
+        self.bus.publish(JOB_QUEUED, job_id)
         metrics.UPLOADED_BYTES.inc(sum(file.file_size for file in files))
 
-    async def requeue_interrupted(self) -> list[str]:
-        """Put jobs a run left `processing` back in the queue (waiting for room); return
-        their ids."""
-        return await write_when_room(
-            self.db,
-            lambda conn: transitions.requeue_interrupted(conn, self.now()),
-            what="requeueing interrupted jobs",
-        )
-
-    async def start_next(self) -> JobRecord | None:
-        """Take the oldest queued job, now `processing`, announced; None if none waits."""
-        job = await write_when_room(
-            self.db,
-            lambda conn: transitions.claim_next(conn, self.now()),
-            what="claiming the next job",
-        )
-        if job is not None:
-            self.publish(status_event(job.id, JobStatus.PROCESSING))
-        return job
-
-    async def cancel(self, job_id: str) -> JobStatus:
-        """Cancel a job and return its status now: a queued one ends (announced, its uploads
-        removed), a processing one is flagged for the processor to stop. Raise
-        `JobNotFound`, or `JobAlreadyFinished` for a job that has ended."""
+    async def claim_next(self, *, worker: str, token: str, ttl_s: float) -> Claim | None:
+        """Claim the next source file to work on for `ttl_s` (see `refresher.jobs.claims`);
+        a job it starts is announced. None when no file waits."""
         moment = self.now()
-        status = await self.db.write(
-            lambda conn: transitions.request_cancel(conn, job_id, now=moment, ttl_s=self.ttl_s)
+        claim = await write_when_room(
+            self.db,
+            lambda conn: claims.claim_next(
+                conn, worker=worker, token=token, ttl_s=ttl_s, now=moment
+            ),
+            what="claiming the next file",
         )
-        if status == JobStatus.CANCELLED:  # it was still queued: nothing ran
-            # Told at once, before anything that may be cut short or find the disk full:
-            # the janitor removes the uploads of an ended job if this does not.
-            self._ended(job_id, JobStatus.CANCELLED, None)
-            await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(job_id))
-            await self.db.write(lambda conn: records.clear_uploads(conn, job_id))
-        return JobStatus(status)
+        if claim is not None and claim.started_job:
+            self.publish(status_event(claim.job.id, JobStatus.PROCESSING))
+        return claim
 
-    async def finish(
+    async def end_file(
         self,
-        job_id: str,
+        claim: Claim,
         *,
         status: JobStatus,
+        progress: float,
         error: str | None,
+        ttl_s: float,
         holding: trio.CancelScope | None = None,
     ) -> None:
-        """End a processed job with `status` (and a reason for its owner), remove its
-        uploads, then announce and count it."""
-        await write_when_room(
+        """End the claimed file; when it was the job's last, end the job (its uploads go, its
+        end is announced and counted). Raise `ClaimLost` if another worker took it over."""
+        moment = self.now()
+        ended = await write_when_room(
             self.db,
-            lambda conn: transitions.finish_job(
-                conn, job_id, status=status, error=error, now=self.now(), ttl_s=self.ttl_s
+            lambda conn: claims.end_file(
+                conn, claim, status=status, progress=progress, error=error, now=moment,
+                ttl_s=ttl_s,
             ),
-            what=f"job={job_id} {status}",
+            what=f"job={claim.job.id} file={claim.file.id} {status}",
+            holding=holding,
+        )  # fmt: skip
+        await self._after(ended, holding)
+
+    async def release(
+        self, claim: Claim, *, ttl_s: float, holding: trio.CancelScope | None = None
+    ) -> None:
+        """Give the claim back, the file unfinished; a cancelled job whose last live claim it
+        was ends (announced, counted, its uploads removed)."""
+        moment = self.now()
+        ended = await write_when_room(
+            self.db,
+            lambda conn: claims.release(conn, claim, now=moment, ttl_s=ttl_s),
+            what=f"job={claim.job.id} file={claim.file.id} released",
             holding=holding,
         )
-        # Files before rows: the job's uploads go, then its rows stop naming them.
-        await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(job_id))
+        await self._after(ended, holding)
+
+    async def settle_cancelled(self) -> list[str]:
+        """End the cancelled jobs no worker holds any more (theirs died); return their ids."""
+
+        moment = self.now()
+
+        def settle(conn: Connection) -> list[claims.Ended]:
+            settled = []
+            for job_id in claims.cancelled_unheld(conn):
+                ended = claims.settle(conn, job_id, now=moment, ttl_s=self.ttl_s)
+                if ended is not None:
+                    settled.append(ended)
+            return settled
+
+        settled = await write_when_room(self.db, settle, what="ending cancelled jobs")
+        for ended in settled:
+            await self._after(ended, None)
+        return [ended.job_id for ended in settled]
+
+    async def drop_claims(self) -> list[str]:
+        """Give back every claim of an earlier run, where this process alone works on the
+        store (waiting for room); return the jobs they were in."""
+        return await write_when_room(self.db, claims.drop_all, what="dropping earlier claims")
+
+    async def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job and return its status now: one no worker holds ends (announced, its
+        uploads removed), and the workers holding one are told to stop. Raise
+        `JobNotFound`, or `JobAlreadyFinished` for a job that has ended."""
+        moment = self.now()
+
+        def cancel(conn: Connection) -> str:
+            status = transitions.request_cancel(conn, job_id, now=moment, ttl_s=self.ttl_s)
+            if status == JobStatus.PROCESSING and claims.settle(
+                conn, job_id, now=moment, ttl_s=self.ttl_s
+            ):
+                return JobStatus.CANCELLED
+            return status
+
+        status = await self.db.write(cancel)
+        if status == JobStatus.CANCELLED:  # nothing ran, or nothing runs any more
+            await self._after(claims.Ended(job_id, JobStatus.CANCELLED, None), None)
+        else:
+            self.bus.publish(JOB_CANCEL, job_id)
+        return JobStatus(status)
+
+    async def _after(self, ended: claims.Ended | None, holding: trio.CancelScope | None) -> None:
+        """What follows a job's end: told at once, before anything that may be cut short or
+        find the disk full; then its uploads go, files before rows (the janitor removes the
+        uploads of an ended job if this does not)."""
+        if ended is None:
+            return
+        self._ended(ended.job_id, ended.status, ended.error)
+        await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(ended.job_id))
         await write_when_room(
             self.db,
-            lambda conn: records.clear_uploads(conn, job_id),
-            what=f"job={job_id} uploads removed",
+            lambda conn: records.clear_uploads(conn, ended.job_id),
+            what=f"job={ended.job_id} uploads removed",
             holding=holding,
         )
-        self._ended(job_id, status, error)
 
     async def fail_stale(self) -> dict[str, str]:
         """Fail queued jobs past their expiry (they never started); return id → reason."""

@@ -8,9 +8,10 @@ sibling can be brought up to date when a closer one arrives.
 from __future__ import annotations
 
 import json
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import Connection, text
 
 from refresher.archive import job_archive
 from refresher.jobs import records
@@ -34,26 +35,35 @@ class NewOutput:
 
 
 def record_output(
-    conn: sqlite3.Connection, *, job_id: str, file_id: str, output: NewOutput, now: float
+    conn: Connection, *, job_id: str, file_id: str, output: NewOutput, now: float
 ) -> int:
     """Record a finished variation and count it on its file; return the file's count."""
     stamp = iso(now)
     measured = json.dumps(output.measured, sort_keys=True) if output.measured else None
     conn.execute(
-        """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path, size,
-                                     crc32, effects_json, created_at, measured_json,
-                                     pdq_hashes, attempts, still_path)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (output.output_id, job_id, file_id, output.variation_index, output.path,
-         output.size, output.crc32, json.dumps(output.effects, sort_keys=True), stamp,
-         measured, output.pdq_hashes, output.attempts, output.still_path),
+        text(
+            """INSERT INTO output_files (id, job_id, job_file_id, variation_index, path, size,
+                                         crc32, effects_json, created_at, measured_json,
+                                         pdq_hashes, attempts, still_path)
+               VALUES (:id, :job_id, :file_id, :index, :path, :size, :crc32, :effects, :now,
+                       :measured, :pdq_hashes, :attempts, :still_path)"""
+        ),
+        {"id": output.output_id, "job_id": job_id, "file_id": file_id,
+         "index": output.variation_index, "path": output.path, "size": output.size,
+         "crc32": output.crc32, "effects": json.dumps(output.effects, sort_keys=True),
+         "now": stamp, "measured": measured, "pdq_hashes": output.pdq_hashes,
+         "attempts": output.attempts, "still_path": output.still_path},
     )  # fmt: skip
     count: int = conn.execute(
-        "SELECT count(*) FROM output_files WHERE job_file_id = ?", (file_id,)
-    ).fetchone()[0]
+        text("SELECT count(*) FROM output_files WHERE job_file_id = :file_id"),
+        {"file_id": file_id},
+    ).scalar_one()
     conn.execute(
-        "UPDATE job_files SET completed_variations = ?, updated_at = ? WHERE id = ?",
-        (count, stamp, file_id),
+        text(
+            "UPDATE job_files SET completed_variations = :count, updated_at = :now "
+            "WHERE id = :file_id"
+        ),
+        {"count": count, "now": stamp, "file_id": file_id},
     )
     return count
 
@@ -68,35 +78,45 @@ class Sibling:
     measured: dict[str, Any]
 
 
-def siblings(conn: sqlite3.Connection, file_id: str) -> list[Sibling]:
+def siblings(conn: Connection, file_id: str) -> list[Sibling]:
     """The file's recorded variations that were measured."""
-    return [
-        Sibling(
-            row["id"], row["variation_index"], row["pdq_hashes"], json.loads(row["measured_json"])
-        )
-        for row in conn.execute(
+    rows = conn.execute(
+        text(
             """SELECT id, variation_index, pdq_hashes, measured_json FROM output_files
-               WHERE job_file_id = ? AND pdq_hashes IS NOT NULL AND measured_json IS NOT NULL
-               ORDER BY variation_index""",
-            (file_id,),
-        )
+               WHERE job_file_id = :file_id AND pdq_hashes IS NOT NULL
+                 AND measured_json IS NOT NULL
+               ORDER BY variation_index"""
+        ),
+        {"file_id": file_id},
+    )
+    return [
+        Sibling(output_id, index, bytes(hashes), json.loads(measured))
+        for output_id, index, hashes, measured in rows
     ]
 
 
-def update_measured(conn: sqlite3.Connection, measured: dict[str, dict[str, Any]]) -> None:
+def update_measured(conn: Connection, measured: dict[str, dict[str, Any]]) -> None:
     """Replace the measures of the outputs named in `measured` (their nearest sibling
     moved when a closer one was recorded)."""
-    conn.executemany(
-        "UPDATE output_files SET measured_json = ? WHERE id = ?",
-        [(json.dumps(value, sort_keys=True), output_id) for output_id, value in measured.items()],
+    if not measured:
+        return
+    conn.execute(
+        text("UPDATE output_files SET measured_json = :measured WHERE id = :output_id"),
+        [
+            {"measured": json.dumps(value, sort_keys=True), "output_id": output_id}
+            for output_id, value in measured.items()
+        ],
     )
 
 
-def set_file_still(conn: sqlite3.Connection, file_id: str, still_path: str) -> None:
-    conn.execute("UPDATE job_files SET still_path = ? WHERE id = ?", (still_path, file_id))
+def set_file_still(conn: Connection, file_id: str, still_path: str) -> None:
+    conn.execute(
+        text("UPDATE job_files SET still_path = :still_path WHERE id = :file_id"),
+        {"still_path": still_path, "file_id": file_id},
+    )
 
 
-def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
+def keep_archive_size(conn: Connection, job_id: str) -> None:
     """Record the size of the job's ZIP as its rows now lay it out (None: no outputs).
 
     A job gone meanwhile (deleted while a janitor pass ran) is left alone.
@@ -105,4 +125,7 @@ def keep_archive_size(conn: sqlite3.Connection, job_id: str) -> None:
     if job is None:
         return
     size = job_archive.size_of(job) if job.outputs else None
-    conn.execute("UPDATE jobs SET archive_bytes = ? WHERE id = ?", (size, job_id))
+    conn.execute(
+        text("UPDATE jobs SET archive_bytes = :size WHERE id = :job_id"),
+        {"size": size, "job_id": job_id},
+    )

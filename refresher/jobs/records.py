@@ -1,17 +1,18 @@
 """Jobs, their source files and their outputs: records and the queries that change them.
 
-Every function takes a `sqlite3.Connection` and runs in a worker thread through
-`Database.read`/`Database.write`; those that change several rows rely on `write`'s one
-transaction. Paths in rows are relative to the data directory.
+Every function takes a store connection (`refresher.store`) and runs in a worker thread
+through `Database.read`/`Database.write`; those that change several rows rely on
+`write`'s one transaction. Paths in rows are relative to the data directory.
 """
 
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from sqlalchemy import Connection, RowMapping, text
 
 from refresher.jobs.status import JobStatus
 from refresher.timestamps import iso
@@ -95,6 +96,10 @@ class JobRecord:
         return overall_progress(self.status, ((file.status, file.progress) for file in self.files))
 
 
+# The columns of `jobs` a `JobRecord` holds (a later column is not read unless named here).
+JOB_COLUMNS = tuple(name for name in JobRecord.__dataclass_fields__ if name != "files")
+
+
 def overall_progress(job_status: str, files: Iterable[tuple[str, float]]) -> float:
     """Percent of a job's work done, from each file's (status, percent).
 
@@ -110,29 +115,24 @@ def overall_progress(job_status: str, files: Iterable[tuple[str, float]]) -> flo
     return round(sum(shares) / len(shares), 1) if shares else 0.0
 
 
-def list_jobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
-    """Every job's row, newest first, with its source file names joined by a NUL, its
-    variations made so far (`completed_variations`) and its `overall_progress`."""
-    rows = conn.execute(
-        """
-        SELECT jobs.*, (
-            SELECT group_concat(original_name, char(0)) FROM (
-                SELECT original_name FROM job_files
-                WHERE job_files.job_id = jobs.id ORDER BY position
-            )
-        ) AS file_names
-        FROM jobs ORDER BY created_at DESC, id DESC
-        """
-    ).fetchall()
-    files: dict[str, list[sqlite3.Row]] = {}
+def list_jobs(conn: Connection) -> list[dict[str, Any]]:
+    """Every job's row, newest first, with its source file names (`file_names`, in
+    order), its variations made so far (`completed_variations`) and its
+    `overall_progress`."""
+    rows = conn.execute(text("SELECT * FROM jobs ORDER BY created_at DESC, id DESC")).mappings()
+    files: dict[str, list[RowMapping]] = {}
     for file in conn.execute(
-        "SELECT job_id, status, progress, completed_variations FROM job_files"
-    ):
+        text(
+            """SELECT job_id, original_name, status, progress, completed_variations
+               FROM job_files ORDER BY job_id, position"""
+        )
+    ).mappings():
         files.setdefault(file["job_id"], []).append(file)
     jobs = []
     for row in rows:
         job = dict(row)
         own = files.get(job["id"], [])
+        job["file_names"] = [file["original_name"] for file in own]
         job["completed_variations"] = sum(file["completed_variations"] for file in own)
         job["overall_progress"] = overall_progress(
             job["status"], ((file["status"], file["progress"]) for file in own)
@@ -141,14 +141,19 @@ def list_jobs(conn: sqlite3.Connection) -> list[dict[str, Any]]:
     return jobs
 
 
-def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
-    row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def load_job(conn: Connection, job_id: str) -> JobRecord | None:
+    row = (
+        conn.execute(text("SELECT * FROM jobs WHERE id = :job_id"), {"job_id": job_id})
+        .mappings()
+        .fetchone()
+    )
     if row is None:
         return None
     outputs: dict[str, list[OutputRecord]] = {}
     for out in conn.execute(
-        "SELECT * FROM output_files WHERE job_id = ? ORDER BY variation_index", (job_id,)
-    ):
+        text("SELECT * FROM output_files WHERE job_id = :job_id ORDER BY variation_index"),
+        {"job_id": job_id},
+    ).mappings():
         outputs.setdefault(out["job_file_id"], []).append(
             OutputRecord(
                 id=out["id"],
@@ -180,16 +185,17 @@ def load_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
             still_path=file["still_path"],
         )
         for file in conn.execute(
-            "SELECT * FROM job_files WHERE job_id = ? ORDER BY position", (job_id,)
-        )
+            text("SELECT * FROM job_files WHERE job_id = :job_id ORDER BY position"),
+            {"job_id": job_id},
+        ).mappings()
     )
-    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 (sqlite3.Row)
+    fields = {name: row[name] for name in JOB_COLUMNS}
     fields["status"] = JobStatus(fields["status"])
     fields["mirror"] = bool(fields["mirror"])
     return JobRecord(**fields, files=files)
 
 
-def require_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
+def require_job(conn: Connection, job_id: str) -> JobRecord:
     job = load_job(conn, job_id)
     if job is None:
         raise JobNotFound(job_id)
@@ -197,7 +203,7 @@ def require_job(conn: sqlite3.Connection, job_id: str) -> JobRecord:
 
 
 def set_file_state(
-    conn: sqlite3.Connection,
+    conn: Connection,
     file_id: str,
     *,
     status: JobStatus,
@@ -206,29 +212,50 @@ def set_file_state(
     now: float,
 ) -> None:
     conn.execute(
-        """UPDATE job_files SET status = ?, progress = coalesce(?, progress), error = ?,
-                                updated_at = ?
-           WHERE id = ?""",
-        (status, progress, error, iso(now), file_id),
-    )
+        text(
+            """UPDATE job_files SET status = :status, progress = coalesce(:progress, progress),
+                                    error = :error, updated_at = :now
+               WHERE id = :file_id"""
+        ),
+        {"status": status, "progress": progress, "error": error, "now": iso(now),
+         "file_id": file_id},
+    )  # fmt: skip
 
 
-def set_file_progress(conn: sqlite3.Connection, file_id: str, progress: float, now: float) -> None:
+def set_file_progress(conn: Connection, file_id: str, progress: float, now: float) -> None:
     conn.execute(
-        "UPDATE job_files SET progress = ?, updated_at = ? WHERE id = ?",
-        (progress, iso(now), file_id),
+        text("UPDATE job_files SET progress = :progress, updated_at = :now WHERE id = :file_id"),
+        {"progress": progress, "now": iso(now), "file_id": file_id},
     )
 
 
-def cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
-    row = conn.execute("SELECT cancelled_at FROM jobs WHERE id = ?", (job_id,)).fetchone()
+def file_progress(conn: Connection, job_id: str) -> dict[str, tuple[str, float]]:
+    """Each of the job's files' (status, percent), by file id."""
+    return {
+        file_id: (status, progress)
+        for file_id, status, progress in conn.execute(
+            text("SELECT id, status, progress FROM job_files WHERE job_id = :job_id"),
+            {"job_id": job_id},
+        )
+    }
+
+
+def cancel_requested(conn: Connection, job_id: str) -> bool:
+    row = conn.execute(
+        text("SELECT cancelled_at FROM jobs WHERE id = :job_id"), {"job_id": job_id}
+    ).fetchone()
     return row is None or row[0] is not None
 
 
-def clear_uploads(conn: sqlite3.Connection, job_id: str) -> None:
+def clear_uploads(conn: Connection, job_id: str) -> None:
     """Forget the job's upload paths (after the files themselves were removed)."""
-    conn.execute("UPDATE job_files SET upload_path = NULL WHERE job_id = ?", (job_id,))
+    conn.execute(
+        text("UPDATE job_files SET upload_path = NULL WHERE job_id = :job_id"), {"job_id": job_id}
+    )
 
 
-def set_thumbnail(conn: sqlite3.Connection, job_id: str, path: str) -> None:
-    conn.execute("UPDATE jobs SET thumbnail_path = ? WHERE id = ?", (path, job_id))
+def set_thumbnail(conn: Connection, job_id: str, path: str) -> None:
+    conn.execute(
+        text("UPDATE jobs SET thumbnail_path = :path WHERE id = :job_id"),
+        {"path": path, "job_id": job_id},
+    )

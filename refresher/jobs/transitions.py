@@ -4,27 +4,26 @@ Run them through `refresher.jobs.lifecycle`, which writes each with its event an
 metric; tests and tools that make jobs directly in the store call them too. Those that
 change several rows rely on `Database.write`'s one transaction.
 
-    queued ──claim_next──► processing ──finish_job──► completed | failed | cancelled
-      │  ◄──requeue_interrupted──┘                              │
-      ├──request_cancel──► cancelled                            retire
-      └──fail_stale_queued──► failed                              ▼
-                                                 expired | evicted (tombstones) | gone
+    queued ──claims.claim_next──► processing ──finish_job──► completed | failed | cancelled
+      │                            (claims.settle)                      │
+      ├──request_cancel──► cancelled                                  retire
+      └──fail_stale_queued──► failed                                    ▼
+                                                       expired | evicted (tombstones) | gone
+
+A job is processed a source file at a time, each under a worker's claim
+(`refresher.jobs.claims`), which ends the job when its last file ends.
 """
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from sqlalchemy import Connection, text
+
 from refresher.jobs.outputstore import keep_archive_size
-from refresher.jobs.records import (
-    JobAlreadyFinished,
-    JobRecord,
-    load_job,
-    require_job,
-)
+from refresher.jobs.records import JobAlreadyFinished, require_job
 from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES, JobStatus, sql_list
 from refresher.timestamps import duration_words, iso, iso_after, seconds_between
 
@@ -82,7 +81,7 @@ class NewFile:
 
 
 def insert_job(
-    conn: sqlite3.Connection,
+    conn: Connection,
     *,
     job_id: str,
     files: list[NewFile],
@@ -96,65 +95,36 @@ def insert_job(
     """Record a queued job and its uploaded files (call inside one write transaction)."""
     created = iso(now)
     conn.execute(
-        """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
-                             variations_per_video, total_variations, seed, strength, mirror)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)""",
-        (
-            job_id,
-            JobStatus.QUEUED,
-            created,
-            created,
-            iso_after(now, ttl_s),
-            len(files),
-            variations_per_video,
-            len(files) * variations_per_video,
-            seed,
-            strength,
-            int(mirror),
+        text(
+            """INSERT INTO jobs (id, status, created_at, updated_at, expires_at, total_videos,
+                                 variations_per_video, total_variations, seed, strength, mirror)
+               VALUES (:id, :status, :now, :now, :expires_at, :videos, :per_video, :total,
+                       :seed, :strength, :mirror)"""
         ),
-    )
-    conn.executemany(
-        """INSERT INTO job_files (id, job_id, position, original_name, upload_path, file_size,
-                                  status, duration_s, updated_at)
-           VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)""",
+        {"id": job_id, "status": JobStatus.QUEUED, "now": created,
+         "expires_at": iso_after(now, ttl_s), "videos": len(files),
+         "per_video": variations_per_video, "total": len(files) * variations_per_video,
+         "seed": seed, "strength": strength, "mirror": int(mirror)},
+    )  # fmt: skip
+    conn.execute(
+        text(
+            """INSERT INTO job_files (id, job_id, position, original_name, upload_path,
+                                      file_size, status, duration_s, updated_at)
+               VALUES (:id, :job_id, :position, :name, :upload_path, :size, :status,
+                       :duration_s, :now)"""
+        ),
         [
-            (file.id, job_id, position, file.original_name, file.upload_path, file.file_size,
-             JobStatus.QUEUED, file.duration_s, created)
+            {"id": file.id, "job_id": job_id, "position": position,
+             "name": file.original_name, "upload_path": file.upload_path,
+             "size": file.file_size, "status": JobStatus.QUEUED,
+             "duration_s": file.duration_s, "now": created}
             for position, file in enumerate(files)
         ],
     )  # fmt: skip
 
 
-def requeue_interrupted(conn: sqlite3.Connection, now: float) -> list[str]:
-    """Put jobs left `processing` by a crash or shutdown back in the queue; return their ids."""
-    queued, processing = JobStatus.QUEUED, JobStatus.PROCESSING
-    ids = [row[0] for row in conn.execute("SELECT id FROM jobs WHERE status = ?", (processing,))]
-    stamp = iso(now)
-    for table in ("job_files", "jobs"):
-        conn.execute(
-            f"UPDATE {table} SET status = ?, updated_at = ? WHERE status = ?",
-            (queued, stamp, processing),
-        )
-    return ids
-
-
-def claim_next(conn: sqlite3.Connection, now: float) -> JobRecord | None:
-    """Mark the oldest queued job `processing` and return it; None when the queue is empty."""
-    row = conn.execute(
-        "SELECT id FROM jobs WHERE status = ? ORDER BY created_at, id LIMIT 1",
-        (JobStatus.QUEUED,),
-    ).fetchone()
-    if row is None:
-        return None
-    conn.execute(
-        "UPDATE jobs SET status = ?, updated_at = ? WHERE id = ?",
-        (JobStatus.PROCESSING, iso(now), row[0]),
-    )
-    return load_job(conn, row[0])
-
-
 def finish_job(
-    conn: sqlite3.Connection,
+    conn: Connection,
     job_id: str,
     *,
     status: JobStatus,
@@ -170,22 +140,29 @@ def finish_job(
         raise ValueError(f"status must be one of {sql_list(FINISHED)}, got {status!r}")
     stamp = iso(now)
     conn.execute(
-        f"""UPDATE job_files SET status = ?, updated_at = ?
-            WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
-        (JobStatus.CANCELLED, stamp, job_id),
+        text(
+            f"""UPDATE job_files SET status = :cancelled, updated_at = :now
+                WHERE job_id = :job_id AND status IN {sql_list(ACTIVE)}"""
+        ),
+        {"cancelled": JobStatus.CANCELLED, "now": stamp, "job_id": job_id},
+    )
+    cancelled_at = (
+        "coalesce(cancelled_at, :now)" if status == JobStatus.CANCELLED else ("cancelled_at")
     )
     conn.execute(
-        """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
-                           expires_at = ?, cancelled_at = CASE WHEN ? = ?
-                               THEN coalesce(cancelled_at, ?) ELSE cancelled_at END
-           WHERE id = ?""",
-        (status, error, stamp, stamp, iso_after(now, ttl_s), status, JobStatus.CANCELLED,
-         stamp, job_id),
+        text(
+            f"""UPDATE jobs SET status = :status, error = :error, finished_at = :now,
+                                updated_at = :now, expires_at = :expires_at,
+                                cancelled_at = {cancelled_at}
+                WHERE id = :job_id"""
+        ),
+        {"status": status, "error": error, "now": stamp,
+         "expires_at": iso_after(now, ttl_s), "job_id": job_id},
     )  # fmt: skip
     keep_archive_size(conn, job_id)
 
 
-def request_cancel(conn: sqlite3.Connection, job_id: str, *, now: float, ttl_s: float) -> str:
+def request_cancel(conn: Connection, job_id: str, *, now: float, ttl_s: float) -> str:
     """Cancel a job: a queued one ends now, a processing one is flagged for the processor.
 
     Return the job's status afterwards. Raise `JobNotFound`, or `JobAlreadyFinished` for
@@ -194,19 +171,20 @@ def request_cancel(conn: sqlite3.Connection, job_id: str, *, now: float, ttl_s: 
     job = require_job(conn, job_id)
     if job.status in TERMINAL:
         raise JobAlreadyFinished(job_id, job.status)
+    stamped = {"now": iso(now), "job_id": job_id}
     if job.status == JobStatus.QUEUED:
-        conn.execute("UPDATE jobs SET cancelled_at = ? WHERE id = ?", (iso(now), job_id))
+        conn.execute(text("UPDATE jobs SET cancelled_at = :now WHERE id = :job_id"), stamped)
         finish_job(conn, job_id, status=JobStatus.CANCELLED, error=None, now=now, ttl_s=ttl_s)
         return JobStatus.CANCELLED
     if job.cancelled_at is None:
         conn.execute(
-            "UPDATE jobs SET cancelled_at = ?, updated_at = ? WHERE id = ?",
-            (iso(now), iso(now), job_id),
+            text("UPDATE jobs SET cancelled_at = :now, updated_at = :now WHERE id = :job_id"),
+            stamped,
         )
     return job.status
 
 
-def fail_stale_queued(conn: sqlite3.Connection, now: float) -> dict[str, str]:
+def fail_stale_queued(conn: Connection, now: float) -> dict[str, str]:
     """Fail queued jobs past `expires_at` (they never started); return id → the error.
 
     A failed job keeps its row as long as a finished one would (the TTL it was queued
@@ -215,8 +193,11 @@ def fail_stale_queued(conn: sqlite3.Connection, now: float) -> dict[str, str]:
     """
     stamp = iso(now)
     rows = conn.execute(
-        "SELECT id, created_at, expires_at FROM jobs WHERE status = ? AND expires_at <= ?",
-        (JobStatus.QUEUED, stamp),
+        text(
+            "SELECT id, created_at, expires_at FROM jobs "
+            "WHERE status = :queued AND expires_at <= :now"
+        ),
+        {"queued": JobStatus.QUEUED, "now": stamp},
     ).fetchall()
     failed = {}
     for job_id, created_at, expires_at in rows:
@@ -225,24 +206,30 @@ def fail_stale_queued(conn: sqlite3.Connection, now: float) -> dict[str, str]:
             f"The job waited in the queue for more than {duration_words(ttl_s)} without "
             "starting; upload the videos again."
         )
+        values = {"failed": JobStatus.FAILED, "queued": JobStatus.QUEUED, "error": error,
+                  "now": stamp, "expires_at": iso(now + ttl_s), "job_id": job_id}  # fmt: skip
         changed = conn.execute(
-            """UPDATE jobs SET status = ?, error = ?, finished_at = ?, updated_at = ?,
-                               expires_at = ?
-               WHERE id = ? AND status = ?""",
-            (JobStatus.FAILED, error, stamp, stamp, iso(now + ttl_s), job_id, JobStatus.QUEUED),
+            text(
+                """UPDATE jobs SET status = :failed, error = :error, finished_at = :now,
+                                   updated_at = :now, expires_at = :expires_at
+                   WHERE id = :job_id AND status = :queued"""
+            ),
+            values,
         ).rowcount
         if changed:
             conn.execute(
-                f"""UPDATE job_files SET status = ?, error = ?, updated_at = ?
-                    WHERE job_id = ? AND status IN {sql_list(ACTIVE)}""",
-                (JobStatus.FAILED, error, stamp, job_id),
+                text(
+                    f"""UPDATE job_files SET status = :failed, error = :error, updated_at = :now
+                        WHERE job_id = :job_id AND status IN {sql_list(ACTIVE)}"""
+                ),
+                values,
             )
             failed[job_id] = error
     return failed
 
 
 def retire(
-    conn: sqlite3.Connection,
+    conn: Connection,
     messages: Mapping[str, str | None],
     reason: RemovalReason,
     *,
@@ -258,29 +245,34 @@ def retire(
     """
     changed = []
     for job_id, message in messages.items():
-        row = conn.execute(
-            "SELECT reason FROM deletion_reservations WHERE job_id = ?", (job_id,)
-        ).fetchone()
+        job = {"job_id": job_id}
+        held_for = conn.execute(
+            text("SELECT reason FROM deletion_reservations WHERE job_id = :job_id"), job
+        ).scalar()
         if reason is RemovalReason.DELETED:
-            conn.execute(
-                f"DELETE FROM jobs WHERE id = ? AND (status IN {sql_list(TOMBSTONES)} OR ?)",
-                (job_id, row is not None),
-            )
-            if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+            only = "" if held_for is not None else f" AND status IN {sql_list(TOMBSTONES)}"
+            conn.execute(text(f"DELETE FROM jobs WHERE id = :job_id{only}"), job)
+            if conn.execute(text("SELECT 1 FROM jobs WHERE id = :job_id"), job).first() is None:
                 changed.append(job_id)
             continue
-        if row is None or _OWNER[RemovalReason(row[0])] != _OWNER[reason]:
+        if held_for is None or _OWNER[RemovalReason(held_for)] != _OWNER[reason]:
             continue
         updated = conn.execute(
-            f"""UPDATE jobs SET status = ?, deleted_reason = ?, updated_at = ?,
-                                thumbnail_path = NULL, archive_bytes = NULL
-                WHERE id = ? AND status IN {sql_list(FINISHED)}""",
-            (_TOMBSTONE[reason], message, iso(now), job_id),
+            text(
+                f"""UPDATE jobs SET status = :status, deleted_reason = :message,
+                                    updated_at = :now, thumbnail_path = NULL,
+                                    archive_bytes = NULL
+                    WHERE id = :job_id AND status IN {sql_list(FINISHED)}"""
+            ),
+            {"status": _TOMBSTONE[reason], "message": message, "now": iso(now), **job},
         ).rowcount
         if not updated:
             continue
-        conn.execute("DELETE FROM output_files WHERE job_id = ?", (job_id,))
-        conn.execute("UPDATE job_files SET upload_path = NULL WHERE job_id = ?", (job_id,))
-        conn.execute("DELETE FROM deletion_reservations WHERE job_id = ?", (job_id,))
+        for statement in (
+            "DELETE FROM output_files WHERE job_id = :job_id",
+            "UPDATE job_files SET upload_path = NULL WHERE job_id = :job_id",
+            "DELETE FROM deletion_reservations WHERE job_id = :job_id",
+        ):
+            conn.execute(text(statement), job)
         changed.append(job_id)
     return changed

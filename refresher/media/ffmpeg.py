@@ -11,11 +11,19 @@ that ends by a signal while not cancelled was stopped from outside: no fault of 
 video, and never reported as one (`exit_failure` tells it apart as `FFmpegInterrupted`,
 and `rerun_if_interrupted` runs it again).
 
-Each FFmpeg the processor starts carries an environment variable naming the data
-directory it writes into (`encoder_mark`). After a crash (even `kill -9` of the service,
-which leaves its children running), the next start looks for processes carrying that
-mark and kills them. Matching on the mark rather than on a remembered PID is safe against
-PID reuse: a process that merely got an old PID does not carry it.
+FFmpeg dies with the process that started it, even by `kill -9`: it is started through
+`setpriv --pdeathsig KILL` (util-linux), which asks the kernel to kill it when its parent
+dies. The kernel's "parent" is the *thread* that started it, so FFmpeg is started from
+the event loop's thread, which lives as long as the process (`_Child.start`), never from a
+worker thread: trio's own `open_process` starts children in its cached threads, which end
+after a while idle and would take a running FFmpeg with them.
+
+Each FFmpeg the processor starts also carries an environment variable naming the data
+directory it writes into (`encoder_mark`). Where no `setpriv` exists, an FFmpeg outlives a
+crash of its service; the next start of a service that alone uses the data directory
+looks for processes carrying that mark and kills them. Matching on the mark rather than
+on a remembered PID is safe against PID reuse: a process that merely got an old PID does
+not carry it.
 """
 
 from __future__ import annotations
@@ -63,6 +71,8 @@ STDERR_TAIL_LINES = 8
 # name is always complete (and a crash's leftovers are recognisable).
 PARTIAL_SUFFIX = ".part"
 
+# Prepended to FFmpeg's command line: the kernel kills FFmpeg when its parent dies.
+DIE_WITH_PARENT = ("setpriv", "--pdeathsig", "KILL")
 # The environment variable that marks an encoder; its value is the resolved data dir.
 MARK_VARIABLE = "VIDEO_REFRESHER_ENCODER"
 # Where running processes' environments are read from (a parameter, for tests).
@@ -239,16 +249,13 @@ async def run_ffmpeg(
     `command` should include `-progress pipe:1` for `on_out_time_us` to get FFmpeg's
     clock (microseconds into the output); `on_started` gets FFmpeg's PID; `env` adds
     variables to FFmpeg's environment. FFmpeg runs niced by FFMPEG_NICE, in a new
-    session (so in a process group of its own). Raise `EncodeFailed` if FFmpeg cannot
-    start. On cancellation stop it (see `_stop`) and reap it before Cancelled propagates.
+    session (so in a process group of its own), and dies with this process. Raise
+    `EncodeFailed` if FFmpeg cannot start. On cancellation stop it (see `_stop`) and reap
+    it before Cancelled propagates.
     """
     try:
-        process = await trio.lowlevel.open_process(
-            [NICE, "-n", str(FFMPEG_NICE), *command],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+        process = _Child.start(
+            [*_die_with_parent(), NICE, "-n", str(FFMPEG_NICE), *command],
             env={**os.environ, **env} if env else None,
         )
     except OSError as err:
@@ -269,15 +276,85 @@ async def run_ffmpeg(
         raise
     finally:
         with trio.CancelScope(shield=True):
-            for pipe in (process.stdin, process.stdout, process.stderr):
-                if pipe is not None:
-                    await pipe.aclose()
+            await process.aclose()
     lines = bytes(tail).decode("utf-8", "replace").strip().splitlines()
     assert process.returncode is not None
     return process.returncode, " | ".join(lines[-STDERR_TAIL_LINES:])
 
 
-async def _stop(process: trio.Process) -> None:
+def _die_with_parent() -> tuple[str, ...]:
+    return DIE_WITH_PARENT if shutil.which(DIE_WITH_PARENT[0]) else ()
+
+
+class _Child:
+    """A child process with trio streams on its pipes, started from the calling thread."""
+
+    def __init__(self, popen: subprocess.Popen[bytes], pipes: list[int]) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdin = trio.lowlevel.FdStream(pipes[0])
+        self.stdout = trio.lowlevel.FdStream(pipes[1])
+        self.stderr = trio.lowlevel.FdStream(pipes[2])
+
+    @classmethod
+    def start(cls, command: list[str], *, env: Mapping[str, str] | None) -> _Child:
+        """Start `command` with stdin, stdout and stderr piped, in a session of its own.
+
+        Call it from trio's thread: see the module's note on the parent's death. Starting
+        blocks for the fork and exec, well under a millisecond where Python can vfork.
+        """
+        stdin_read, stdin_write = os.pipe()
+        stdout_read, stdout_write = os.pipe()
+        stderr_read, stderr_write = os.pipe()
+        ours = [stdin_write, stdout_read, stderr_read]
+        try:
+            popen = subprocess.Popen(
+                command,
+                stdin=stdin_read,
+                stdout=stdout_write,
+                stderr=stderr_write,
+                start_new_session=True,
+                env=env,
+            )
+        except BaseException:
+            for fd in ours:
+                os.close(fd)
+            raise
+        finally:
+            for fd in (stdin_read, stdout_write, stderr_write):
+                os.close(fd)
+        return cls(popen, ours)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.poll()
+
+    async def wait(self) -> int:
+        """Wait for the child to exit, and reap it; return its exit status."""
+        if self._popen.poll() is None:
+            try:
+                pidfd = os.pidfd_open(self.pid)
+            except (OSError, AttributeError):  # no pidfd (an old kernel): wait in a thread
+                return await trio.to_thread.run_sync(self._popen.wait, abandon_on_cancel=True)
+            else:
+                try:
+                    await trio.lowlevel.wait_readable(pidfd)
+                finally:
+                    os.close(pidfd)
+        return self._popen.wait()
+
+    def terminate(self) -> None:
+        self._popen.terminate()
+
+    def kill(self) -> None:
+        self._popen.kill()
+
+    async def aclose(self) -> None:
+        for stream in (self.stdin, self.stdout, self.stderr):
+            await stream.aclose()
+
+
+async def _stop(process: _Child) -> None:
     """Ask FFmpeg to quit, then insist: `q` on stdin, SIGTERM, SIGKILL; reap it."""
     if process.returncode is not None:
         return

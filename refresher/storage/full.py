@@ -24,6 +24,8 @@ LOGGER = logging.getLogger(__name__)
 
 # What a file write answers on a full volume, or past the owner's quota.
 FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+# PostgreSQL's SQLSTATE for a disk with no room left (class 53: insufficient resources).
+POSTGRES_DISK_FULL = "53100"
 # The ballast: a file of room held back on the volume and given up when a removal finds
 # the storage full, since removing results writes to the database too (its log), and a
 # full volume must not lock out the one thing that frees it. A hundredth of the volume,
@@ -43,8 +45,10 @@ class StorageFull(Exception):
 def is_storage_full(error: BaseException) -> bool:
     """Whether `error`, or an error it was raised while handling, says the storage is full.
 
-    Looks through the chain because a failed ROLLBACK after SQLITE_FULL (SQLite may
-    already have rolled back) raises an error of its own with the real one as context.
+    SQLite says so with SQLITE_FULL, PostgreSQL with SQLSTATE 53100 (disk_full), a file
+    write with ENOSPC or EDQUOT. Looks through the chain because a failed ROLLBACK after
+    SQLITE_FULL (SQLite may already have rolled back) raises an error of its own with the
+    real one as context.
     """
     seen: BaseException | None = error
     while seen is not None:
@@ -55,7 +59,10 @@ def is_storage_full(error: BaseException) -> bool:
             return True
         if isinstance(seen, OSError) and seen.errno in FULL_ERRNOS:
             return True
-        seen = seen.__cause__ or seen.__context__
+        if getattr(seen, "sqlstate", None) == POSTGRES_DISK_FULL:  # psycopg's errors
+            return True
+        # SQLAlchemy keeps the driver's error as `orig` (and as the cause when it raised).
+        seen = getattr(seen, "orig", None) or seen.__cause__ or seen.__context__
     return False
 
 

@@ -1,20 +1,27 @@
-"""Download leases and deletion reservations, kept in the database.
+"""Download leases and deletion reservations, kept in the store.
 
 A lease says "a download is reading this job's files"; a reservation says "this job is
 about to be deleted". They exclude each other: a reservation is granted only while a job
-has no lease, and a reserved job gets no new lease. Both live in SQLite, changed in one
-transaction each, so a restart of the tracker that serves them loses nothing; leases
-carry the id of the process (boot) that serves their download, so the leases of a process
-that died can be dropped by the next one.
+has no live lease, and a reserved job gets no new lease. Both are changed in one
+transaction each, with the job's row locked where several processes share the store, so
+a lease and a reservation can never both be granted.
+
+A lease names its holder (the process that serves the download) and lives until
+`expires_at`, by the database's clock, which its holder pushes on while the download
+runs (`renew`). A holder that dies renews nothing: its leases lapse within their time
+to live, and then count for nothing.
 """
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from sqlalchemy import Connection, text
+
 from refresher.jobs.status import FINISHED, TOMBSTONES
-from refresher.storage.removal import RemovalReason
+from refresher.jobs.transitions import RemovalReason
+from refresher.store.sql import dialect, in_list
 
 
 @dataclass(frozen=True)
@@ -32,57 +39,118 @@ class LeaseRefused(Exception):
         super().__init__(f"no lease on job {job_id!r}: {reason}")
 
 
+def _lock_job(conn: Connection, job_id: str) -> str | None:
+    """The job's status, its row locked until the transaction ends; None if unknown."""
+    status: str | None = conn.execute(
+        text(f"SELECT status FROM jobs WHERE id = :job_id{dialect(conn).for_update}"),
+        {"job_id": job_id},
+    ).scalar()
+    return status
+
+
 def acquire(
-    conn: sqlite3.Connection, *, lease_id: str, job_id: str, boot_id: str, now: str
+    conn: Connection, *, lease_id: str, job_id: str, holder: str, now: str, ttl_s: float
 ) -> Lease:
-    """Grant a lease on a finished job that is not reserved; raise `LeaseRefused` otherwise.
+    """Grant a lease, for `ttl_s` by the database's clock, on a finished job that is not
+    reserved; raise `LeaseRefused` otherwise.
 
     Idempotent for one `lease_id`, so a request retried after a lost reply is harmless.
     """
-    if conn.execute("SELECT 1 FROM leases WHERE id = ?", (lease_id,)).fetchone():
+    known = {"lease_id": lease_id}
+    if conn.execute(text("SELECT 1 FROM leases WHERE id = :lease_id"), known).first():
         return Lease(lease_id, job_id)
-    row = conn.execute("SELECT status FROM jobs WHERE id = ?", (job_id,)).fetchone()
-    if row is None or row[0] in TOMBSTONES:
+    status = _lock_job(conn, job_id)
+    if status is None or status in TOMBSTONES:
         raise LeaseRefused(job_id, "gone")
-    if row[0] not in FINISHED:
+    if status not in FINISHED:
         raise LeaseRefused(job_id, "not_ready")
-    if conn.execute("SELECT 1 FROM deletion_reservations WHERE job_id = ?", (job_id,)).fetchone():
+    reserved = conn.execute(
+        text("SELECT 1 FROM deletion_reservations WHERE job_id = :job_id"), {"job_id": job_id}
+    ).first()
+    if reserved:
         raise LeaseRefused(job_id, "reserved")
     conn.execute(
-        "INSERT INTO leases (id, job_id, boot_id, acquired_at) VALUES (?, ?, ?, ?)",
-        (lease_id, job_id, boot_id, now),
+        text(
+            f"""INSERT INTO leases (id, job_id, holder, acquired_at, expires_at)
+                VALUES (:lease_id, :job_id, :holder, :now, {dialect(conn).now_s} + :ttl_s)"""
+        ),
+        {"lease_id": lease_id, "job_id": job_id, "holder": holder, "now": now, "ttl_s": ttl_s},
     )
     return Lease(lease_id, job_id)
 
 
-def release(conn: sqlite3.Connection, lease_id: str) -> None:
-    conn.execute("DELETE FROM leases WHERE id = ?", (lease_id,))
+def renew(conn: Connection, lease_ids: Collection[str], *, ttl_s: float) -> int:
+    """Push the leases' end `ttl_s` past the database's clock now; return how many."""
+    if not lease_ids:
+        return 0
+    statement = text(
+        f"UPDATE leases SET expires_at = {dialect(conn).now_s} + :ttl_s WHERE id IN :ids"
+    ).bindparams(in_list("ids"))
+    renewed: int = conn.execute(statement, {"ttl_s": ttl_s, "ids": list(lease_ids)}).rowcount
+    return renewed
 
 
-def reserve_for_deletion(conn: sqlite3.Connection, job_id: str, *, reason: str, now: str) -> bool:
+def release(conn: Connection, lease_id: str) -> None:
+    conn.execute(text("DELETE FROM leases WHERE id = :lease_id"), {"lease_id": lease_id})
+
+
+def live(conn: Connection, job_id: str) -> bool:
+    """Whether a lease on the job is still live."""
+    return (
+        conn.execute(
+            text(
+                f"""SELECT 1 FROM leases
+                    WHERE job_id = :job_id AND expires_at > {dialect(conn).now_s} LIMIT 1"""
+            ),
+            {"job_id": job_id},
+        ).first()
+        is not None
+    )
+
+
+def reserve_for_deletion(conn: Connection, job_id: str, *, reason: str, now: str) -> bool:
     """Reserve the job for deletion if no download holds it; return whether it is reserved.
 
     A job already reserved stays reserved, under its first reason, except that a user's
     DELETE takes the reservation over: the job is then deleted, not left a tombstone,
     whoever finishes the removal. An unknown job is not reserved.
     """
-    if conn.execute("SELECT 1 FROM deletion_reservations WHERE job_id = ?", (job_id,)).fetchone():
+    job = {"job_id": job_id}
+    if _lock_job(conn, job_id) is None:
+        return False
+    if conn.execute(
+        text("SELECT 1 FROM deletion_reservations WHERE job_id = :job_id"), job
+    ).first():
         if reason == RemovalReason.DELETED:
             conn.execute(
-                "UPDATE deletion_reservations SET reason = ? WHERE job_id = ?", (reason, job_id)
+                text("UPDATE deletion_reservations SET reason = :reason WHERE job_id = :job_id"),
+                {"reason": reason, **job},
             )
         return True
-    if conn.execute("SELECT 1 FROM leases WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
-        return False
-    if conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job_id,)).fetchone() is None:
+    if live(conn, job_id):
         return False
     conn.execute(
-        "INSERT INTO deletion_reservations (job_id, reserved_at, reason) VALUES (?, ?, ?)",
-        (job_id, now, reason),
+        text(
+            """INSERT INTO deletion_reservations (job_id, reserved_at, reason)
+               VALUES (:job_id, :now, :reason)"""
+        ),
+        {"now": now, "reason": reason, **job},
     )
     return True
 
 
-def drop_other_boots(conn: sqlite3.Connection, boot_id: str) -> int:
-    """Remove leases of earlier processes: their downloads died with them."""
-    return conn.execute("DELETE FROM leases WHERE boot_id != ?", (boot_id,)).rowcount
+def drop_lapsed(conn: Connection) -> int:
+    """Remove leases past their end (their holders died or forgot them); return how many."""
+    dropped: int = conn.execute(
+        text(f"DELETE FROM leases WHERE expires_at <= {dialect(conn).now_s}")
+    ).rowcount
+    return dropped
+
+
+def drop_other_holders(conn: Connection, holder: str) -> int:
+    """Remove leases of every other holder: for a store only one process uses, where
+    they are an earlier run's, whose downloads died with it."""
+    dropped: int = conn.execute(
+        text("DELETE FROM leases WHERE holder != :holder"), {"holder": holder}
+    ).rowcount
+    return dropped

@@ -58,26 +58,28 @@ class Paths:
         return self.jobs / job_id
 
     # --- one source file's outputs, inside its job's folder ---
+    # Each name carries the claim it was made under (`refresher.jobs.claims`), so work of
+    # a claim that was taken over never lands on the names of the claim that took it.
 
-    def output(self, job_id: str, file_id: str, index: int) -> Path:
+    def output(self, job_id: str, file_id: str, index: int, *, claim: str = "") -> Path:
         """Variation `index` of a source file."""
-        return self.job_dir(job_id) / f"{file_id}_var{index}.mp4"
+        return self.job_dir(job_id) / f"{file_id}_var{index}{_tag(claim)}.mp4"
 
     def stills(self, job_id: str) -> Path:
         """The folder of a job's comparison stills."""
         return self.job_dir(job_id) / STILLS
 
-    def still(self, job_id: str, file_id: str, index: int) -> Path:
+    def still(self, job_id: str, file_id: str, index: int, *, claim: str = "") -> Path:
         """Variation `index`'s comparison still."""
-        return self.stills(job_id) / f"{file_id}_var{index}.jpg"
+        return self.stills(job_id) / f"{file_id}_var{index}{_tag(claim)}.jpg"
 
-    def source_still(self, job_id: str, file_id: str) -> Path:
+    def source_still(self, job_id: str, file_id: str, *, claim: str = "") -> Path:
         """The source's still, at the moment its variations are compared."""
-        return self.stills(job_id) / f"{file_id}_source.jpg"
+        return self.stills(job_id) / f"{file_id}_source{_tag(claim)}.jpg"
 
-    def reference(self, job_id: str, file_id: str) -> Path:
+    def reference(self, job_id: str, file_id: str, *, claim: str = "") -> Path:
         """The source's 1-fps samples, written beside a batch and removed after it."""
-        return self.job_dir(job_id) / f"{file_id}_reference.mkv"
+        return self.job_dir(job_id) / f"{file_id}_reference{_tag(claim)}.mkv"
 
     def relative(self, path: Path) -> str:
         """The form a path takes in the database: relative to the data directory."""
@@ -98,6 +100,10 @@ class Paths:
         """Make the directories the service writes into (blocking: call from a thread)."""
         for directory in (self.root, self.uploads, self.jobs):
             directory.mkdir(parents=True, exist_ok=True)
+
+
+def _tag(claim: str) -> str:
+    return f"_{claim}" if claim else ""
 
 
 def write_private_file(path: Path, data: bytes) -> None:

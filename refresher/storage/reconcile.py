@@ -7,7 +7,7 @@ and outputs whose files vanished. Removing strays and forgetting vanished output
 separate steps, files first, so a pass killed anywhere is finished by the next one. A
 finished job that lost every output is removed through `refresher.storage.removal`.
 
-Queries take a `sqlite3.Connection`; the disk functions block (run them in a thread).
+Queries take a store connection; the disk functions block (run them in a thread).
 """
 
 from __future__ import annotations
@@ -15,16 +15,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import sqlite3
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from refresher.db import placeholders
+from sqlalchemy import Connection, text
+
 from refresher.jobs.outputstore import keep_archive_size
 from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
 from refresher.media.ffmpeg import PARTIAL_SUFFIX
 from refresher.storage.paths import Paths, remove_tree
+from refresher.store.sql import in_list
 
 LOGGER = logging.getLogger(__name__)
 
@@ -61,12 +62,11 @@ class StoreSnapshot:
     outputs: dict[str, list[tuple[str, str]]]
 
 
-def store_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
-    # Plain tuples, not rows: tens of thousands of them, and this is a pass's hot query.
-    cursor = conn.cursor()
-    cursor.row_factory = None
-    statuses: dict[str, str] = dict(cursor.execute("SELECT id, status FROM jobs").fetchall())
-    reserved = {row[0] for row in cursor.execute("SELECT job_id FROM deletion_reservations")}
+def store_snapshot(conn: Connection) -> StoreSnapshot:
+    statuses: dict[str, str] = {
+        job_id: status for job_id, status in conn.execute(text("SELECT id, status FROM jobs"))
+    }
+    reserved = set(conn.execute(text("SELECT job_id FROM deletion_reservations")).scalars())
     settled = frozenset(
         job_id
         for job_id, status in statuses.items()
@@ -74,7 +74,7 @@ def store_snapshot(conn: sqlite3.Connection) -> StoreSnapshot:
     )
     outputs: dict[str, list[tuple[str, str]]] = {}
     # All outputs, filtered here: cheaper than joining jobs in SQL.
-    for job_id, output_id, path in cursor.execute("SELECT job_id, id, path FROM output_files"):
+    for job_id, output_id, path in conn.execute(text("SELECT job_id, id, path FROM output_files")):
         if job_id in settled:
             outputs.setdefault(job_id, []).append((output_id, path))
     return StoreSnapshot(statuses=statuses, settled=settled, outputs=outputs)
@@ -204,31 +204,36 @@ def remove_paths(paths: Iterable[Path]) -> int:
     return removed
 
 
-def clear_ended_uploads(conn: sqlite3.Connection) -> int:
+def clear_ended_uploads(conn: Connection) -> int:
     """Forget upload paths of jobs that have ended (after their directories went)."""
     cleared: int = conn.execute(
-        f"""UPDATE job_files SET upload_path = NULL
-            WHERE upload_path IS NOT NULL AND job_id IN
-                (SELECT id FROM jobs WHERE status NOT IN {sql_list(ACTIVE)})"""
+        text(
+            f"""UPDATE job_files SET upload_path = NULL
+                WHERE upload_path IS NOT NULL AND job_id IN
+                    (SELECT id FROM jobs WHERE status NOT IN {sql_list(ACTIVE)})"""
+        )
     ).rowcount
     return cleared
 
 
-def forget_outputs(conn: sqlite3.Connection, missing: Mapping[str, Collection[str]]) -> int:
+def forget_outputs(conn: Connection, missing: Mapping[str, Collection[str]]) -> int:
     """Delete the rows of outputs whose files are gone, recount each file's outputs, and
     keep the size of the job's now smaller archive."""
     forgotten = 0
     for job_id, output_ids in missing.items():
-        marks = placeholders(len(output_ids))
         forgotten += conn.execute(
-            f"DELETE FROM output_files WHERE job_id = ? AND id IN ({marks})",
-            (job_id, *output_ids),
+            text("DELETE FROM output_files WHERE job_id = :job_id AND id IN :ids").bindparams(
+                in_list("ids")
+            ),
+            {"job_id": job_id, "ids": list(output_ids)},
         ).rowcount
         conn.execute(
-            """UPDATE job_files SET completed_variations =
-                   (SELECT count(*) FROM output_files o WHERE o.job_file_id = job_files.id)
-               WHERE job_id = ?""",
-            (job_id,),
+            text(
+                """UPDATE job_files SET completed_variations =
+                       (SELECT count(*) FROM output_files o WHERE o.job_file_id = job_files.id)
+                   WHERE job_id = :job_id"""
+            ),
+            {"job_id": job_id},
         )
         keep_archive_size(conn, job_id)
     return forgotten

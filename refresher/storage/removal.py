@@ -19,14 +19,13 @@ and a DELETE takes over any reservation, since the owner's wish comes first.
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import trio
+from sqlalchemy import Connection, text
 
-from refresher.db import placeholders
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import FINISHED
 from refresher.jobs.transitions import (
@@ -37,6 +36,7 @@ from refresher.jobs.transitions import (
 )
 from refresher.storage.full import StorageFull, release_ballast
 from refresher.storage.paths import Paths, remove_tree
+from refresher.store.sql import in_list
 from refresher.timestamps import iso
 
 LOGGER = logging.getLogger(__name__)
@@ -170,16 +170,18 @@ def remove_job_files(paths: Paths, job_ids: Iterable[str]) -> list[str]:
 
 
 def _interrupted(
-    conn: sqlite3.Connection, reasons: Collection[RemovalReason], now: float
+    conn: Connection, reasons: Collection[RemovalReason], now: float
 ) -> dict[RemovalReason, dict[str, str | None]]:
     """Reserved jobs whose rows were not retired, by reason, with their owners' messages."""
     rows = conn.execute(
-        f"""SELECT r.job_id, r.reason, r.reserved_at, jobs.status, jobs.finished_at,
-                   jobs.expires_at
-            FROM deletion_reservations r JOIN jobs ON jobs.id = r.job_id
-            WHERE r.reason IN ({placeholders(len(reasons))})
-            ORDER BY r.reserved_at, r.job_id""",
-        tuple(reasons),
+        text(
+            """SELECT r.job_id, r.reason, r.reserved_at, jobs.status, jobs.finished_at,
+                      jobs.expires_at
+               FROM deletion_reservations r JOIN jobs ON jobs.id = r.job_id
+               WHERE r.reason IN :reasons
+               ORDER BY r.reserved_at, r.job_id"""
+        ).bindparams(in_list("reasons")),
+        {"reasons": [str(reason) for reason in reasons]},
     ).fetchall()
     settled = iso(now - DELETE_RESUME_AFTER_S)
     found: dict[RemovalReason, dict[str, str | None]] = {}

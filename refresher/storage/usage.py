@@ -8,11 +8,13 @@ records them) against its quota, and the volume's own used and usable bytes
 from __future__ import annotations
 
 import os
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Connection, text
+
 from refresher.jobs.status import FINISHED, sql_list
+from refresher.store.sql import dialect
 
 
 @dataclass(frozen=True)
@@ -52,12 +54,12 @@ def read_volume(path: Path) -> tuple[int, int]:
     return used, used + stats.f_bavail * stats.f_frsize
 
 
-def stored_bytes(conn: sqlite3.Connection) -> int:
+def stored_bytes(conn: Connection) -> int:
     """Bytes this service keeps on disk: outputs plus uploads not yet deleted."""
-    outputs = conn.execute("SELECT coalesce(sum(size), 0) FROM output_files").fetchone()[0]
+    outputs = conn.execute(text("SELECT coalesce(sum(size), 0) FROM output_files")).scalar_one()
     uploads = conn.execute(
-        "SELECT coalesce(sum(file_size), 0) FROM job_files WHERE upload_path IS NOT NULL"
-    ).fetchone()[0]
+        text("SELECT coalesce(sum(file_size), 0) FROM job_files WHERE upload_path IS NOT NULL")
+    ).scalar_one()
     return int(outputs) + int(uploads)
 
 
@@ -67,14 +69,15 @@ class Candidate:
     nbytes: int
 
 
-def eviction_candidates(conn: sqlite3.Connection) -> list[Candidate]:
+def eviction_candidates(conn: Connection) -> list[Candidate]:
     """Finished jobs that hold bytes, oldest finish first: the order of eviction.
 
-    Jobs reserved for deletion are already on their way out, and jobs a download leases
+    Jobs reserved for deletion are already on their way out, and jobs a live lease holds
     would be refused anyway, so neither is offered; the reservation still decides.
     """
     rows = conn.execute(
-        f"""SELECT id,
+        text(
+            f"""SELECT id,
                    coalesce((SELECT sum(size) FROM output_files o WHERE o.job_id = jobs.id), 0)
                  + coalesce((SELECT sum(file_size) FROM job_files f
                              WHERE f.job_id = jobs.id AND f.upload_path IS NOT NULL), 0)
@@ -82,7 +85,9 @@ def eviction_candidates(conn: sqlite3.Connection) -> list[Candidate]:
             FROM jobs
             WHERE status IN {sql_list(FINISHED)}
               AND NOT EXISTS (SELECT 1 FROM deletion_reservations r WHERE r.job_id = jobs.id)
-              AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.job_id = jobs.id)
+              AND NOT EXISTS (SELECT 1 FROM leases l
+                              WHERE l.job_id = jobs.id AND l.expires_at > {dialect(conn).now_s})
             ORDER BY finished_at, id"""
+        )
     ).fetchall()
     return [Candidate(job_id, int(nbytes)) for job_id, nbytes in rows if nbytes > 0]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from refresher.db import Database
 from refresher.storage.paths import Paths
+from refresher.store import Database
 
 
 @pytest.fixture

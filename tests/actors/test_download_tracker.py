@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -8,12 +7,14 @@ from typing import TypeVar
 import pytest
 import trio
 import trio.testing
+from sqlalchemy import Connection, text
 
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.runtime import Supervisor
-from refresher.db import Database, migrate
 from refresher.jobs import records
 from refresher.storage.paths import Paths
+from refresher.store import Database
+from refresher.store.database import Backend
 from tests.support.full_disk import FillingDatabase
 from tests.support.jobs import NOW, make_finished_job
 
@@ -50,7 +51,10 @@ async def test_lease_refused_for_jobs_without_results(
 ) -> None:
     job_id = await make_finished_job(db, paths)
     await db.write(
-        lambda conn: conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (status, job_id))
+        lambda conn: conn.execute(
+            text("UPDATE jobs SET status = :status WHERE id = :id"),
+            {"status": status, "id": job_id},
+        )
     )
     tracker = DownloadTracker(db, now=lambda: NOW)
     await start(nursery, tracker)
@@ -97,13 +101,13 @@ class SlowWritesDatabase(Database):
     """A database whose writes wait for `gate` once `hold` is set: a tracker caught in the
     middle of writing a lease."""
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
         self.hold = False
         self.writing = trio.Event()
         self.gate = trio.Event()
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(self, fn: Callable[[Connection], T]) -> T:
         if self.hold:
             self.writing.set()
             await self.gate.wait()
@@ -112,7 +116,7 @@ class SlowWritesDatabase(Database):
 
 async def lease_rows(db: Database) -> int:
     count: int = await db.read(
-        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
+        lambda conn: conn.execute(text("SELECT count(*) FROM leases")).scalar_one()
     )
     return count
 
@@ -122,7 +126,8 @@ async def test_an_acquire_cancelled_while_the_lease_is_written_leaves_no_lease(
 ) -> None:
     db = await Database.open(tmp_path / "slow.sqlite3")
     job_id = await make_finished_job(db, paths)
-    slow = SlowWritesDatabase(db.path)
+    slow = await SlowWritesDatabase.open(tmp_path / "slow.sqlite3")
+    assert isinstance(slow, SlowWritesDatabase)
     tracker = DownloadTracker(slow, now=lambda: NOW)
     await start(nursery, tracker)
     slow.hold = True
@@ -150,8 +155,8 @@ async def test_an_acquire_cancelled_while_the_lease_is_written_leaves_no_lease(
 async def test_a_release_that_finds_the_store_full_gives_up_the_ballast_and_lands(
     nursery: trio.Nursery, paths: Paths, tmp_path: Path
 ) -> None:
-    db = FillingDatabase(tmp_path / "full.sqlite3")
-    await db.read(migrate)
+    db = await FillingDatabase.open(tmp_path / "full.sqlite3")
+    assert isinstance(db, FillingDatabase)
     job_id = await make_finished_job(db, paths)
     paths.ballast.write_bytes(bytes(4096))
     tracker = DownloadTracker(db, now=lambda: NOW, ballast=paths.ballast)

@@ -20,15 +20,16 @@ import trio.testing
 from actors.download_tracker import DownloadTracker
 from actors.evictor import Evictor, EvictorUnavailable
 from actors.runtime import Supervisor
-from refresher.db import Database
 from refresher.jobs import records
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.storage.paths import Paths
 from refresher.storage.usage import read_volume, stored_bytes
+from refresher.store import Database
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
 from tests.support.full_disk import mounted_tmpfs
 from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
+from tests.support.store import sql
 
 JOB_BYTES = 2000
 GIB = 1024**3
@@ -312,7 +313,7 @@ async def test_the_evictor_looks_every_interval(
 
 async def reservations(db: Database) -> list[str]:
     rows = await db.read(
-        lambda conn: conn.execute("SELECT job_id FROM deletion_reservations").fetchall()
+        lambda conn: sql(conn, "SELECT job_id FROM deletion_reservations").fetchall()
     )
     return [row[0] for row in rows]
 

@@ -23,16 +23,17 @@ from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.janitor import Janitor
 from actors.runtime import Supervisor
 from refresher.archive import job_archive
-from refresher.db import Database
 from refresher.jobs import records, transitions
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
 from refresher.storage.paths import Paths, remove_tree
+from refresher.store import Database
 from refresher.timestamps import iso
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
 from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
+from tests.support.store import sql
 
 HOUR_S = 3600.0
 INTERVAL_S = 300.0
@@ -137,7 +138,7 @@ async def test_a_pass_logs_one_summary_line(
     lines = [record.getMessage() for record in caplog.records if record.name == "actors.janitor"]
     assert len(lines) == 1
     assert re.fullmatch(
-        r"janitor pass in \d+\.\d{3} s: expired=1 failed_queued=0 purged=0 lost=0 "
+        r"janitor pass in \d+\.\d{3} s: expired=1 failed_queued=0 cancelled=0 purged=0 lost=0 "
         r"forgotten_outputs=0 orphans=0 ended_uploads=0 partials=0 busy=0",
         lines[0],
     ), lines[0]
@@ -190,10 +191,7 @@ async def test_tombstone_is_purged_after_the_retention(
     wall_clock.value = NOW + DAY_S + 7 * DAY_S
     assert (await janitor.sweep()).purged == 1
     assert not await job_exists(db, job_id)
-    assert (
-        await db.read(lambda conn: conn.execute("SELECT count(*) FROM job_files").fetchone()[0])
-        == 0
-    )
+    assert await db.read(lambda conn: sql(conn, "SELECT count(*) FROM job_files").scalar()) == 0
 
 
 async def test_leased_job_is_skipped_and_expired_on_the_pass_after_release(
@@ -258,9 +256,11 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     (paths.upload_dir(ended)).mkdir()
     (paths.upload_dir(ended) / "0.upload").write_bytes(b"e")
     await db.write(
-        lambda conn: conn.execute(
-            "UPDATE job_files SET upload_path = ? WHERE job_id = ?",
-            (f"uploads/{ended}/0.upload", ended),
+        lambda conn: sql(
+            conn,
+            "UPDATE job_files SET upload_path = :path WHERE job_id = :id",
+            path=f"uploads/{ended}/0.upload",
+            id=ended,
         )
     )
     planted |= {f"uploads/{ended}/", f"uploads/{ended}/0.upload"}
@@ -280,7 +280,7 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
 
     tombstone = await make_finished_job(db, paths, seed=6)
     await db.write(
-        lambda conn: conn.execute("UPDATE jobs SET status = 'evicted' WHERE id = ?", (tombstone,))
+        lambda conn: sql(conn, "UPDATE jobs SET status = 'evicted' WHERE id = :id", id=tombstone)
     )
     planted |= {f"jobs/{tombstone}/"} | {
         f"jobs/{tombstone}/{output.name}" for output in paths.job_dir(tombstone).iterdir()
@@ -311,7 +311,7 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     # A second pass finds nothing more to do.
     again = await make_janitor(db, paths, tracker, wall_clock).sweep()
     assert again.summary() == (
-        "expired=0 failed_queued=0 purged=0 lost=0 forgotten_outputs=0 orphans=0 "
+        "expired=0 failed_queued=0 cancelled=0 purged=0 lost=0 forgotten_outputs=0 orphans=0 "
         "ended_uploads=0 partials=0 busy=0"
     )
 
@@ -377,7 +377,7 @@ async def test_killing_the_janitor_mid_pass_is_harmless(
 
         await wait_for(holding)
         reserved = await db.read(
-            lambda conn: conn.execute("SELECT job_id FROM deletion_reservations").fetchall()
+            lambda conn: sql(conn, "SELECT job_id FROM deletion_reservations").fetchall()
         )
         assert [row[0] for row in reserved] == [earlier]
         assert len(list(paths.job_dir(earlier).glob("*.mp4"))) == 2
@@ -389,7 +389,7 @@ async def test_killing_the_janitor_mid_pass_is_harmless(
     for job_id in (earlier, later):
         assert not paths.job_dir(job_id).exists()
     reservations = await db.read(
-        lambda conn: conn.execute("SELECT count(*) FROM deletion_reservations").fetchone()[0]
+        lambda conn: sql(conn, "SELECT count(*) FROM deletion_reservations").scalar()
     )
     assert reservations == 0
     assert supervisor.status()["janitor"].state == "running"

@@ -24,13 +24,13 @@ import trio.testing
 
 from actors.processor import JobQueued, Processor
 from actors.runtime import Supervisor
-from refresher.db import Database
 from refresher.jobs import records
 from refresher.jobs.events import JobEvent
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import TERMINAL, JobStatus
 from refresher.media.ffmpeg import find_ffmpeg, find_leftover_encoders
 from refresher.storage.paths import Paths
+from refresher.store import Database
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.full_disk import (
     FillingDatabase,
@@ -183,7 +183,11 @@ async def test_variations_the_store_has_no_room_to_record_are_removed_and_their_
         (JobStatus.COMPLETED, None),
     ]
     # Files before rows: the first file's finished variations went with their rows.
-    assert written(paths, job_id) == [f"{second.id}_var1.mp4", f"{second.id}_var2.mp4"]
+    assert written(paths, job_id) == sorted(Path(output.path).name for output in job.outputs)
+    assert [(output.job_file_id, output.variation_index) for output in job.outputs] == [
+        (second.id, 1),
+        (second.id, 2),
+    ]
     assert service.restarts == 0
 
 

@@ -111,3 +111,14 @@ def test_serve_with_bad_value_stops_with_one_line(capsys: pytest.CaptureFixture[
     assert cli.main(["serve", "--port", "http"]) == 2
     err = capsys.readouterr().err
     assert err == "video-refresher: PORT must be a whole number from 0 to 65535, got 'http'\n"
+
+
+def test_the_store_is_sqlite_unless_a_postgresql_url_is_given() -> None:
+    assert load({}).database_url is None
+    url = "postgresql://refresher:pw@db.internal:5432/refresher"
+    assert load({"DATABASE_URL": url}).database_url == url
+    assert load({"CLAIM_TTL_S": "12"}).claim_ttl_s == 12.0
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL must be a postgresql:// URL") as err:
+        load({"DATABASE_URL": "mysql://root:hunter2@db/x"})
+    assert "hunter2" not in str(err.value)
+    assert "hunter2" not in repr(load({"DATABASE_URL": "postgres://u:hunter2@h/d"}))

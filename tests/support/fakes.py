@@ -7,7 +7,7 @@ from collections.abc import Callable
 import trio
 
 from actors.download_tracker import DownloadTracker
-from refresher.db import Database
+from refresher.store import Database
 
 
 class GatedTracker(DownloadTracker):

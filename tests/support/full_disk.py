@@ -9,12 +9,15 @@ import subprocess
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+import sqlalchemy
+from sqlalchemy import Connection, event
 
-from refresher.db import Database
 from refresher.storage.usage import read_volume
+from refresher.store import Database
+from refresher.store.database import Backend
 
 T = TypeVar("T")
 
@@ -52,7 +55,7 @@ def resize_tmpfs(mount_point: Path, size_bytes: int) -> None:
 
 def statements_with(*fragments: str) -> Callable[[list[str]], bool]:
     """A `full_for` that refuses writes running a statement containing any of `fragments`
-    (statements as SQLite traces them: parameters filled in)."""
+    (statements as sent to the driver, each followed by its parameters)."""
     return lambda statements: any(part in sql for sql in statements for part in fragments)
 
 
@@ -61,29 +64,35 @@ def never(statements: list[str]) -> bool:
 
 
 class FillingDatabase(Database):
-    """A store whose disk is full for the writes `full_for(statements)` picks.
+    """A store whose disk is full for the writes `full_for(statements)` picks (open it with
+    `await FillingDatabase.open(path)`).
 
     Such a write runs, then fails as SQLite fails a commit that finds no room:
     `OperationalError: database or disk is full`, the transaction rolled back. `refused`
     holds the statements of each refused write; set `full_for = never` when room returns.
     """
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
         self.full_for: Callable[[list[str]], bool] = never
         self.refused: list[list[str]] = []
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        def traced(conn: sqlite3.Connection) -> T:
+    async def write(self, fn: Callable[[Connection], T]) -> T:
+        def traced(conn: Connection) -> T:
             statements: list[str] = []
-            conn.set_trace_callback(statements.append)
+
+            def trace(_c: Connection, _cur: Any, statement: str, params: Any, *_: Any) -> None:
+                statements.append(f"{statement} {params!r}")
+
+            event.listen(conn, "before_cursor_execute", trace)
             try:
                 result = fn(conn)
             finally:
-                conn.set_trace_callback(None)
+                event.remove(conn, "before_cursor_execute", trace)
             if self.full_for(statements):
                 self.refused.append(statements)
-                raise sqlite3.OperationalError("database or disk is full")
+                full = sqlite3.OperationalError("database or disk is full")
+                raise sqlalchemy.exc.OperationalError("COMMIT", None, full) from full
             return result
 
         return await super().write(traced)

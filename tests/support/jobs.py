@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import random
+import re
 import shutil
-import sqlite3
 import uuid
 import zlib
 from pathlib import Path
 
+from sqlalchemy import Connection
+
 from refresher.config import Config
-from refresher.db import Database
-from refresher.jobs import outputstore, records, transitions
+from refresher.jobs import claims, outputstore, records, transitions
 from refresher.jobs.status import JobStatus
 from refresher.storage.paths import Paths
+from refresher.store import Database
 from tests.support.clock import DAY_S, wait_for
+from tests.support.store import sql
 from web.state import AppState
 
 NOW = 1_800_000_000.0
@@ -102,16 +105,16 @@ async def make_unfinished_job(
         output.parent.mkdir(parents=True)
         output.write_bytes(b"o" * output_bytes)
 
-    def record(conn: sqlite3.Connection) -> None:
+    def record(conn: Connection) -> None:
         transitions.insert_job(
             conn, job_id=job_id, files=[new_file], variations_per_video=2, seed=1, now=now,
             ttl_s=ttl_s,
         )  # fmt: skip
         if not processing:
             return
-        claimed = transitions.claim_next(conn, now)
+        claimed = claims.claim_next(conn, worker="test", token="test", ttl_s=DAY_S, now=now)
         assert claimed is not None
-        assert claimed.id == job_id
+        assert claimed.job.id == job_id
         if output_bytes:
             outputstore.record_output(
                 conn, job_id=job_id, file_id=new_file.id, now=now,
@@ -174,7 +177,7 @@ async def queue_files_job(
 async def lease_count(state: AppState) -> int:
     """How many download leases the service's store holds now."""
     count: int = await state.db.read(
-        lambda conn: conn.execute("SELECT count(*) FROM leases").fetchone()[0]
+        lambda conn: sql(conn, "SELECT count(*) FROM leases").scalar_one()
     )
     return count
 
@@ -186,3 +189,14 @@ async def wait_for_leases(state: AppState, count: int, *, polls: int = 2000) -> 
         return await lease_count(state) == count
 
     await wait_for(reached, polls=polls)
+
+
+def made_variations(folder: Path, file_id: str, extension: str = "mp4") -> list[int]:
+    """The variations of the source file `file_id` in `folder` (`{file}_var{n}_{claim}.{ext}`),
+    sorted; any other name of the file's there fails the test."""
+    found = []
+    for path in folder.glob(f"{file_id}_var*.{extension}"):
+        match = re.fullmatch(rf"{re.escape(file_id)}_var(\d+)_[0-9a-f]+\.{extension}", path.name)
+        assert match, path.name
+        found.append(int(match[1]))
+    return sorted(found)

@@ -1,4 +1,4 @@
-"""The service as a real process (`python -m refresher serve`), for tests that signal,
+"""The service as a real process (`python -m wiring serve`), for tests that signal,
 kill and restart it on one data directory, and the checks that a restart after a crash
 left everything as DESIGN.md §5 promises."""
 
@@ -79,7 +79,7 @@ async def running_service(
     cwd: Path | None = None,
     **env: str,
 ) -> AsyncIterator[ServiceProcess]:
-    """Start `command` (by default `python -m refresher serve`) on a free port; yield once
+    """Start `command` (by default `python -m wiring serve`) on a free port; yield once
     it listens. With no `data_dir`, the service keeps its default (`./data` under `cwd`).
 
     With `new_session`, the service leads a process group of its own, so a test may

@@ -15,7 +15,6 @@ import io
 import logging
 import os
 import random
-import sqlite3
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -23,13 +22,15 @@ from dataclasses import dataclass, field
 import httpx
 import pytest
 import trio
+from sqlalchemy import Connection
 
 from actors.janitor import Janitor
 from refresher.jobs.lifecycle import Lifecycle
-from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES
+from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES, sql_list
 from tests.support.clips import Clips
 from tests.support.clock import WallClock, wait_for
 from tests.support.http import TEST_PASSWORD, StartService, upload
+from tests.support.store import sql
 from wiring.service import RunningService
 
 pytestmark = pytest.mark.slow
@@ -183,11 +184,9 @@ async def chaos(service: RunningService, record: Record, rng: random.Random) -> 
 
 
 async def wait_until_all_ended(service: RunningService) -> None:
-    def active(conn: object) -> int:
-        marks = ", ".join("?" * len(ACTIVE))
-        count: int = conn.execute(  # type: ignore[attr-defined]
-            f"SELECT count(*) FROM jobs WHERE status IN ({marks})", tuple(ACTIVE)
-        ).fetchone()[0]
+    def active(conn: Connection) -> int:
+        where = f"status IN {sql_list(ACTIVE)}"
+        count: int = sql(conn, f"SELECT count(*) FROM jobs WHERE {where}").scalar_one()
         return count
 
     async def all_ended() -> bool:
@@ -205,9 +204,9 @@ async def held_once_settled(service: RunningService) -> tuple[int, int]:
     for good.
     """
 
-    def count(conn: sqlite3.Connection) -> tuple[int, int]:
-        leases = conn.execute("SELECT count(*) FROM leases").fetchone()[0]
-        reservations = conn.execute("SELECT count(*) FROM deletion_reservations").fetchone()[0]
+    def count(conn: Connection) -> tuple[int, int]:
+        leases = sql(conn, "SELECT count(*) FROM leases").scalar_one()
+        reservations = sql(conn, "SELECT count(*) FROM deletion_reservations").scalar_one()
         return leases, reservations
 
     for _poll in range(300):
@@ -261,7 +260,7 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
         await janitor.sweep()
 
     rows = await state.db.read(
-        lambda conn: {row["id"]: row for row in conn.execute("SELECT * FROM jobs").fetchall()}
+        lambda conn: {row["id"]: row for row in sql(conn, "SELECT * FROM jobs").mappings()}
     )
     held = await held_once_settled(service)
 
@@ -281,7 +280,12 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
         assert all(body == bodies[0] for body in bodies), etag
         with zipfile.ZipFile(io.BytesIO(bodies[0])) as archive:
             assert archive.testzip() is None
-    assert held == (0, 0)
+    assert held == (0, 0), await state.db.read(
+        lambda conn: [
+            (*row, rows[row[0]]["status"] if row[0] in rows else None)
+            for row in sql(conn, "SELECT job_id, reason, reserved_at FROM deletion_reservations")
+        ]
+    )
     # No orphan after that pass: a job directory only for a finished job, no uploads.
     finished = {job_id for job_id, row in rows.items() if row["status"] in FINISHED}
     assert set(os.listdir(state.paths.jobs)) <= finished

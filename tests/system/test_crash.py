@@ -24,10 +24,10 @@ import httpx
 import pytest
 import trio
 
-from refresher.db import Database
 from refresher.jobs.status import JobStatus
 from refresher.media.ffmpeg import find_ffmpeg, find_leftover_encoders, kill_leftover_encoders
 from refresher.storage.paths import Paths
+from refresher.store import Database
 from tests.support.clips import ClipSpec, make_clip
 from tests.support.clock import DAY_S, wait_for
 from tests.support.http import finished, some_variation_done, upload, wait_for_job

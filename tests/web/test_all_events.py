@@ -12,7 +12,7 @@ import trio.testing
 
 from refresher import timestamps
 from refresher.config import Config
-from refresher.jobs import transitions
+from refresher.jobs import claims
 from tests.support.clock import WallClock
 from tests.support.http import upload
 from tests.support.jobs import make_finished_job
@@ -181,7 +181,7 @@ async def test_a_new_upload_appears_queued_on_an_open_stream(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # The processor never claims it: what the stream hears is the upload's own announcement.
-    monkeypatch.setattr(transitions, "claim_next", lambda conn, now: None)
+    monkeypatch.setattr(claims, "claim_next", lambda conn, **_: None)
     items = await open_stream(nursery, authed, "/api/events")
     await receive_until(items, lambda item: item[0] == "snapshot")
     job_id = (await upload(authed, [clips.mp4], variations="2")).json()["jobId"]

@@ -15,6 +15,7 @@ import trio
 
 from tests.support.http import StartService
 from tests.support.jobs import lease_count, make_finished_job, output_bytes, wait_for_leases
+from tests.support.store import sql
 from tests.support.zips import check_with_all_tools, extract_with_all_tools
 from wiring.service import RunningService
 
@@ -209,7 +210,7 @@ async def test_download_refusals(
     if setup != "unknown":
         job_id = await finished_job(service)
         await service.state.db.write(
-            lambda conn: conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (setup, job_id))
+            lambda conn: sql(conn, "UPDATE jobs SET status = :s WHERE id = :id", s=setup, id=job_id)
         )
     response = await authed.get(f"/api/jobs/{job_id}/download")
     assert response.status_code == status

@@ -17,6 +17,7 @@ import trio
 from tests.support.http import TEST_PASSWORD, StartService, finished, upload, wait_for_job
 from tests.support.jobs import make_finished_job
 from tests.support.sse import open_stream, receive_until
+from tests.support.store import sql
 from web.views import shown_error
 
 FAILED = "FFmpeg could not make the variations from this video (it stopped with status 1)."
@@ -86,9 +87,11 @@ async def test_an_old_rows_error_reaches_no_answer_with_its_path(
     service = await start_service()
     job_id = await make_finished_job(service.state.db, service.state.paths)
     await service.state.db.write(
-        lambda conn: conn.execute(
-            "UPDATE job_files SET error = ? WHERE job_id = ?",
-            (f"FFmpeg exited with status 1: {service.state.paths.root}/x.part: bad", job_id),
+        lambda conn: sql(
+            conn,
+            "UPDATE job_files SET error = :error WHERE job_id = :id",
+            error=f"FFmpeg exited with status 1: {service.state.paths.root}/x.part: bad",
+            id=job_id,
         )
     )
     async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:

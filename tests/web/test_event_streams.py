@@ -11,7 +11,7 @@ import trio
 import trio.testing
 
 from actors.janitor import Janitor
-from refresher.jobs import transitions
+from refresher.jobs import claims
 from refresher.jobs.events import JobEvent
 from refresher.jobs.lifecycle import Lifecycle
 from tests.support.clock import DAY_S, WallClock, wait_for
@@ -27,7 +27,7 @@ def queue_stays_put(monkeypatch: pytest.MonkeyPatch) -> None:
     """Keep the processor from claiming the queued jobs these tests follow: each must end
     by the path under test, not by being processed (the processor may look at the queue
     at any moment after the service starts)."""
-    monkeypatch.setattr(transitions, "claim_next", lambda conn, now: None)
+    monkeypatch.setattr(claims, "claim_next", lambda conn, **_: None)
 
 
 async def follow(

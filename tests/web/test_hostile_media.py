@@ -187,7 +187,7 @@ async def test_cover_art_declared_first_is_never_what_is_encoded(
     job_id = response.json()["jobId"]
     detail = await wait_for_job(authed, job_id, finished, timeout_s=120)
     assert detail["status"] == "completed", detail
-    (output,) = service.state.paths.job_dir(job_id).glob("*_var1.mp4")
+    (output,) = service.state.paths.job_dir(job_id).glob("*_var1_*.mp4")
     made = probe(output)
     assert (made.width, made.height) == (320, 240)  # the cover is 480 x 640
     thumbnail = await authed.get(f"/api/jobs/{job_id}/thumbnail")

@@ -13,10 +13,10 @@ import httpx
 import pytest
 import trio
 
-from actors.processor import JobQueued
 from refresher.config import Config
 from refresher.media import effects
 from refresher.media.ffmpeg import find_leftover_encoders
+from refresher.store.bus import JOB_QUEUED
 from tests.support.http import (
     StartService,
     collect_events,
@@ -25,7 +25,8 @@ from tests.support.http import (
     upload,
     wait_for_job,
 )
-from tests.support.jobs import leftovers, queue_files_job
+from tests.support.jobs import leftovers, made_variations, queue_files_job
+from tests.support.store import sql
 from wiring.service import RunningService
 
 
@@ -99,18 +100,19 @@ async def test_same_seed_gives_the_recorded_effects(
     job_id = (await upload(authed, [clips.mp4], variations="2")).json()["jobId"]
     await wait_for_job(authed, job_id, finished)
     job = await service.state.db.read(
-        lambda conn: conn.execute("SELECT seed FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        lambda conn: sql(conn, "SELECT seed FROM jobs WHERE id = :id", id=job_id).one()
     )
     recorded = await service.state.db.read(
         lambda conn: [
             row[0]
-            for row in conn.execute(
-                "SELECT effects_json FROM output_files WHERE job_id = ? ORDER BY variation_index",
-                (job_id,),
+            for row in sql(
+                conn,
+                "SELECT effects_json FROM output_files WHERE job_id = :id ORDER BY variation_index",
+                id=job_id,
             )
         ]
     )
-    expected = [variation.as_dict() for variation in effects.generate(job["seed"], 2)]
+    expected = [variation.as_dict() for variation in effects.generate(job.seed, 2)]
     assert [json.loads(text) for text in recorded] == expected
 
 
@@ -203,17 +205,18 @@ async def test_cancel_mid_encode_keeps_finished_variations(
         again = await http.post(f"/api/jobs/{job_id}/cancel")
         assert again.status_code == 409
         assert again.json() == {"error": "The job has already ended (cancelled)."}
-    job_files = sorted(p.name for p in (config.data_dir / "jobs" / job_id).iterdir())
+    folder = config.data_dir / "jobs" / job_id
+    job_files = sorted(p.name for p in folder.iterdir())
     # Only finished variations (and the thumbnail) remain: no partial output.
     file_id = detail["files"][0]["id"]
-    assert [name for name in job_files if name not in ("thumbnail.webp", "stills")] == sorted(
-        f"{file_id}_var{out['variationIndex']}.mp4" for out in kept
-    )
+    indices = sorted(out["variationIndex"] for out in kept)
+    assert len(job_files) == 2 + len(kept)
+    assert made_variations(folder, file_id) == indices
     # And the comparison stills of those alone, beside the source's.
-    stills = sorted(p.name for p in (config.data_dir / "jobs" / job_id / "stills").iterdir())
-    assert stills == sorted(
-        [f"{file_id}_source.jpg"] + [f"{file_id}_var{out['variationIndex']}.jpg" for out in kept]
-    )
+    stills = sorted(p.name for p in (folder / "stills").iterdir())
+    assert made_variations(folder / "stills", file_id, "jpg") == indices
+    assert len(stills) == 1 + len(kept)
+    assert len(list((folder / "stills").glob(f"{file_id}_source_*.jpg"))) == 1
     assert list((config.data_dir / "uploads").iterdir()) == []
     assert await trio.to_thread.run_sync(find_leftover_encoders, config.data_dir) == []
 
@@ -270,7 +273,7 @@ async def queue_job_from_disk(service: RunningService, sources: list[Path], vari
     job_id = await queue_files_job(
         state.db, state.paths, sources, variations, now=state.now(), ttl_s=3600
     )
-    state.processor_inbox.post(JobQueued(job_id))
+    state.lifecycle.bus.publish(JOB_QUEUED, job_id)
     return job_id
 
 

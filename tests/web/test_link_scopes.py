@@ -13,13 +13,14 @@ import pytest
 import trio
 
 from refresher import timestamps
-from refresher.jobs import transitions
+from refresher.jobs import claims
 from refresher.jobs.events import JobEvent
 from tests.support.clock import WallClock, wait_for
 from tests.support.http import TEST_PASSWORD, StartService
 from tests.support.jobs import make_finished_job
 from tests.support.process import logged_in, running_service, stop_gracefully
 from tests.support.sse import Item, open_stream, receive_until
+from tests.support.store import sql
 from wiring.service import RunningService
 
 LINK_EXPIRED = "This link has expired; reload the page for a fresh one."
@@ -86,10 +87,10 @@ async def test_a_job_stream_ends_when_its_link_expires(
     wall_clock: WallClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(transitions, "claim_next", lambda conn, now: None)  # stays queued
+    monkeypatch.setattr(claims, "claim_next", lambda conn, **_: None)  # stays queued
     job_id = await make_finished_job(service.state.db, service.state.paths, now=wall_clock())
     await service.state.db.write(
-        lambda conn: conn.execute("UPDATE jobs SET status = 'queued' WHERE id = ?", (job_id,))
+        lambda conn: sql(conn, "UPDATE jobs SET status = 'queued' WHERE id = :id", id=job_id)
     )
     url = (await authed.get(f"/api/jobs/{job_id}")).json()["eventsUrl"]
     items = await open_stream(nursery, anonymous, url)

@@ -16,6 +16,7 @@ import trio
 from refresher.jobs import records
 from tests.support.http import finished, upload, wait_for_job
 from tests.support.jobs import lease_count, make_finished_job, make_unfinished_job, wait_for_leases
+from tests.support.store import sql
 from wiring.service import RunningService
 
 # One video of 1 s in 2 variations: a few seconds of FFmpeg on a small machine.
@@ -255,7 +256,7 @@ async def test_refusals(
         assert (await outputs_of(authed, job_id))[0]["url"] is None
     else:
         await db.write(
-            lambda conn: conn.execute("UPDATE jobs SET status = ? WHERE id = ?", (setup, job_id))
+            lambda conn: sql(conn, "UPDATE jobs SET status = :s WHERE id = :id", s=setup, id=job_id)
         )
     for method in ("GET", "HEAD"):
         response = await authed.request(method, f"/api/jobs/{job_id}/outputs/{output_id}")

@@ -8,7 +8,6 @@ import logging
 import trio
 from quart import Blueprint, Response, jsonify
 
-from actors.processor import CancelJob
 from refresher.auth import tokens
 from refresher.jobs import records
 from refresher.jobs.status import ACTIVE, JobStatus
@@ -51,8 +50,7 @@ async def _cancel_and_settle(app_state: AppState, job_id: str) -> records.JobRec
             status = await app_state.lifecycle.cancel(job_id)
         except records.JobNotFound:
             raise ApiError(404, "There is no such job; it may have been deleted.") from None
-        if status != JobStatus.CANCELLED:  # running: the processor stops it
-            app_state.processor_inbox.post(CancelJob(job_id))
+        if status != JobStatus.CANCELLED:  # running: its workers stop it
             with trio.move_on_after(SETTLE_TIMEOUT_S):
                 async for event in job_events:
                     if event.ends_job:

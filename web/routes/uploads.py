@@ -11,7 +11,6 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 
 from actors.evictor import EvictorUnavailable
-from actors.processor import JobQueued
 from refresher.config import DEFAULT_VARIATIONS, Config
 from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile
@@ -256,7 +255,6 @@ async def create_job() -> tuple[Response, int]:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(remove_tree, directory)
         raise
-    app_state.processor_inbox.post(JobQueued(job_id))
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
     body = {
         "jobId": job_id,

@@ -3,8 +3,12 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
+import trio
+
 from refresher.auth import credentials
+from refresher.auth.credentials import Credentials
 from refresher.storage.paths import Paths
+from refresher.store import Database
 
 
 def test_generated_password_and_secret_are_private_and_kept(tmp_path: Path) -> None:
@@ -35,3 +39,34 @@ def test_password_comparison() -> None:
     assert not creds.password_matches("hunter2")
     assert not creds.password_matches("hunter222")
     assert not creds.password_matches("")
+
+
+async def test_shared_credentials_are_made_once_for_every_process(
+    store_location: Path | str,
+) -> None:
+    stores = [await Database.open(store_location) for _ in range(3)]
+    made: list[Credentials] = []
+
+    async def start(db: Database) -> None:
+        made.append(
+            await db.write(
+                lambda conn: credentials.load_shared(conn, password=None, token_secret=None)
+            )
+        )
+
+    async with trio.open_nursery() as nursery:
+        for db in stores:
+            nursery.start_soon(start, db)
+    # Every process reads the same password and signs with the same key.
+    assert len({(each.password, each.signing_key) for each in made}) == 1
+    assert made[0].password_source == "the database's settings table"
+    # The environment wins, and keeps its values out of the store.
+    given = await stores[0].write(
+        lambda conn: credentials.load_shared(
+            conn, password="chosen-password", token_secret="chosen-secret-value"
+        )
+    )
+    assert (given.password, given.password_source) == ("chosen-password", "environment")
+    assert given.token_secret == b"chosen-secret-value"
+    for db in stores:
+        await db.aclose()

@@ -10,16 +10,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
+import sqlalchemy
 import trio
+from sqlalchemy import Connection
 
-from refresher.db import Database, write_if_room, write_when_room
 from refresher.media import effects, encoding
 from refresher.media.probe import probe
 from refresher.storage import full
 from refresher.storage.full import StorageFull, files_written, is_storage_full
+from refresher.store import Database, write_if_room, write_when_room
 from tests.support.clips import Clips
 from tests.support.full_disk import mounted_tmpfs
+from tests.support.store import sql
 
 FULL = "database or disk is full"
 
@@ -31,6 +35,11 @@ def test_storage_full_is_told_apart_from_other_errors() -> None:
     assert not is_storage_full(sqlite3.OperationalError("database is locked"))
     assert not is_storage_full(OSError(errno.EACCES, os.strerror(errno.EACCES)))
     assert not is_storage_full(ValueError(FULL))
+    # PostgreSQL's disk_full, as psycopg raises it and as SQLAlchemy wraps it.
+    disk_full = psycopg.errors.DiskFull("could not extend file: No space left on device")
+    assert is_storage_full(disk_full)
+    assert is_storage_full(sqlalchemy.exc.OperationalError("INSERT", None, disk_full))
+    assert not is_storage_full(psycopg.errors.SerializationFailure("try again"))
     with pytest.raises(sqlite3.OperationalError, match=r"^cannot rollback") as rollback:
         _roll_back_after_a_full_disk()
     assert is_storage_full(rollback.value)
@@ -114,13 +123,13 @@ async def test_a_commit_on_a_full_volume_is_storage_full_until_room_returns(
     with mounted_tmpfs(tmp_path / "volume", 256 * 1024) as volume:
         db = await Database.open(volume / "db.sqlite3")
         try:
-            await db.write(lambda conn: conn.execute("CREATE TABLE notes (text TEXT)"))
+            await db.write(lambda conn: sql(conn, "CREATE TABLE notes (text TEXT)"))
             filler = volume / "filler"
             with pytest.raises(OSError, match="No space left on device"):
                 filler.write_bytes(bytes(1024 * 1024))
 
-            def note(conn: sqlite3.Connection) -> None:
-                conn.execute("INSERT INTO notes VALUES (?)", ("x" * 8000,))
+            def note(conn: Connection) -> None:
+                sql(conn, "INSERT INTO notes VALUES (:text)", text="x" * 8000)
 
             with pytest.raises(
                 StorageFull,
