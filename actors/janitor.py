@@ -16,10 +16,10 @@ One pass, on start and every `interval_s`:
 Queued and processing jobs are never touched, except that a queued job past expiry
 fails, and a cancelled one no worker holds any more ends. One pass runs at a time
 across every process sharing the store: a pass holds the store's "janitor" lock, and a
-process whose turn finds it held waits for it a while, then skips the pass. Everything is read from the store and
-the disk each pass, so a kill at any point is harmless: the next pass finds the same
-facts and finishes the work. When the tracker does not answer, the pass deletes nothing
-that needs a reservation.
+process whose turn finds it held waits for it a while, then skips the pass. Everything
+is read from the store and the disk each pass, so a kill at any point is harmless: the
+next pass finds the same facts and finishes the work. When the tracker does not answer,
+the pass deletes nothing that needs a reservation.
 """
 
 from __future__ import annotations

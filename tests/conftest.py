@@ -56,7 +56,32 @@ def postgres_url(postgres: PostgresServer) -> Iterator[str]:
     drop_database(postgres, url)
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+STORES = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `both_stores` run once on each backend of the store."""
+    if metafunc.definition.get_closest_marker("both_stores") and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", STORES, indirect=True)
+
+
+@pytest.fixture
+def store(request: pytest.FixtureRequest) -> str:
+    """The store's backend a test runs on: SQLite unless marked `both_stores`."""
+    backend: str = getattr(request, "param", "sqlite")
+    return backend
+
+
+@pytest.fixture
+def database_url(store: str, request: pytest.FixtureRequest) -> str | None:
+    """The service's DATABASE_URL: none (its SQLite file), or a fresh PostgreSQL database."""
+    if store == "sqlite":
+        return None
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture(params=STORES)
 def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str:
     """Where a store is opened, once for each backend: a SQLite file, a PostgreSQL URL."""
     if request.param == "sqlite":
@@ -66,13 +91,14 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str
 
 
 @pytest.fixture
-def config(tmp_path: Path) -> Config:
+def config(tmp_path: Path, database_url: str | None) -> Config:
     return Config(
         host="127.0.0.1",
         port=0,
         data_dir=tmp_path / "data",
         auth_password=TEST_PASSWORD,
         shutdown_grace_s=2.0,
+        database_url=database_url,
     )
 
 

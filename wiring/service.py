@@ -235,7 +235,7 @@ async def _run(
                     server_nursery, config, db, supervisor, role, shutdown
                 )
             if not role.serves_web:
-                LOGGER.info("worker %s running", role)
+                LOGGER.info("worker running: claiming work from the shared store")
                 task_status.started(RunningService([], None, supervisor, db, metrics_url))
                 await shutdown.wait()
                 LOGGER.info("shutting down: stopping the work under way")

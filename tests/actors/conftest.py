@@ -13,8 +13,9 @@ from refresher.store import Database
 
 
 @pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = await Database.open(tmp_path / "db.sqlite3")
+async def db(tmp_path: Path, database_url: str | None) -> AsyncIterator[Database]:
+    """The store: a SQLite file, or (in a test marked `both_stores`) PostgreSQL too."""
+    database = await Database.open(database_url or tmp_path / "db.sqlite3")
     yield database
     await database.aclose()
 

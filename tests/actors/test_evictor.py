@@ -31,6 +31,9 @@ from tests.support.full_disk import mounted_tmpfs
 from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
 from tests.support.store import sql
 
+# The job lifecycle, leases, removal and downloads hold on either store.
+pytestmark = pytest.mark.both_stores
+
 JOB_BYTES = 2000
 GIB = 1024**3
 

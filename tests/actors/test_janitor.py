@@ -35,6 +35,9 @@ from tests.support.fakes import GatedTracker
 from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
 from tests.support.store import sql
 
+# The job lifecycle, leases, removal and downloads hold on either store.
+pytestmark = pytest.mark.both_stores
+
 HOUR_S = 3600.0
 INTERVAL_S = 300.0
 

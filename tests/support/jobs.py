@@ -150,6 +150,7 @@ async def queue_files_job(
     *,
     now: float = NOW,
     ttl_s: float = DAY_S,
+    seed: int = 5,
 ) -> str:
     """Queue a job whose uploads are copies of `sources`, as the upload route leaves them
     (without its checks, and without ringing the processor); return its id."""
@@ -167,7 +168,7 @@ async def queue_files_job(
         )
     await db.write(
         lambda conn: transitions.insert_job(
-            conn, job_id=job_id, files=files, variations_per_video=variations, seed=5,
+            conn, job_id=job_id, files=files, variations_per_video=variations, seed=seed,
             now=now, ttl_s=ttl_s,
         )
     )  # fmt: skip

@@ -55,11 +55,11 @@ class ServiceProcess:
                 if match := regex.search(self.output[index]):
                     return index, match
             checked = max(checked, len(self.output))
-            if not await _read_lines(self):
+            if not await read_lines(self):
                 raise AssertionError(f"service exited before {pattern!r}:\n{''.join(self.output)}")
 
 
-async def _read_lines(service: ServiceProcess) -> bool:
+async def read_lines(service: ServiceProcess) -> bool:
     """Read more of the service's output into `service.output`; return False at its end."""
     assert service.process.stdout is not None
     chunk = await service.process.stdout.receive_some()
@@ -70,21 +70,23 @@ async def _read_lines(service: ServiceProcess) -> bool:
     return True
 
 
-@contextlib.asynccontextmanager
-async def running_service(
+SERVE = (sys.executable, "-m", "wiring", "serve")
+WORKER = (sys.executable, "-m", "wiring", "worker")
+# What a worker (which serves no web app) logs once it works.
+WORKER_READY = r"worker running"
+
+
+async def start_service(
     data_dir: Path | None,
     *,
     new_session: bool = False,
-    command: Sequence[str] = (sys.executable, "-m", "wiring", "serve"),
+    command: Sequence[str] = SERVE,
     cwd: Path | None = None,
+    ready: str | None = None,
     **env: str,
-) -> AsyncIterator[ServiceProcess]:
-    """Start `command` (by default `python -m wiring serve`) on a free port; yield once
-    it listens. With no `data_dir`, the service keeps its default (`./data` under `cwd`).
-
-    With `new_session`, the service leads a process group of its own, so a test may
-    signal that group (as a terminal or a supervisor does) without hitting pytest.
-    """
+) -> ServiceProcess:
+    """Start `command` on a free port; return once it listens (or, given `ready`, once it
+    logs a line matching that). Stop it with `stop_process`."""
     environ = {
         **os.environ,
         "HOST": "127.0.0.1",
@@ -107,9 +109,12 @@ async def running_service(
     # Not started yet: what it prints goes here until it says where it listens.
     service = ServiceProcess(process, url="", password="", output=[])
     try:
-        with trio.fail_after(30):
+        with trio.fail_after(60):
+            if ready is not None:
+                await service.wait_for_line(ready)
+                return service
             while not service.url:
-                if not await _read_lines(service):
+                if not await read_lines(service):
                     raise AssertionError("service exited early:\n" + "".join(service.output))
                 for text in service.output:
                     if match := re.search(r"login password: (\S+)", text):
@@ -117,16 +122,47 @@ async def running_service(
                     if match := re.search(r"listening on (http://\S+?)(,|$)", text.strip()):
                         service.url = match.group(1)
         assert service.password, "".join(service.output)
+    except BaseException:
+        await stop_process(service)
+        raise
+    return service
+
+
+async def stop_process(service: ServiceProcess) -> None:
+    """Kill the service's process if it still runs, and reap it."""
+    with trio.CancelScope(shield=True):
+        if service.process.returncode is None:
+            service.process.kill()
+        await service.process.wait()
+
+
+@contextlib.asynccontextmanager
+async def running_service(
+    data_dir: Path | None,
+    *,
+    new_session: bool = False,
+    command: Sequence[str] = SERVE,
+    cwd: Path | None = None,
+    **env: str,
+) -> AsyncIterator[ServiceProcess]:
+    """Start `command` (by default `python -m wiring serve`) on a free port; yield once
+    it listens. With no `data_dir`, the service keeps its default (`./data` under `cwd`).
+
+    With `new_session`, the service leads a process group of its own, so a test may
+    signal that group (as a terminal or a supervisor does) without hitting pytest.
+    """
+    service = await start_service(
+        data_dir, new_session=new_session, command=command, cwd=cwd, **env
+    )
+    try:
         yield service
     finally:
-        if process.returncode is None:
-            process.kill()
-        await process.wait()
+        await stop_process(service)
 
 
 async def drain(service: ServiceProcess) -> str:
     """Read the service's output to its end; return all of it."""
-    while await _read_lines(service):
+    while await read_lines(service):
         pass
     return "".join(service.output) + service.unread.decode()
 

@@ -19,6 +19,9 @@ from tests.support.store import sql
 from tests.support.zips import check_with_all_tools, extract_with_all_tools
 from wiring.service import RunningService
 
+# The job lifecycle, leases, removal and downloads hold on either store.
+pytestmark = pytest.mark.both_stores
+
 # A job whose ZIP cannot sit whole in the loopback's socket buffers (several MB each way):
 # its download is still running, holding its lease, while the client reads slowly.
 LARGER_THAN_SOCKET_BUFFERS = {"variations": 8, "size": 8 * 1024 * 1024}

@@ -29,6 +29,9 @@ from tests.support.jobs import leftovers, made_variations, queue_files_job
 from tests.support.store import sql
 from wiring.service import RunningService
 
+# The job lifecycle, leases, removal and downloads hold on either store.
+pytestmark = pytest.mark.both_stores
+
 
 async def test_two_clips_become_six_distinct_clean_variations(
     service: RunningService, authed: httpx.AsyncClient, token: str, config: Config, clips: Any

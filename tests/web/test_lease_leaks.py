@@ -8,6 +8,7 @@ import struct
 from typing import Any
 
 import httpx
+import pytest
 import trio
 import trio.testing
 
@@ -15,6 +16,9 @@ from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import lease_count, make_finished_job, wait_for_leases
 from web.app import create_app
 from wiring.service import RunningService
+
+# The job lifecycle, leases, removal and downloads hold on either store.
+pytestmark = pytest.mark.both_stores
 
 CLIENTS = 16
 DROPS_PER_CLIENT = 100

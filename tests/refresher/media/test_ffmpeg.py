@@ -28,6 +28,7 @@ from refresher.media.ffmpeg import (
     run_ffmpeg,
 )
 from refresher.storage.full import StorageFull
+from tests.support.clock import wait_for
 
 # --- find_ffmpeg -------------------------------------------------------------------------
 
@@ -250,3 +251,80 @@ async def test_a_stop_of_the_service_ends_the_pause_before_another_run(
         await rerun_if_interrupted(encode, what="job=j file=f")
     assert stop.cancelled_caught
     assert runs == 1
+
+
+# --- FFmpeg dies with its service ----------------------------------------------------------
+
+# A service that starts FFmpeg (through run_ffmpeg) and prints its PID. trio's idle worker
+# threads end after a fraction of a second here: FFmpeg must outlive the thread that
+# happened to be around when it started, yet not the service.
+SERVICE = """
+import sys
+
+import trio
+import trio._core._thread_cache as thread_cache
+
+from refresher.media.ffmpeg import run_ffmpeg
+
+thread_cache.IDLE_TIMEOUT = 0.2
+
+
+async def main() -> None:
+    async def threads_come_and_go() -> None:
+        while True:
+            await trio.to_thread.run_sync(lambda: None)
+            await trio.sleep(0.5)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(threads_come_and_go)
+        await run_ffmpeg(
+            [sys.argv[1], "-hide_banner", "-re", "-f", "lavfi", "-i",
+             "testsrc=size=160x120:rate=10", "-t", "600", "-f", "null", "-"],
+            on_started=lambda pid: print(pid, flush=True),
+        )
+
+
+trio.run(main)
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (not gone, not a zombie waiting to be reaped)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+async def test_ffmpeg_outlives_worker_threads_but_not_its_service(tmp_path: Path) -> None:
+    script = tmp_path / "service.py"
+    script.write_text(SERVICE)
+    service = await trio.lowlevel.open_process(
+        [sys.executable, str(script), find_ffmpeg(None)],
+        stdout=subprocess.PIPE,
+        cwd=Path(__file__).parents[3],
+    )
+    encoder = 0
+    try:
+        assert service.stdout is not None
+        with trio.fail_after(30):
+            line = b""
+            while not line.endswith(b"\n"):
+                line += await service.stdout.receive_some(64)
+        encoder = int(line)
+        # Threads came and went meanwhile; FFmpeg runs on.
+        await trio.sleep(2.0)
+        assert running(encoder)
+        service.kill()  # as the kernel's OOM killer or `kill -9` would
+        await service.wait()
+
+        async def gone() -> bool:
+            return not running(encoder)
+
+        await wait_for(gone, polls=200, step_s=0.05)
+    finally:
+        service.kill()
+        await service.wait()
+        if encoder and running(encoder):
+            os.kill(encoder, signal.SIGKILL)
