@@ -259,6 +259,14 @@ def settle(conn: Connection, job_id: str, *, now: float, ttl_s: float) -> Ended 
     else:
         status = JobStatus.COMPLETED
     transitions.finish_job(conn, job_id, status=status, error=error, now=now, ttl_s=ttl_s)
+    # Claims of workers that died in it are void now.
+    conn.execute(
+        text(
+            """UPDATE job_files SET claimed_by = NULL, claim_token = NULL, claimed_until = NULL
+               WHERE job_id = :job_id AND claim_token IS NOT NULL"""
+        ),
+        {"job_id": job_id},
+    )
     return Ended(job_id, status, error)
 
 

@@ -267,6 +267,9 @@ def retire(
             {"status": _TOMBSTONE[reason], "message": message, "now": iso(now), **job},
         ).rowcount
         if not updated:
+            # Not finished: another remover made it a tombstone first. The reservation
+            # has nothing left to remove.
+            conn.execute(text("DELETE FROM deletion_reservations WHERE job_id = :job_id"), job)
             continue
         for statement in (
             "DELETE FROM output_files WHERE job_id = :job_id",

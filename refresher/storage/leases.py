@@ -113,10 +113,16 @@ def reserve_for_deletion(conn: Connection, job_id: str, *, reason: str, now: str
 
     A job already reserved stays reserved, under its first reason, except that a user's
     DELETE takes the reservation over: the job is then deleted, not left a tombstone,
-    whoever finishes the removal. An unknown job is not reserved.
+    whoever finishes the removal. An unknown job is not reserved, nor, but for a DELETE,
+    one that is not finished (a tombstone's results went already).
     """
     job = {"job_id": job_id}
-    if _lock_job(conn, job_id) is None:
+    status = _lock_job(conn, job_id)
+    if status is None:
+        return False
+    if reason != RemovalReason.DELETED and status not in FINISHED:
+        # Only finished jobs have results to expire or evict; a tombstone's are gone
+        # already (another remover got there first), and a DELETE alone removes its row.
         return False
     if conn.execute(
         text("SELECT 1 FROM deletion_reservations WHERE job_id = :job_id"), job

@@ -27,7 +27,7 @@ import trio
 from sqlalchemy import Connection, text
 
 from refresher.jobs.lifecycle import Lifecycle
-from refresher.jobs.status import FINISHED
+from refresher.jobs.status import ACTIVE
 from refresher.jobs.transitions import (
     EVICTED_MESSAGE,
     LOST_MESSAGE,
@@ -190,8 +190,8 @@ def _interrupted(
         if reason is RemovalReason.DELETED:
             if reserved_at > settled:
                 continue
-        elif status not in FINISHED:
-            continue
+        elif status in ACTIVE:
+            continue  # never reserved now; a tombstone's reservation is let go by `retire`
         message = {
             RemovalReason.EXPIRED: expiry_message(finished_at, expires_at),
             RemovalReason.LOST: LOST_MESSAGE,

@@ -12,11 +12,16 @@ from sqlalchemy import Connection, text
 from actors.download_tracker import DownloadTracker, LeaseRefused
 from actors.runtime import Supervisor
 from refresher.jobs import records
+from refresher.jobs.lifecycle import Lifecycle
+from refresher.jobs.transitions import RemovalReason
+from refresher.storage import removal
 from refresher.storage.paths import Paths
 from refresher.store import Database
 from refresher.store.database import Backend
+from tests.support.clock import DAY_S
 from tests.support.full_disk import FillingDatabase
 from tests.support.jobs import NOW, make_finished_job
+from tests.support.store import sql
 
 # The job lifecycle, leases, removal and downloads hold on either store.
 pytestmark = pytest.mark.both_stores
@@ -183,3 +188,41 @@ async def test_a_release_that_finds_the_store_full_gives_up_the_ballast_and_land
     assert not paths.ballast.exists()
     assert await lease_rows(db) == 0
     await db.aclose()
+
+
+async def test_a_tombstone_is_reserved_for_its_deletion_only(
+    nursery: trio.Nursery, db: Database, paths: Paths
+) -> None:
+    # The evictor chose the job, then the janitor expired it before the evictor reserved.
+    job_id = await make_finished_job(db, paths)
+    await db.write(
+        lambda conn: sql(conn, "UPDATE jobs SET status = 'expired' WHERE id = :id", id=job_id)
+    )
+    tracker = DownloadTracker(db, now=lambda: NOW)
+    await start(nursery, tracker)
+    assert not await tracker.reserve_for_deletion(job_id, reason="evicted")
+    assert not await tracker.reserve_for_deletion(job_id, reason="expired")
+    assert await tracker.reserve_for_deletion(job_id, reason="deleted")
+
+
+async def test_a_removal_that_finds_a_tombstone_lets_its_reservation_go(
+    db: Database, paths: Paths
+) -> None:
+    job_id = await make_finished_job(db, paths)
+
+    def reserved_then_expired(conn: Connection) -> None:
+        sql(
+            conn,
+            """INSERT INTO deletion_reservations (job_id, reserved_at, reason)
+               VALUES (:id, 'then', 'evicted')""",
+            id=job_id,
+        )
+        sql(conn, "UPDATE jobs SET status = 'expired' WHERE id = :id", id=job_id)
+
+    await db.write(reserved_then_expired)
+    lifecycle = Lifecycle(db, paths, now=lambda: NOW, ttl_s=DAY_S)
+    retired = await removal.resume(lifecycle, [RemovalReason.EVICTED])
+    assert retired == {RemovalReason.EVICTED: []}
+    reservations = "SELECT count(*) FROM deletion_reservations"
+    assert await db.read(lambda conn: sql(conn, reservations).scalar()) == 0
+    assert (await db.read(lambda conn: records.require_job(conn, job_id))).status == "expired"

@@ -99,7 +99,8 @@ async def running_cluster(
         cluster = Cluster(data_dir, database_url, settings, pumps)
         try:
             # The first web process makes the shared password; the rest start together.
-            await cluster.start_web()
+            if webs:
+                await cluster.start_web()
             async with trio.open_nursery() as starting:
                 for _ in range(webs - 1):
                     starting.start_soon(cluster.start_web)

@@ -11,10 +11,13 @@ no orphan, and every actor runs again with exactly as many restarts as it had ki
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import random
+import signal
+import time
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
@@ -25,10 +28,13 @@ import trio
 from sqlalchemy import Connection
 
 from actors.janitor import Janitor
+from refresher.config import Config
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES, sql_list
+from refresher.media.ffmpeg import find_leftover_encoders
 from tests.support.clips import Clips
 from tests.support.clock import WallClock, wait_for
+from tests.support.cluster import CLAIM_TTL_S, Cluster, running_cluster
 from tests.support.http import TEST_PASSWORD, StartService, upload
 from tests.support.store import sql
 from wiring.service import RunningService
@@ -217,47 +223,82 @@ async def held_once_settled(service: RunningService) -> tuple[int, int]:
     return held
 
 
+async def kill_workers(cluster: Cluster, record: Record, rng: random.Random) -> None:
+    """SIGKILL a random worker process every second or two, mid-encode or not, and start
+    another in its place, until cancelled."""
+    while True:
+        await trio.sleep(rng.uniform(0.5, 2.0))
+        victim = rng.choice(cluster.workers)
+        victim.process.send_signal(signal.SIGKILL)
+        await victim.process.wait()
+        cluster.workers.remove(victim)
+        record.kills["worker process"] += 1
+        await cluster.start_worker()
+
+
+@pytest.mark.both_stores
 async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
     start_service: StartService,
     clips: Clips,
     wall_clock: WallClock,
     caplog: pytest.LogCaptureFixture,
+    config: Config,
 ) -> None:
+    """On PostgreSQL, worker processes beside the service share the work, and are killed
+    too: their claims lapse and are taken over, their encoders die with them."""
     caplog.set_level(logging.INFO)
+    # Processes sharing a store share the clock: the worker processes read the real one,
+    # so the test's clock starts from it (and then runs ahead, as results age).
+    wall_clock.value = time.time()
     service = await start_service(
         restart_limit=100_000,
         restart_backoff_max_s=0.2,
         storage_quota_bytes=QUOTA_BYTES,
         janitor_interval_s=0.5,
         job_ttl_hours=1.0,
+        claim_ttl_s=CLAIM_TTL_S,
     )
     state = service.state
     record = Record()
     stop = trio.Event()
     with trio.fail_after(600):
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(workload, service, clips, wall_clock, record, stop)
-            await chaos(service, record, random.Random(SEED))
-            stop.set()
-        # A kill lands when the actor next reaches a checkpoint outside its shields (an
-        # FFmpeg being stopped takes up to seconds): wait for every one to be counted.
-        for name in ACTORS:
-            with trio.move_on_after(60) as waited:
-                await state.supervisor.wait_until(
-                    name,
-                    lambda status, kills=record.kills[name]: (
-                        status.restarts == kills and status.state == "running"
-                    ),
+        async with contextlib.AsyncExitStack() as stack:
+            cluster = None
+            if config.database_url is not None:
+                cluster = await stack.enter_async_context(
+                    running_cluster(
+                        config.data_dir, config.database_url, webs=0, workers=2,
+                        STORAGE_QUOTA_BYTES=str(QUOTA_BYTES), JOB_TTL_HOURS="1",
+                    )
+                )  # fmt: skip
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(workload, service, clips, wall_clock, record, stop)
+                if cluster is not None:
+                    nursery.start_soon(kill_workers, cluster, record, random.Random(SEED - 1))
+                await chaos(service, record, random.Random(SEED))
+                stop.set()
+                nursery.cancel_scope.cancel()
+            # A kill lands when the actor next reaches a checkpoint outside its shields (an
+            # FFmpeg being stopped takes up to seconds): wait for every one to be counted.
+            for name in ACTORS:
+                with trio.move_on_after(60) as waited:
+                    await state.supervisor.wait_until(
+                        name,
+                        lambda status, kills=record.kills[name]: (
+                            status.restarts == kills and status.state == "running"
+                        ),
+                    )
+                assert not waited.cancelled_caught, (
+                    f"{name}: {record.kills[name]} kills, {state.supervisor.status()[name]}"
                 )
-            assert not waited.cancelled_caught, (
-                f"{name}: {record.kills[name]} kills, {state.supervisor.status()[name]}"
+            await wait_until_all_ended(service)
+            # One janitor pass of our own, as the live one may be between passes.
+            lifecycle = Lifecycle(
+                state.db, state.paths, now=wall_clock, ttl_s=state.config.job_ttl_s
             )
-        await wait_until_all_ended(service)
-        # One janitor pass of our own, as the live one may be between passes.
-        lifecycle = Lifecycle(state.db, state.paths, now=wall_clock, ttl_s=state.config.job_ttl_s)
-        janitor = Janitor(lifecycle, state.tracker, interval_s=1)
-        wall_clock.advance(120)  # past the grace of any DELETE cut short
-        await janitor.sweep()
+            janitor = Janitor(lifecycle, state.tracker, interval_s=1)
+            wall_clock.advance(120)  # past the grace of any DELETE cut short
+            await janitor.sweep()
 
     rows = await state.db.read(
         lambda conn: {row["id"]: row for row in sql(conn, "SELECT * FROM jobs").mappings()}
@@ -280,6 +321,14 @@ async def test_nothing_is_lost_or_leaked_while_actors_are_killed_at_random(
         assert all(body == bodies[0] for body in bodies), etag
         with zipfile.ZipFile(io.BytesIO(bodies[0])) as archive:
             assert archive.testzip() is None
+    # No claim outlives its job, no encoder its worker.
+    claimed = await state.db.read(
+        lambda conn: sql(
+            conn, "SELECT count(*) FROM job_files WHERE claim_token IS NOT NULL"
+        ).scalar_one()
+    )
+    assert claimed == 0
+    assert await trio.to_thread.run_sync(find_leftover_encoders, state.paths.root) == []
     assert held == (0, 0), await state.db.read(
         lambda conn: [
             (*row, rows[row[0]]["status"] if row[0] in rows else None)
