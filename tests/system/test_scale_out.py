@@ -61,6 +61,19 @@ async def login(url: str, password: str) -> AsyncIterator[httpx.AsyncClient]:
         yield http
 
 
+@contextlib.asynccontextmanager
+async def through_both(
+    cluster: Cluster,
+) -> AsyncIterator[tuple[httpx.AsyncClient, httpx.AsyncClient]]:
+    """Clients of web processes A and B, each logged in."""
+    web_a, web_b = cluster.webs
+    async with (
+        login(web_a.url, web_a.password) as via_a,
+        login(web_b.url, web_b.password) as via_b,
+    ):
+        yield via_a, via_b
+
+
 async def zip_members(http: httpx.AsyncClient, job_id: str) -> dict[str, bytes]:
     """The job's ZIP, read back whole: each member's name and bytes."""
     response = await http.get(f"/api/jobs/{job_id}/download")
@@ -199,10 +212,7 @@ async def test_a_download_through_one_web_process_holds_off_removals_through_ano
         DOWNLOAD_STALL_S="60", DOWNLOAD_MIN_RATE_BYTES_S="0",
     ) as cluster:  # fmt: skip
         web_a, web_b = cluster.webs
-        async with (
-            login(web_a.url, web_a.password) as via_a,
-            login(web_b.url, web_b.password) as via_b,
-        ):
+        async with through_both(cluster) as (via_a, via_b):
             job_id = await finished_job(via_a, clips)
             download = await hold_download(web_a.url, f"/api/jobs/{job_id}/download",
                                            token_of(via_a))  # fmt: skip
@@ -270,27 +280,25 @@ async def test_a_web_process_killed_mid_download_leaves_leases_that_lapse(
 async def test_a_cancel_through_one_web_process_stops_a_workers_encoder(
     tmp_path: Path, postgres_url: str, clips: Clips
 ) -> None:
-    async with running_cluster(tmp_path / "data", postgres_url) as cluster:
-        web_a, web_b = cluster.webs
-        async with (
-            login(web_a.url, web_a.password) as via_a,
-            login(web_b.url, web_b.password) as via_b,
-        ):
-            job_id = (await upload(via_a, [clips.long], variations="12")).json()["jobId"]
-            _, encoders = await encoder_of(cluster)
-            asked = trio.current_time()
-            response = await via_b.post(f"/api/jobs/{job_id}/cancel")
-            assert response.status_code == 200, response.text
-            assert response.json()["status"] == "cancelled"
+    async with (
+        running_cluster(tmp_path / "data", postgres_url) as cluster,
+        through_both(cluster) as (via_a, via_b),
+    ):
+        job_id = (await upload(via_a, [clips.long], variations="12")).json()["jobId"]
+        _, encoders = await encoder_of(cluster)
+        asked = trio.current_time()
+        response = await via_b.post(f"/api/jobs/{job_id}/cancel")
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "cancelled"
 
-            async def encoders_gone() -> bool:
-                return not any(alive(pid) for pid in encoders)
+        async def encoders_gone() -> bool:
+            return not any(alive(pid) for pid in encoders)
 
-            await wait_for(encoders_gone, polls=200, step_s=0.05)
-            stopped_s = trio.current_time() - asked
-            detail = (await via_a.get(f"/api/jobs/{job_id}")).json()
-            assert detail["status"] == "cancelled"
-            assert detail["files"][0]["status"] == "cancelled"
+        await wait_for(encoders_gone, polls=200, step_s=0.05)
+        stopped_s = trio.current_time() - asked
+        detail = (await via_a.get(f"/api/jobs/{job_id}")).json()
+        assert detail["status"] == "cancelled"
+        assert detail["files"][0]["status"] == "cancelled"
     # The notice reaches the worker at once; FFmpeg is asked to quit, then made to.
     assert stopped_s < 5, stopped_s
     print(f"\n[cancel] encoder stopped {stopped_s:.2f} s after the request")
@@ -299,16 +307,14 @@ async def test_a_cancel_through_one_web_process_stops_a_workers_encoder(
 async def test_an_event_stream_on_one_web_process_follows_a_worker(
     tmp_path: Path, postgres_url: str, clips: Clips
 ) -> None:
-    async with running_cluster(tmp_path / "data", postgres_url) as cluster:
-        web_a, web_b = cluster.webs
-        async with (
-            login(web_a.url, web_a.password) as via_a,
-            login(web_b.url, web_b.password) as via_b,
-        ):
-            job_id = (await upload(via_a, [clips.long], variations="6")).json()["jobId"]
-            events: list[tuple[str, Any]] = []
-            with trio.fail_after(TIMEOUT_S):
-                await collect_events(via_b, job_id, token_of(via_b), events)
+    async with (
+        running_cluster(tmp_path / "data", postgres_url) as cluster,
+        through_both(cluster) as (via_a, via_b),
+    ):
+        job_id = (await upload(via_a, [clips.long], variations="6")).json()["jobId"]
+        events: list[tuple[str, Any]] = []
+        with trio.fail_after(TIMEOUT_S):
+            await collect_events(via_b, job_id, token_of(via_b), events)
     progress = [data for kind, data in events if kind == "progress"]
     assert progress, events
     assert [data["progress"] for data in progress] == sorted(data["progress"] for data in progress)

@@ -29,6 +29,7 @@ from refresher.media.ffmpeg import (
 )
 from refresher.storage.full import StorageFull
 from tests.support.clock import wait_for
+from tests.support.cluster import alive
 
 # --- find_ffmpeg -------------------------------------------------------------------------
 
@@ -288,15 +289,6 @@ trio.run(main)
 """
 
 
-def running(pid: int) -> bool:
-    """Whether `pid` is a live process (not gone, not a zombie waiting to be reaped)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return False
-    return state != "Z"
-
-
 async def test_ffmpeg_outlives_worker_threads_but_not_its_service(tmp_path: Path) -> None:
     script = tmp_path / "service.py"
     script.write_text(SERVICE)
@@ -315,16 +307,16 @@ async def test_ffmpeg_outlives_worker_threads_but_not_its_service(tmp_path: Path
         encoder = int(line)
         # Threads came and went meanwhile; FFmpeg runs on.
         await trio.sleep(2.0)
-        assert running(encoder)
+        assert alive(encoder)
         service.kill()  # as the kernel's OOM killer or `kill -9` would
         await service.wait()
 
         async def gone() -> bool:
-            return not running(encoder)
+            return not alive(encoder)
 
         await wait_for(gone, polls=200, step_s=0.05)
     finally:
         service.kill()
         await service.wait()
-        if encoder and running(encoder):
+        if encoder and alive(encoder):
             os.kill(encoder, signal.SIGKILL)
