@@ -33,7 +33,7 @@ from refresher.jobs.transitions import EVICTED_MESSAGE, RemovalReason
 from refresher.storage import removal
 from refresher.storage.full import StorageFull
 from refresher.storage.removal import Reserver
-from refresher.storage.usage import Usage, eviction_candidates, read_volume, stored_bytes
+from refresher.storage.usage import Usage, eviction_candidates, stored_bytes
 
 LOGGER = logging.getLogger(__name__)
 
@@ -99,8 +99,10 @@ class Evictor:
         self.high = high
         self.low = low
         self.interval_s = interval_s
-        # (used bytes, usable bytes) of the volume holding a path; blocking.
-        self.volume_usage = volume_usage or read_volume
+        # (used bytes, usable bytes) of the volume holding a path; blocking. Where the bytes
+        # live in a bucket there is no volume to fill (the blob store says (0, 0)), and
+        # the quota alone counts.
+        self.volume_usage = volume_usage or (lambda _root: lifecycle.blobs.volume())
         self.inbox: Mailbox[RoomRequest] = Mailbox(INBOX_SIZE)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

@@ -70,6 +70,8 @@ class SweepReport:
     orphans: int = 0
     ended_uploads: int = 0
     partials: int = 0
+    # Uploads into a bucket begun and never finished (a process died mid-upload).
+    abandoned_uploads: int = 0
     busy: int = 0
     skipped_deletions: str | None = None
 
@@ -172,30 +174,36 @@ class Janitor:
 
     async def _reconcile(self, report: SweepReport) -> None:
         # The listing before the snapshot: see `reconcile.plan_reconciliation`.
-        listing = await trio.to_thread.run_sync(reconcile.list_disk, self.paths)
+        blobs = self.lifecycle.blobs
+        listing = await trio.to_thread.run_sync(reconcile.list_disk, blobs, self.paths)
         snapshot = await self.db.read(reconcile.store_snapshot)
         findings = await trio.to_thread.run_sync(
             functools.partial(
                 reconcile.plan_reconciliation,
+                blobs,
                 self.paths,
                 listing,
                 snapshot,
-                disk_now=time.time(),
+                disk_now=blobs.now(),
                 orphan_grace_s=self.orphan_grace_s,
                 process_started=self.process_started,
             )
         )
 
-        def remove_strays() -> tuple[int, int, int]:
+        def remove_strays() -> tuple[int, int, int, int]:
             return (
-                reconcile.remove_paths(findings.orphans),
-                reconcile.remove_paths(findings.ended_uploads),
-                reconcile.remove_paths(findings.partials),
+                reconcile.remove_paths(blobs, findings.orphans),
+                reconcile.remove_paths(blobs, findings.ended_uploads),
+                reconcile.remove_paths(blobs, findings.partials),
+                blobs.abort_abandoned(self.orphan_grace_s),
             )
 
-        report.orphans, report.ended_uploads, report.partials = await trio.to_thread.run_sync(
-            remove_strays
-        )
+        (
+            report.orphans,
+            report.ended_uploads,
+            report.partials,
+            report.abandoned_uploads,
+        ) = await trio.to_thread.run_sync(remove_strays)
         for path in findings.orphans:
             LOGGER.debug("removed %s: it belongs to no job", self.paths.relative(path))
 

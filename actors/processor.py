@@ -109,6 +109,7 @@ class Processor:
         self.lifecycle = lifecycle
         self.db = lifecycle.db
         self.paths = lifecycle.paths
+        self.blobs = lifecycle.blobs
         self.now = lifecycle.now
         self.publish = lifecycle.publish
         self.limits = limits
@@ -119,6 +120,7 @@ class Processor:
         self.batches = BatchMaker(
             self.db, self.paths, ffmpeg, now=self.now, threads=threads,
             request_room=request_room, limits=limits, claim_ttl_s=claim_ttl_s,
+            blobs=lifecycle.blobs,
         )  # fmt: skip
         self.inbox: Mailbox[JobQueued | CancelJob] = Mailbox(INBOX_SIZE)
         self._wake = trio.Event()
@@ -267,32 +269,49 @@ class Processor:
         file_effects = effects.generate(job.seed, job.total_variations)[
             first : first + job.variations_per_video
         ]
-        if file.upload_path is None:
+        source = await self._fetch(file.upload_path)
+        if source is None:
             error: str | None = "The upload is gone; upload the video again."
         else:
-            source = self.paths.absolute(file.upload_path)
-            error = await self._encode_pending(running, source, pending, file_effects, progress)
+            try:
+                error = await self._encode_pending(running, source, pending, file_effects, progress)
+            finally:
+                if self.blobs.remote:  # this process's copy of it: the bucket keeps the source
+                    await trio.to_thread.run_sync(remove_files, [source])
         if error:
             LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, error)
             return JobStatus.FAILED, error, progress
         return JobStatus.COMPLETED, None, progress
 
+    async def _fetch(self, stored: str | None) -> Path | None:
+        """The local path of an upload, fetched from where it is kept; None if it is gone."""
+        if stored is None:
+            return None
+        source = self.paths.absolute(stored)
+        try:
+            await trio.to_thread.run_sync(self.blobs.fetch, source)
+        except FileNotFoundError:
+            return None
+        return source
+
     async def _make_thumbnail(self, job: records.JobRecord) -> None:
-        first = job.files[0]
-        if first.upload_path is None:
+        source = await self._fetch(job.files[0].upload_path)
+        if source is None:
             return
         output = self.paths.job_dir(job.id) / THUMBNAIL_NAME
         made = await thumbnails.thumbnail_of(
-            self.ffmpeg, self.paths.absolute(first.upload_path), output, limits=self.limits,
-            env=encoder_mark(self.paths.root),
-        )  # fmt: skip
+            self.ffmpeg, source, output, limits=self.limits, env=encoder_mark(self.paths.root)
+        )
+        if not made:
+            return
+        await trio.to_thread.run_sync(self.blobs.keep, output)
         relative = self.paths.relative(output)
-        if made and not await write_if_room(
+        if not await write_if_room(
             self.db,
             lambda conn: records.set_thumbnail(conn, job.id, relative),
             what=f"job={job.id} thumbnail",
         ):
-            await trio.to_thread.run_sync(remove_files, [output])
+            await trio.to_thread.run_sync(self.blobs.remove, output)
 
     async def _encode_pending(
         self,

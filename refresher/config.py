@@ -52,6 +52,10 @@ class Config:
     # Seconds a worker's claim on a source file lasts unless renewed (every third of it):
     # a worker that dies has its work taken over within about this long and a third.
     claim_ttl_s: float = 30.0
+    # Where the jobs' bytes live: unset, the data directory; `s3://bucket/prefix`, a
+    # bucket of S3-compatible storage (endpoint and keys from the standard AWS_*
+    # variables), and the data directory is scratch space only.
+    storage_url: str | None = None
     job_ttl_hours: float = 24.0
     storage_quota_bytes: int = 3 * GIB
     evict_high: float = 0.85
@@ -173,6 +177,14 @@ def _database_url(text: str) -> str:
     return text.strip()
 
 
+def _storage_url(text: str) -> str:
+    value = text.strip()
+    bucket = value.removeprefix("s3://").split("/", 1)[0]
+    if not value.startswith("s3://") or not bucket:
+        raise ValueError("must be s3://bucket or s3://bucket/prefix (leave it unset for files)")
+    return value
+
+
 def _origins(text: str) -> tuple[str, ...]:
     origins = tuple(part.strip().rstrip("/") for part in text.split(",") if part.strip())
     for origin in origins:
@@ -212,6 +224,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "token_secret": _secret,
     "database_url": _database_url,
     "claim_ttl_s": _number(0.0, low_open=True),
+    "storage_url": _storage_url,
     "job_ttl_hours": _number(0.0, low_open=True),
     "storage_quota_bytes": _integer(1),
     "evict_high": _number(0.0, 1.0, low_open=True),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
@@ -15,6 +16,9 @@ import trio
 
 from refresher.config import Config
 from refresher.media.ffmpeg import find_ffmpeg
+from refresher.storage.blobs import BlobStore, LocalBlobs
+from refresher.storage.paths import Paths
+from tests.support import s3
 from tests.support.clips import Clips, make_clips
 from tests.support.clock import WallClock
 from tests.support.footage import make_footage
@@ -59,10 +63,69 @@ def postgres_url(postgres: PostgresServer) -> Iterator[str]:
 STORES = ("sqlite", "postgresql")
 
 
+BLOB_STORES = ("files", "s3")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Tests marked `both_stores` run once on each backend of the store."""
+    """Tests marked `both_stores` run once on each backend of the store; tests marked
+    `both_blob_stores` once with the bytes in the data directory, once in a bucket."""
     if metafunc.definition.get_closest_marker("both_stores") and "store" in metafunc.fixturenames:
         metafunc.parametrize("store", STORES, indirect=True)
+    marked = metafunc.definition.get_closest_marker("both_blob_stores")
+    if marked and "blobs_kind" in metafunc.fixturenames:
+        metafunc.parametrize("blobs_kind", BLOB_STORES, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[s3.S3Server]:
+    """A real S3 server (SeaweedFS) for the session, started only when a test asks."""
+    root = Path(tempfile.mkdtemp(prefix="refresher-s3-"))
+    try:
+        with s3.running_server(root) as server:
+            yield server
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def blobs_kind(request: pytest.FixtureRequest) -> str:
+    """Where a test's bytes live: the data directory unless marked `both_blob_stores`."""
+    kind: str = getattr(request, "param", "files")
+    return kind
+
+
+@pytest.fixture
+def storage_url(blobs_kind: str, request: pytest.FixtureRequest) -> Iterator[str | None]:
+    """The service's STORAGE_URL: none (the data directory), or a fresh bucket of the
+    session's S3 server, with the AWS_* variables that reach it set for the test."""
+    if blobs_kind == "files":
+        yield None
+        return
+    server: s3.S3Server = request.getfixturevalue("s3_server")
+    monkeypatch: pytest.MonkeyPatch = request.getfixturevalue("monkeypatch")
+    bucket = server.fresh_bucket()
+    environment = server.env(bucket, prefix="refresher")
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    yield environment["STORAGE_URL"]
+    server.drop_bucket(bucket)
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> Paths:
+    data = Paths(tmp_path / "data")
+    data.create()
+    return data
+
+
+@pytest.fixture
+def blob_store(paths: Paths, storage_url: str | None) -> BlobStore:
+    """The blob store of a test's data directory: its files, or a bucket."""
+    if storage_url is None:
+        return LocalBlobs(paths)
+    from refresher.storage.s3 import S3Blobs
+
+    return S3Blobs.from_environment(paths, storage_url, os.environ)
 
 
 @pytest.fixture
@@ -91,7 +154,7 @@ def store_location(request: pytest.FixtureRequest, tmp_path: Path) -> Path | str
 
 
 @pytest.fixture
-def config(tmp_path: Path, database_url: str | None) -> Config:
+def config(tmp_path: Path, database_url: str | None, storage_url: str | None) -> Config:
     return Config(
         host="127.0.0.1",
         port=0,
@@ -99,6 +162,7 @@ def config(tmp_path: Path, database_url: str | None) -> Config:
         auth_password=TEST_PASSWORD,
         shutdown_grace_s=2.0,
         database_url=database_url,
+        storage_url=storage_url,
     )
 
 

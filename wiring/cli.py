@@ -18,6 +18,7 @@ import trio
 from actors.runtime import SupervisorGaveUp
 from refresher import config as config_module
 from refresher import logs
+from refresher.storage.blobs import StorageUnavailable
 from wiring import service as service
 from wiring.service import NeedsSharedStore, Role
 
@@ -72,10 +73,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logs.configure(config.log_level, config.log_format)
     gave_up: list[BaseException] = []
+    unavailable: list[BaseException] = []
     try:
         trio.run(service.run, config, role)
     except* SupervisorGaveUp as group:
         gave_up.extend(group.exceptions)
+    except* StorageUnavailable as group:
+        unavailable.extend(group.exceptions)
+    for error in unavailable:
+        print(f"video-refresher: {error}", file=sys.stderr)
+    if unavailable:
+        return 2
     for error in gave_up:
         logging.getLogger("refresher").critical("%s", error)
     return 1 if gave_up else 0

@@ -28,6 +28,7 @@ holding the job.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -50,6 +51,7 @@ from refresher.config import Config
 from refresher.jobs.events import JobEvent, Publish
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.media.ffmpeg import find_ffmpeg
+from refresher.storage.blobs import BlobStore, LocalBlobs
 from refresher.storage.full import keep_ballast
 from refresher.storage.paths import Paths
 from refresher.store import Database
@@ -156,6 +158,19 @@ async def serve(
     LOGGER.info("stopped")
 
 
+async def open_blobs(config: Config, paths: Paths) -> BlobStore:
+    """Where the jobs' bytes live: the data directory, or the bucket of STORAGE_URL (checked
+    now, so a wrong endpoint, bucket or key stops the start with a sentence)."""
+    if config.storage_url is None:
+        return LocalBlobs(paths)
+    from refresher.storage.s3 import S3Blobs  # AWS's client only where a bucket is used
+
+    blobs = S3Blobs.from_environment(paths, config.storage_url, os.environ)
+    await trio.to_thread.run_sync(blobs.check)
+    LOGGER.info("results kept in %s; %s is scratch space", config.storage_url, paths.root)
+    return blobs
+
+
 async def _run(
     config: Config,
     role: Role,
@@ -186,7 +201,10 @@ async def _run(
             bus.subscribe(JOB_EVENTS, lambda payload: events.publish(JobEvent.from_json(payload)))
     else:
         bus, publish = LocalBus(), events.publish
-    lifecycle = Lifecycle(db, paths, now=now, ttl_s=config.job_ttl_s, publish=publish, bus=bus)
+    blobs = await open_blobs(config, paths)
+    lifecycle = Lifecycle(
+        db, paths, now=now, ttl_s=config.job_ttl_s, publish=publish, bus=bus, blobs=blobs
+    )
     tracker = DownloadTracker(db, now=now, ballast=paths.ballast, ttl_s=config.download_stall_s)
     evictor = Evictor(
         lifecycle,

@@ -33,11 +33,12 @@ from refresher import metrics
 from refresher.jobs import claims, outputstore, records
 from refresher.jobs.claims import CLAIM_TTL_S, Claim, ClaimLost
 from refresher.media import measure
-from refresher.media.ffmpeg import encoder_mark, remove_files
+from refresher.media.ffmpeg import encoder_mark
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 from refresher.media.variations import Batch, Draws, Encoder, Layout, make_variations
+from refresher.storage.blobs import BlobStore, LocalBlobs, remove_all
 from refresher.storage.full import StorageFull
-from refresher.storage.paths import STILLS, Paths
+from refresher.storage.paths import Paths
 from refresher.store import Database
 
 LOGGER = logging.getLogger(__name__)
@@ -70,6 +71,12 @@ class BatchMaker:
     limits: MediaLimits = DEFAULT_LIMITS
     # How long a claim lasts past each batch recorded (`refresher.jobs.claims`).
     claim_ttl_s: float = CLAIM_TTL_S
+    # Where the outputs are kept once made (None: where they are written).
+    blobs: BlobStore | None = None
+
+    @property
+    def kept(self) -> BlobStore:
+        return self.blobs if self.blobs is not None else LocalBlobs(self.paths)
 
     def remove_leftovers(self, job_id: str, file: records.FileRecord) -> None:
         """Remove every file of `file`'s variations that its rows do not name: what a run
@@ -78,11 +85,15 @@ class BatchMaker:
         kept += [output.still_path for output in file.outputs if output.still_path]
         kept += [file.still_path] if file.still_path else []
         keep = {self.paths.absolute(stored) for stored in kept}
-        folder = self.paths.job_dir(job_id)
-        leftovers = [*folder.glob(f"{file.id}_*"), *(folder / STILLS).glob(f"{file.id}_*")]
-        for path in leftovers:
-            if path not in keep:
-                path.unlink(missing_ok=True)
+        blobs, mine = self.kept, f"{file.id}_"
+        folders = [self.paths.job_dir(job_id), self.paths.stills(job_id)]
+        leftovers = [
+            folder / name
+            for folder in folders
+            for name in sorted(blobs.entries(folder))
+            if name.startswith(mine)
+        ]
+        remove_all(blobs, [path for path in leftovers if path not in keep])
 
     async def make(
         self,
@@ -188,15 +199,20 @@ class BatchMaker:
                 outputstore.set_file_still(conn, file.id, still)
 
         made_files = [made.output.path for made in batch.kept.values()]
-        made_files += [made.still for made in batch.kept.values() if made.still]
+        made_files += [made.still for made in batch.kept.values() if made.still in present]
+        made_files += [source_still] if source_still in present else []
+        blobs = self.kept
         with trio.CancelScope(shield=True):
             try:
+                # Kept before their rows are written: a row always names whole bytes.
+                for path in made_files:
+                    await trio.to_thread.run_sync(blobs.keep, path)
                 await self.db.write(record)
             except ClaimLost:
-                await trio.to_thread.run_sync(remove_files, made_files)
+                await trio.to_thread.run_sync(remove_all, blobs, made_files)
                 raise
             except StorageFull as err:
-                await trio.to_thread.run_sync(remove_files, made_files)
+                await trio.to_thread.run_sync(remove_all, blobs, made_files)
                 raise StorageFull(
                     "the variations were made, but there was no room to record them"
                 ) from err

@@ -36,7 +36,8 @@ from refresher.jobs.claims import Claim
 from refresher.jobs.events import DELETED, Publish, nobody_listens, status_event
 from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile, RemovalReason
-from refresher.storage.paths import Paths, remove_tree
+from refresher.storage.blobs import BlobStore, LocalBlobs
+from refresher.storage.paths import Paths
 from refresher.store import Database, write_when_room
 from refresher.store.bus import JOB_CANCEL, JOB_QUEUED, Bus, LocalBus
 
@@ -56,9 +57,12 @@ class Lifecycle:
         ttl_s: float,
         publish: Publish = nobody_listens,
         bus: Bus | None = None,
+        blobs: BlobStore | None = None,
     ) -> None:
         self.db = db
         self.paths = paths
+        # Where the jobs' bytes are kept: the data directory itself, or a bucket.
+        self.blobs: BlobStore = blobs if blobs is not None else LocalBlobs(paths)
         self.now = now
         self.ttl_s = ttl_s
         self.publish = publish
@@ -193,7 +197,7 @@ class Lifecycle:
         if ended is None:
             return
         self._ended(ended.job_id, ended.status, ended.error)
-        await trio.to_thread.run_sync(remove_tree, self.paths.upload_dir(ended.job_id))
+        await trio.to_thread.run_sync(self.blobs.remove, self.paths.upload_dir(ended.job_id))
         await write_when_room(
             self.db,
             lambda conn: records.clear_uploads(conn, ended.job_id),

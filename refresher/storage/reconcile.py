@@ -1,20 +1,19 @@
-"""Reconciliation: where the disk and the store disagree, and putting it right.
+"""Reconciliation: where the stored blobs and the store disagree, and putting it right.
 
-The janitor lists the disk, reads a snapshot of the store, and `plan_reconciliation`
-compares them: entries under `jobs/` or `uploads/` that belong to no job (once idle),
-uploads of jobs that ended, FFmpeg's partial files left in finished jobs' directories,
-and outputs whose files vanished. Removing strays and forgetting vanished outputs are
-separate steps, files first, so a pass killed anywhere is finished by the next one. A
-finished job that lost every output is removed through `refresher.storage.removal`.
+The janitor lists the blobs (files, or a bucket's objects), reads a snapshot of the
+store, and `plan_reconciliation` compares them: entries under `jobs/` or `uploads/` that
+belong to no job (once idle), uploads of jobs that ended, FFmpeg's partial files left in
+finished jobs' directories, and outputs whose blobs vanished. Removing strays and
+forgetting vanished outputs are separate steps, blobs first, so a pass killed anywhere is
+finished by the next one. A finished job that lost every output is removed through
+`refresher.storage.removal`.
 
-Queries take a store connection; the disk functions block (run them in a thread).
+Queries take a store connection; the blob functions block (run them in a thread).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ from sqlalchemy import Connection, text
 from refresher.jobs.outputstore import keep_archive_size
 from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
 from refresher.media.ffmpeg import PARTIAL_SUFFIX
-from refresher.storage.paths import Paths, remove_tree
+from refresher.storage.blobs import BlobStore
+from refresher.storage.paths import Paths
 from refresher.store.sql import in_list
 
 LOGGER = logging.getLogger(__name__)
@@ -38,17 +38,9 @@ class DiskListing:
     uploads: frozenset[str]
 
 
-def list_disk(paths: Paths) -> DiskListing:
-    """List the data directory's job and upload entries (blocking)."""
-
-    def names(directory: Path) -> frozenset[str]:
-        try:
-            with os.scandir(directory) as entries:
-                return frozenset(entry.name for entry in entries)
-        except FileNotFoundError:
-            return frozenset()
-
-    return DiskListing(jobs=names(paths.jobs), uploads=names(paths.uploads))
+def list_disk(blobs: BlobStore, paths: Paths) -> DiskListing:
+    """List the job and upload entries of the stored blobs (blocking)."""
+    return DiskListing(jobs=blobs.entries(paths.jobs), uploads=blobs.entries(paths.uploads))
 
 
 @dataclass(frozen=True)
@@ -97,20 +89,8 @@ class Findings:
     lost: list[str]
 
 
-def _last_written(path: Path) -> float:
-    """The newest mtime of `path` and the entries directly in it (blocking)."""
-    newest = path.lstat().st_mtime
-    if path.is_dir():
-        with os.scandir(path) as entries:
-            for entry in entries:
-                try:
-                    newest = max(newest, entry.stat(follow_symlinks=False).st_mtime)
-                except FileNotFoundError:
-                    continue
-    return newest
-
-
 def plan_reconciliation(
+    blobs: BlobStore,
     paths: Paths,
     listing: DiskListing,
     snapshot: StoreSnapshot,
@@ -135,7 +115,7 @@ def plan_reconciliation(
 
     def idle(path: Path) -> bool:
         try:
-            written = _last_written(path)
+            written = blobs.last_written(path)
         except FileNotFoundError:
             return False
         if process_started is not None and written < process_started:
@@ -155,18 +135,15 @@ def plan_reconciliation(
         elif status is not None and status not in ACTIVE:
             ended_uploads.append(paths.upload_dir(name))
 
-    # Plain strings, not Paths, in this loop over every finished job: it is the hot part
-    # of a pass, and pathlib's parsing costs more than the directory reads.
-    jobs_root = os.fspath(paths.jobs)
+    # Plain strings, not Paths, in this loop over every finished job where it can: it is
+    # the hot part of a pass, and pathlib's parsing costs more than the directory reads.
     jobs_prefix = paths.relative(paths.jobs)
     partials: list[Path] = []
     missing_outputs: dict[str, list[str]] = {}
     lost = []
     for job_id in sorted(snapshot.settled):
-        names: set[str] = set()
         # Read even when the listing had no such directory: it may have been made since.
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            names = set(os.listdir(f"{jobs_root}/{job_id}"))
+        names = blobs.entries(paths.job_dir(job_id))
         partials.extend(
             paths.job_dir(job_id) / name for name in sorted(names) if name.endswith(PARTIAL_SUFFIX)
         )
@@ -175,7 +152,7 @@ def plan_reconciliation(
         own_dir = f"{jobs_prefix}/{job_id}"
         for output_id, stored in outputs:
             parent, _, name = stored.rpartition("/")
-            present = name in names if parent == own_dir else os.path.lexists(paths.root / stored)
+            present = name in names if parent == own_dir else blobs.exists(paths.root / stored)
             if not present:
                 missing.append(output_id)
         if missing and len(missing) == len(outputs):
@@ -185,19 +162,16 @@ def plan_reconciliation(
     return Findings(orphans, ended_uploads, partials, missing_outputs, lost)
 
 
-def remove_paths(paths: Iterable[Path]) -> int:
-    """Delete each file or directory tree; return how many went (blocking).
+def remove_paths(blobs: BlobStore, paths: Iterable[Path]) -> int:
+    """Delete each blob or folder of blobs; return how many went (blocking).
 
     One that cannot be removed is logged and skipped: the next pass tries again.
     """
     removed = 0
     for path in paths:
         try:
-            if path.is_dir() and not path.is_symlink():
-                remove_tree(path)
-            else:
-                path.unlink(missing_ok=True)
-        except OSError as err:
+            blobs.remove(path)
+        except Exception as err:  # a bucket's errors are not OSErrors
             LOGGER.error("could not remove %s: %s", path, err)
             continue
         removed += 1

@@ -34,8 +34,9 @@ from refresher.jobs.transitions import (
     RemovalReason,
     expiry_message,
 )
+from refresher.storage.blobs import BlobStore
 from refresher.storage.full import StorageFull, release_ballast
-from refresher.storage.paths import Paths, remove_tree
+from refresher.storage.paths import Paths
 from refresher.store.sql import in_list
 from refresher.timestamps import iso
 
@@ -147,12 +148,15 @@ async def _carry_out(
 ) -> list[str]:
     if not granted:
         return []
-    removed = await trio.to_thread.run_sync(remove_job_files, lifecycle.paths, list(granted))
+    removed = await trio.to_thread.run_sync(
+        remove_job_files, lifecycle.blobs, lifecycle.paths, list(granted)
+    )
     return await lifecycle.retire({job_id: granted[job_id] for job_id in removed}, reason)
 
 
-def remove_job_files(paths: Paths, job_ids: Iterable[str]) -> list[str]:
-    """Delete each job's directory and upload directory; return the ids fully removed.
+def remove_job_files(blobs: BlobStore, paths: Paths, job_ids: Iterable[str]) -> list[str]:
+    """Delete each job's blobs (its directory and upload directory); return the ids fully
+    removed.
 
     Blocking. A job whose files could not all be removed is logged and left out, so its
     row is not retired while files remain.
@@ -160,9 +164,9 @@ def remove_job_files(paths: Paths, job_ids: Iterable[str]) -> list[str]:
     removed = []
     for job_id in job_ids:
         try:
-            remove_tree(paths.job_dir(job_id))
-            remove_tree(paths.upload_dir(job_id))
-        except OSError as err:
+            blobs.remove(paths.job_dir(job_id))
+            blobs.remove(paths.upload_dir(job_id))
+        except Exception as err:  # a bucket's errors are not OSErrors; the row must stay
             LOGGER.error("job=%s files could not be removed: %s", job_id, err)
             continue
         removed.append(job_id)

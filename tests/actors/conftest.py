@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import trio.testing
 
-from refresher.storage.paths import Paths
 from refresher.store import Database
 
 
@@ -18,13 +17,6 @@ async def db(tmp_path: Path, database_url: str | None) -> AsyncIterator[Database
     database = await Database.open(database_url or tmp_path / "db.sqlite3")
     yield database
     await database.aclose()
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> Paths:
-    data = Paths(tmp_path / "data")
-    data.create()
-    return data
 
 
 @pytest.fixture

@@ -1,34 +1,40 @@
 """Serving a job's stored files: ranges and validators, and reads ahead of the sends.
 
 Shared by the ZIP download and a single variation's route, so both answer `Range`,
-`If-Range`, `If-Match` and `If-Unmodified-Since` alike. Both hold a download lease
+`If-Range`, `If-Match` and `If-Unmodified-Since` alike; the reads themselves are the
+blob store's (`refresher.storage.blobs`). Both hold a download lease
 (`web.http.lease`) from before their first byte until the request's handling ends.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncGenerator
-from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 
-import outcome
 import trio
 from quart import Response, request, send_file
 
+from refresher.storage.blobs import BlobStore
 from web.http import ranges
 from web.http.errors import ApiError
 
-# Large reads keep thread hops and sends few (measured, 2 GiB job: 1 MiB ~1.3-1.9 GB/s,
-# 2 MiB ~2.4 GB/s, 4 MiB ~2.4 GB/s); memory is about two chunks per download in flight.
-CHUNK_BYTES = 2 * 1024 * 1024
 
-
-async def send_private_image(path: Path, mimetype: str) -> Response:
-    """An image whose link carries a token: cached by the browser alone, for an hour."""
-    response = await send_file(path, mimetype=mimetype)
+async def send_private_image(
+    blobs: BlobStore, path: Path, mimetype: str, *, missing: str
+) -> Response:
+    """A kept image whose link carries a token: cached by the browser alone, for an hour;
+    404 with `missing` when it is gone."""
+    if blobs.remote:
+        try:
+            data = await trio.to_thread.run_sync(blobs.load, path)
+        except FileNotFoundError:
+            raise ApiError(404, missing) from None
+        response = Response(data, mimetype=mimetype)
+    else:
+        if not await trio.Path(path).exists():
+            raise ApiError(404, missing)
+        response = await send_file(path, mimetype=mimetype)
     # Private: its link carries a token. (send_file marks it public; both would contradict.)
     response.cache_control.public = False
     response.cache_control.private = True
@@ -73,64 +79,3 @@ def wanted_range(
         return 200, 0, size, {}
     start, end = wanted
     return 206, start, end, {"Content-Range": f"bytes {start}-{end - 1}/{size}"}
-
-
-class _ReadAhead:
-    """One `os.pread` started in a worker thread at once and awaited later, so the disk
-    (or the page cache's copy) works while the previous chunk is being sent."""
-
-    def __init__(self, fd: int, offset: int, length: int) -> None:
-        self.length = length
-        self._done = trio.Event()
-        self._outcome: outcome.Outcome[bytes] | None = None
-        token = trio.lowlevel.current_trio_token()
-
-        def store(result: outcome.Outcome[bytes]) -> None:
-            self._outcome = result
-            self._done.set()
-
-        def deliver(result: outcome.Outcome[bytes]) -> None:  # in the worker thread
-            with suppress(trio.RunFinishedError):
-                token.run_sync_soon(store, result)
-
-        trio.lowlevel.start_thread_soon(lambda: os.pread(fd, length, offset), deliver)
-
-    async def result(self) -> bytes:
-        await self._done.wait()
-        assert self._outcome is not None
-        return self._outcome.unwrap()
-
-    async def settle(self) -> None:
-        """Wait for the read to end, also when cancelled: its file must stay open until then."""
-        with trio.CancelScope(shield=True):
-            await self._done.wait()
-
-
-async def file_chunks(path: str, offset: int, length: int) -> AsyncGenerator[bytes, None]:
-    """`length` bytes of `path` from `offset`, CHUNK_BYTES at a time, each read in a
-    thread while the one before it is sent (measured, 1 GiB ZIP over loopback: 0.73 of a
-    raw `sendfile` server's throughput reading on demand, 0.90 reading one chunk ahead).
-
-    Raise OSError if the file is shorter than that. Close it (`contextlib.aclosing`) when
-    stopping early, so the file is closed at once.
-    """
-    fd = await trio.to_thread.run_sync(os.open, path, os.O_RDONLY)
-    position, stop = offset, offset + length
-
-    def read_next() -> _ReadAhead | None:
-        want = min(CHUNK_BYTES, stop - position)
-        return _ReadAhead(fd, position, want) if want > 0 else None
-
-    ahead = read_next()
-    try:
-        while ahead is not None:
-            chunk = await ahead.result()
-            if len(chunk) != ahead.length:
-                raise OSError(f"{path} is shorter than recorded")
-            position += len(chunk)
-            ahead = read_next()
-            yield chunk
-    finally:
-        if ahead is not None:
-            await ahead.settle()
-        os.close(fd)

@@ -11,7 +11,6 @@ it and no lease outlives its download.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
@@ -23,11 +22,12 @@ from refresher.archive import job_archive
 from refresher.archive.zipplan import ZipPlan
 from refresher.auth import tokens
 from refresher.jobs.status import FINISHED, TOMBSTONES
+from refresher.storage.blobs import CHUNK_BYTES, BlobStore
 from web.http import ranges
 from web.http.access import check_bearer
 from web.http.errors import ApiError
 from web.http.lease import GONE, hold_lease
-from web.http.serving import CHUNK_BYTES, content_disposition, file_chunks, wanted_range
+from web.http.serving import content_disposition, wanted_range
 from web.state import state
 from web.views import load_or_404
 
@@ -39,32 +39,27 @@ SMALL_PIECE_BYTES = 256 * 1024
 blueprint = Blueprint("downloads", __name__)
 
 
-def _read_exactly(path: str, offset: int, length: int) -> bytes:
-    with open(path, "rb") as file:
-        data = os.pread(file.fileno(), length, offset)
-    if len(data) != length:
-        raise OSError(f"{path} is shorter than recorded ({offset + len(data)} bytes)")
-    return data
-
-
-async def _stream(plan: ZipPlan, start: int, end: int, job_id: str) -> AsyncIterator[bytes]:
+async def _stream(
+    blobs: BlobStore, plan: ZipPlan, start: int, end: int, job_id: str
+) -> AsyncIterator[bytes]:
     sent = 0
     metrics.DOWNLOADS.labels("started").inc()
     try:
         pending = bytearray()
         for piece in plan.pieces(start, end):
-            if piece.data is not None:
+            if piece.path is None:
+                assert piece.data is not None
                 pending += piece.data
             elif piece.length <= SMALL_PIECE_BYTES:
                 pending += await trio.to_thread.run_sync(
-                    _read_exactly, str(piece.path), piece.offset, piece.length
+                    blobs.read, piece.path, piece.offset, piece.length
                 )
             else:
                 if pending:
                     yield bytes(pending)
                     sent += len(pending)
                     pending.clear()
-                chunks = file_chunks(str(piece.path), piece.offset, piece.length)
+                chunks = blobs.chunks(piece.path, piece.offset, piece.length)
                 async with aclosing(chunks):
                     async for chunk in chunks:
                         yield chunk
@@ -111,7 +106,8 @@ async def download(job_id: str) -> Response:
         response = Response(b"", status=status, headers=headers)
     else:
         await hold_lease(app_state, job_id)
-        response = Response(_stream(built.plan, start, end, job_id), status=status, headers=headers)
+        stream = _stream(app_state.lifecycle.blobs, built.plan, start, end, job_id)
+        response = Response(stream, status=status, headers=headers)
         response.timeout = None  # Quart's 60 s default would cut a long download short
         LOGGER.info("job=%s download %d-%d of %d bytes", job_id, start, end, built.size)
     response.headers["Content-Length"] = str(end - start)

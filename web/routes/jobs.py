@@ -110,7 +110,8 @@ async def thumbnail(job_id: str) -> Response:
     job = await load_or_404(state(), job_id)
     if job.thumbnail_path is None:
         raise ApiError(404, "This job has no thumbnail.")
-    path = state().paths.absolute(job.thumbnail_path)
-    if not await trio.Path(path).exists():
-        raise ApiError(404, "This job has no thumbnail.")
-    return await send_private_image(path, "image/webp")
+    app_state = state()
+    path = app_state.paths.absolute(job.thumbnail_path)
+    return await send_private_image(
+        app_state.lifecycle.blobs, path, "image/webp", missing="This job has no thumbnail."
+    )

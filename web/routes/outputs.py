@@ -22,11 +22,12 @@ from refresher.archive import job_archive
 from refresher.auth import tokens
 from refresher.jobs import records
 from refresher.jobs.status import FINISHED, TOMBSTONES
+from refresher.storage.blobs import BlobStore
 from web.http import ranges
 from web.http.access import check_bearer
 from web.http.errors import ApiError
 from web.http.lease import GONE, hold_lease
-from web.http.serving import content_disposition, file_chunks, wanted_range
+from web.http.serving import content_disposition, wanted_range
 from web.state import state
 from web.views import load_or_404
 
@@ -42,11 +43,13 @@ def etag_of(output: records.OutputRecord) -> str:
     return f'"{digest.hexdigest()[:32]}"'
 
 
-async def _stream(path: Path, start: int, end: int, job_id: str) -> AsyncIterator[bytes]:
+async def _stream(
+    blobs: BlobStore, path: Path, start: int, end: int, job_id: str
+) -> AsyncIterator[bytes]:
     sent = 0
     metrics.DOWNLOADS.labels("started").inc()
     try:
-        chunks = file_chunks(str(path), start, end - start)
+        chunks = blobs.chunks(path, start, end - start)
         async with aclosing(chunks):
             async for chunk in chunks:
                 yield chunk
@@ -88,7 +91,8 @@ async def output(job_id: str, output_id: str) -> Response:
     else:
         await hold_lease(app_state, job_id)
         path = app_state.paths.absolute(found.path)
-        response = Response(_stream(path, start, end, job_id), status=status, headers=headers)
+        stream = _stream(app_state.lifecycle.blobs, path, start, end, job_id)
+        response = Response(stream, status=status, headers=headers)
         response.timeout = None  # Quart's 60 s default would cut a long video short
         LOGGER.info("job=%s output=%s %d-%d of %d bytes", job_id, output_id, start, end, found.size)
     response.headers["Content-Length"] = str(end - start)

@@ -7,7 +7,6 @@ so they outlive the uploads; a bearer token or the job's signed `stills` link op
 
 from __future__ import annotations
 
-import trio
 from quart import Blueprint, Response
 
 from refresher.auth import tokens
@@ -34,7 +33,6 @@ async def still(job_id: str, name: str) -> Response:
     missing = "There is no such still; the job may have expired or been removed."
     if stored is None:
         raise ApiError(404, missing)
-    path = state().paths.absolute(stored)
-    if not await trio.Path(path).exists():
-        raise ApiError(404, missing)
-    return await send_private_image(path, "image/jpeg")
+    app_state = state()
+    path = app_state.paths.absolute(stored)
+    return await send_private_image(app_state.lifecycle.blobs, path, "image/jpeg", missing=missing)

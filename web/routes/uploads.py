@@ -17,7 +17,6 @@ from refresher.jobs.transitions import NewFile
 from refresher.media.effects import Strength
 from refresher.media.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
 from refresher.storage.full import StorageFull
-from refresher.storage.paths import remove_tree
 from refresher.timestamps import duration_words
 from web.http.access import require_login
 from web.http.errors import ApiError
@@ -234,6 +233,11 @@ async def create_job() -> tuple[Response, int]:
             )
             for upload, probe in zip(form.files, probes, strict=True)
         ]
+        # Kept before the job's row exists, so a worker never claims what is not there
+        # (in a bucket: uploaded in parts, the local copy dropped).
+        blobs = app_state.lifecycle.blobs
+        for upload in form.files:
+            await trio.to_thread.run_sync(blobs.keep, upload.path)
         seed = secrets.randbits(63)
         try:
             # Announced before the processor hears of it, so every open page sees the job
@@ -253,7 +257,7 @@ async def create_job() -> tuple[Response, int]:
     except BaseException:
         # Bad input, a client that went away, or a crash: nothing of it stays on disk.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(remove_tree, directory)
+            await trio.to_thread.run_sync(app_state.lifecycle.blobs.remove, directory)
         raise
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
     body = {
