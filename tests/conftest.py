@@ -64,15 +64,21 @@ STORES = ("sqlite", "postgresql")
 
 
 BLOB_STORES = ("files", "s3")
+SCALED_PAIRS = [("sqlite", "files"), ("postgresql", "files"), ("postgresql", "s3")]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `both_stores` run once on each backend of the store; tests marked
     `both_blob_stores` once with the bytes in the data directory, once in a bucket."""
-    if metafunc.definition.get_closest_marker("both_stores") and "store" in metafunc.fixturenames:
+    stores = metafunc.definition.get_closest_marker("both_stores") is not None
+    blobs = metafunc.definition.get_closest_marker("both_blob_stores") is not None
+    if stores and blobs and {"store", "blobs_kind"} <= set(metafunc.fixturenames):
+        # Each backend once, and the scaled-out pair: PostgreSQL with a bucket.
+        metafunc.parametrize(("store", "blobs_kind"), SCALED_PAIRS, indirect=True,
+                             ids=[f"{store}-{kind}" for store, kind in SCALED_PAIRS])  # fmt: skip
+    elif stores and "store" in metafunc.fixturenames:
         metafunc.parametrize("store", STORES, indirect=True)
-    marked = metafunc.definition.get_closest_marker("both_blob_stores")
-    if marked and "blobs_kind" in metafunc.fixturenames:
+    elif blobs and "blobs_kind" in metafunc.fixturenames:
         metafunc.parametrize("blobs_kind", BLOB_STORES, indirect=True)
 
 

@@ -1,5 +1,6 @@
-"""Several processes of the service sharing one PostgreSQL store and one data directory,
-as they run on one machine: web processes (`serve --role web`) and workers (`worker`)."""
+"""Several processes of the service sharing one PostgreSQL store: web processes (`serve
+--role web`) and workers (`worker`). They share one data directory, as on one machine, or
+(with a bucket for the bytes) each has its own, as on machines of their own."""
 
 from __future__ import annotations
 
@@ -38,17 +39,33 @@ class Cluster:
     env: dict[str, str]
     # Reads every process's output as it comes (a pipe nobody reads stops its writer).
     pumps: trio.Nursery
+    # Whether each process has a data directory of its own, under `data_dir`.
+    separate: bool = False
     webs: list[ServiceProcess] = field(default_factory=list)
     workers: list[ServiceProcess] = field(default_factory=list)
+    data_dirs: list[Path] = field(default_factory=list)
+    # Each process's data directory, by its PID.
+    dir_of: dict[int, Path] = field(default_factory=dict)
+
+    def _data_dir(self, role: str) -> Path:
+        if not self.separate:
+            return self.data_dir
+        own = self.data_dir / f"{role}-{len(self.data_dirs) + 1}"
+        self.data_dirs.append(own)
+        return own
 
     async def start_web(self) -> ServiceProcess:
-        web = await start_service(self.data_dir, command=(*SERVE, "--role", "web"), **self.env)
+        own = self._data_dir("web")
+        web = await start_service(own, command=(*SERVE, "--role", "web"), **self.env)
+        self.dir_of[web.process.pid] = own
         self.webs.append(web)
         self.pumps.start_soon(_pump, web)
         return web
 
     async def start_worker(self) -> ServiceProcess:
-        worker = await start_service(self.data_dir, command=WORKER, ready=WORKER_READY, **self.env)
+        own = self._data_dir("worker")
+        worker = await start_service(own, command=WORKER, ready=WORKER_READY, **self.env)
+        self.dir_of[worker.process.pid] = own
         self.workers.append(worker)
         self.pumps.start_soon(_pump, worker)
         return worker
@@ -85,10 +102,16 @@ async def logged(service: ServiceProcess, pattern: str, *, timeout_s: float = 30
 
 @contextlib.asynccontextmanager
 async def running_cluster(
-    data_dir: Path, database_url: str, *, webs: int = 2, workers: int = 2, **env: str
+    data_dir: Path,
+    database_url: str,
+    *,
+    webs: int = 2,
+    workers: int = 2,
+    separate: bool = False,
+    **env: str,
 ) -> AsyncIterator[Cluster]:
-    """Start `webs` web processes, then `workers` workers; yield them running; kill
-    whatever still runs at the end."""
+    """Start `webs` web processes, then `workers` workers (each with a data directory of
+    its own if `separate`); yield them running; kill whatever still runs at the end."""
     settings = {
         "DATABASE_URL": database_url,
         "CLAIM_TTL_S": str(CLAIM_TTL_S),
@@ -96,7 +119,7 @@ async def running_cluster(
         **env,
     }
     async with trio.open_nursery() as pumps:
-        cluster = Cluster(data_dir, database_url, settings, pumps)
+        cluster = Cluster(data_dir, database_url, settings, pumps, separate)
         try:
             # The first web process makes the shared password; the rest start together.
             if webs:

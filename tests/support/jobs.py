@@ -9,11 +9,13 @@ import uuid
 import zlib
 from pathlib import Path
 
+import trio
 from sqlalchemy import Connection
 
 from refresher.config import Config
 from refresher.jobs import claims, outputstore, records, transitions
 from refresher.jobs.status import JobStatus
+from refresher.storage.blobs import BlobStore, LocalBlobs
 from refresher.storage.paths import Paths
 from refresher.store import Database
 from tests.support.clock import DAY_S, wait_for
@@ -34,8 +36,10 @@ async def make_finished_job(
     ttl_s: float = 24 * 3600,
     status: JobStatus = JobStatus.COMPLETED,
     seed: int = 1,
+    blobs: BlobStore | None = None,
 ) -> str:
-    """Record a finished job whose outputs are random bytes on disk; return its id."""
+    """Record a finished job whose outputs are random bytes kept in `blobs` (default: on
+    disk); return its id."""
     sources = sources or ["ad.mp4"]
     job_id = str(uuid.uuid4())
     rng = random.Random(seed)
@@ -51,6 +55,8 @@ async def make_finished_job(
             content = rng.randbytes(size)
             path = job_dir / f"{file.id}_var{index}.mp4"
             path.write_bytes(content)
+            if blobs is not None:
+                await trio.to_thread.run_sync(blobs.keep, path)
             outputs.append((file.id, index, path, content))
 
     def record(conn):  # type: ignore[no-untyped-def]
@@ -128,8 +134,15 @@ async def make_unfinished_job(
     return job_id
 
 
-def output_bytes(paths: Paths, job_id: str) -> dict[str, bytes]:
-    return {path.name: path.read_bytes() for path in sorted(paths.job_dir(job_id).glob("*.mp4"))}
+def output_bytes(paths: Paths, job_id: str, blobs: BlobStore | None = None) -> dict[str, bytes]:
+    """The bytes of a job's kept outputs, by file name (blocking)."""
+    kept = blobs if blobs is not None else LocalBlobs(paths)
+    folder = paths.job_dir(job_id)
+    return {
+        name: kept.load(folder / name)
+        for name in sorted(kept.entries(folder))
+        if name.endswith(".mp4")
+    }
 
 
 def leftovers(config: Config) -> list[str]:

@@ -1,5 +1,7 @@
-"""Past one machine, on one machine: one PostgreSQL, two web processes and two workers
-sharing one data directory, each a real process started as operators start them.
+"""Past one machine, on one machine: one PostgreSQL, two web processes and two workers,
+each a real process started as operators start them. Every test runs in both shapes: the
+processes sharing one data directory (one machine), and each with a data directory of
+its own and the bytes in a bucket of a real S3 server (machines of their own).
 
 Each test is one promise of the scaled-out service: work flows from any web process to
 the workers and back to any web process; a worker killed mid-encode is taken over; a
@@ -14,7 +16,7 @@ import contextlib
 import io
 import signal
 import zipfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +47,23 @@ from tests.support.http import (
 )
 from tests.support.jobs import queue_files_job
 from tests.support.process import ServiceProcess
+from tests.support.s3 import S3Server
 
 pytestmark = pytest.mark.slow
 
 TIMEOUT_S = 120
+
+
+@pytest.fixture(params=["one-disk", "bucket"])
+def shape(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """How the processes keep the bytes: `running_cluster`'s options for each shape."""
+    if request.param == "one-disk":
+        yield {}
+        return
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket = server.fresh_bucket()
+    yield {"separate": True, **server.env(bucket, prefix="results")}
+    server.drop_bucket(bucket)
 
 
 @contextlib.asynccontextmanager
@@ -103,10 +118,23 @@ async def encoder_of(cluster: Cluster) -> tuple[ServiceProcess, list[int]]:
     return found
 
 
+def bucket_keys(request: pytest.FixtureRequest, shape: dict[str, Any], job_id: str) -> list[str]:
+    """The keys of a job's objects in the bucket of `shape` (blocking)."""
+    server: S3Server = request.getfixturevalue("s3_server")
+    bucket, _, prefix = shape["STORAGE_URL"].removeprefix("s3://").partition("/")
+    listing = server.client().list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/jobs/{job_id}/")
+    return [item["Key"] for item in listing.get("Contents", [])]
+
+
 async def test_work_goes_from_one_web_process_through_the_workers_to_another(
-    tmp_path: Path, postgres_url: str, clips: Clips, start_service: StartService
+    tmp_path: Path,
+    postgres_url: str,
+    clips: Clips,
+    shape: dict[str, Any],
+    start_service: StartService,
+    request: pytest.FixtureRequest,
 ) -> None:
-    async with running_cluster(tmp_path / "data", postgres_url) as cluster:
+    async with running_cluster(tmp_path / "data", postgres_url, **shape) as cluster:
         web_a, web_b = cluster.webs
         # One password and one signing key for all: a token from A works on B.
         assert web_a.password == web_b.password
@@ -125,6 +153,10 @@ async def test_work_goes_from_one_web_process_through_the_workers_to_another(
             scaled_out = await zip_members(via_b, job_id)
         # Both workers took part: each claimed one of the two source files.
         worked = [w for w in cluster.workers if any(job_id in line for line in w.output)]
+        if cluster.separate:  # the bytes are in the bucket; the data directories scratch
+            kept = await trio.to_thread.run_sync(bucket_keys, request, shape, job_id)
+            assert len([key for key in kept if key.endswith(".mp4")]) == 6, kept
+            assert [p for d in cluster.data_dirs for p in d.rglob("*.mp4")] == []
         [(seed,)] = await trio.to_thread.run_sync(
             lambda: cluster.rows("SELECT seed FROM jobs WHERE id = %(id)s", id=job_id)
         )
@@ -145,11 +177,11 @@ async def test_work_goes_from_one_web_process_through_the_workers_to_another(
 
 
 async def test_a_worker_killed_mid_encode_is_taken_over_and_its_encoder_dies_with_it(
-    tmp_path: Path, postgres_url: str, clips: Clips
+    tmp_path: Path, postgres_url: str, clips: Clips, shape: dict[str, Any]
 ) -> None:
     data_dir = tmp_path / "data"
     async with (
-        running_cluster(data_dir, postgres_url) as cluster,
+        running_cluster(data_dir, postgres_url, **shape) as cluster,
         login(cluster.webs[0].url, cluster.webs[0].password) as http,
     ):
         # Twelve variations of one source: several batches, one worker's claim.
@@ -181,10 +213,19 @@ async def test_a_worker_killed_mid_encode_is_taken_over_and_its_encoder_dies_wit
         assert line
         members = await zip_members(http, job_id)
         assert len(members) == 1 + 12
+        # The data directories of the processes still running; with a bucket, each has its
+        # own, and the dead worker's scratch is its own to clear when it starts again.
+        live_dirs = {
+            cluster.dir_of[service.process.pid]
+            for service in [*cluster.webs, *cluster.workers]
+            if service is not victim or not cluster.separate
+        }
     taken_over_s = trio.current_time() - killed_at
     # No partial file and no encoder left behind.
-    assert list(data_dir.rglob(f"*{PARTIAL_SUFFIX}")) == []
-    assert await trio.to_thread.run_sync(find_leftover_encoders, data_dir) == []
+    for where in live_dirs:
+        assert list(where.rglob(f"*{PARTIAL_SUFFIX}")) == []
+    for where in {data_dir, *cluster.data_dirs}:
+        assert await trio.to_thread.run_sync(find_leftover_encoders, where) == []
     print(f"\n[takeover] claim ttl {CLAIM_TTL_S:g} s; job done {taken_over_s:.1f} s after kill")
 
 
@@ -205,10 +246,10 @@ async def lease_rows(cluster: Cluster, job_id: str) -> int:
 
 
 async def test_a_download_through_one_web_process_holds_off_removals_through_another(
-    tmp_path: Path, postgres_url: str, clips: Clips
+    tmp_path: Path, postgres_url: str, clips: Clips, shape: dict[str, Any]
 ) -> None:
     async with running_cluster(
-        tmp_path / "data", postgres_url, workers=1, JANITOR_INTERVAL_S="0.5",
+        tmp_path / "data", postgres_url, **shape, workers=1, JANITOR_INTERVAL_S="0.5",
         DOWNLOAD_STALL_S="60", DOWNLOAD_MIN_RATE_BYTES_S="0",
     ) as cluster:  # fmt: skip
         web_a, web_b = cluster.webs
@@ -244,11 +285,11 @@ async def test_a_download_through_one_web_process_holds_off_removals_through_ano
 
 
 async def test_a_web_process_killed_mid_download_leaves_leases_that_lapse(
-    tmp_path: Path, postgres_url: str, clips: Clips
+    tmp_path: Path, postgres_url: str, clips: Clips, shape: dict[str, Any]
 ) -> None:
     stall_s = 3.0
     async with running_cluster(
-        tmp_path / "data", postgres_url, workers=1, DOWNLOAD_STALL_S=str(stall_s)
+        tmp_path / "data", postgres_url, **shape, workers=1, DOWNLOAD_STALL_S=str(stall_s)
     ) as cluster:
         web_a, web_b = cluster.webs
         async with login(web_b.url, web_b.password) as via_b:
@@ -278,10 +319,10 @@ async def test_a_web_process_killed_mid_download_leaves_leases_that_lapse(
 
 
 async def test_a_cancel_through_one_web_process_stops_a_workers_encoder(
-    tmp_path: Path, postgres_url: str, clips: Clips
+    tmp_path: Path, postgres_url: str, clips: Clips, shape: dict[str, Any]
 ) -> None:
     async with (
-        running_cluster(tmp_path / "data", postgres_url) as cluster,
+        running_cluster(tmp_path / "data", postgres_url, **shape) as cluster,
         through_both(cluster) as (via_a, via_b),
     ):
         job_id = (await upload(via_a, [clips.long], variations="12")).json()["jobId"]
@@ -305,10 +346,10 @@ async def test_a_cancel_through_one_web_process_stops_a_workers_encoder(
 
 
 async def test_an_event_stream_on_one_web_process_follows_a_worker(
-    tmp_path: Path, postgres_url: str, clips: Clips
+    tmp_path: Path, postgres_url: str, clips: Clips, shape: dict[str, Any]
 ) -> None:
     async with (
-        running_cluster(tmp_path / "data", postgres_url) as cluster,
+        running_cluster(tmp_path / "data", postgres_url, **shape) as cluster,
         through_both(cluster) as (via_a, via_b),
     ):
         job_id = (await upload(via_a, [clips.long], variations="6")).json()["jobId"]

@@ -19,8 +19,9 @@ from tests.support.store import sql
 from tests.support.zips import check_with_all_tools, extract_with_all_tools
 from wiring.service import RunningService
 
-# The job lifecycle, leases, removal and downloads hold on either store.
-pytestmark = pytest.mark.both_stores
+# The job lifecycle, leases, removal and downloads hold on either store, and with the
+# bytes in a bucket.
+pytestmark = [pytest.mark.both_stores, pytest.mark.both_blob_stores]
 
 # A job whose ZIP cannot sit whole in the loopback's socket buffers (several MB each way):
 # its download is still running, holding its lease, while the client reads slowly.
@@ -28,7 +29,14 @@ LARGER_THAN_SOCKET_BUFFERS = {"variations": 8, "size": 8 * 1024 * 1024}
 
 
 async def finished_job(service: RunningService, **options: object) -> str:
-    return await make_finished_job(service.state.db, service.state.paths, **options)  # type: ignore[arg-type]
+    state = service.state
+    assert state is not None
+    return await make_finished_job(
+        state.db,
+        state.paths,
+        blobs=state.lifecycle.blobs,
+        **options,  # type: ignore[arg-type]
+    )
 
 
 async def test_zip_holds_every_variation_in_folders_by_source(
@@ -55,7 +63,7 @@ async def test_zip_holds_every_variation_in_folders_by_source(
     ]
     check_with_all_tools(archive, names)
     detail = (await authed.get(f"/api/jobs/{job_id}")).json()
-    on_disk = output_bytes(service.state.paths, job_id)
+    on_disk = output_bytes(service.state.paths, job_id, service.state.lifecycle.blobs)
     with zipfile.ZipFile(archive) as opened:
         manifest = json.loads(opened.read("manifest.json"))
         assert manifest["jobId"] == job_id
@@ -119,8 +127,9 @@ async def test_head_reads_no_file_and_takes_no_lease(
 ) -> None:
     job_id = await finished_job(service)
     full = await authed.get(f"/api/jobs/{job_id}/download")
-    for path in service.state.paths.job_dir(job_id).glob("*.mp4"):
-        path.unlink()  # HEAD must not need them
+    blobs, folder = service.state.lifecycle.blobs, service.state.paths.job_dir(job_id)
+    for name in blobs.entries(folder):
+        blobs.remove(folder / name)  # HEAD must not need them
     head = await authed.head(f"/api/jobs/{job_id}/download")
     assert head.status_code == 200
     assert head.content == b""
@@ -242,7 +251,7 @@ async def test_cleanup_leaves_a_job_alone_while_it_downloads(
         assert received == int(response.headers["content-length"])
     await wait_for_leases(service.state, 0)
     assert (await authed.delete(f"/api/jobs/{job_id}")).status_code == 200
-    assert not service.state.paths.job_dir(job_id).exists()
+    assert not service.state.lifecycle.blobs.entries(service.state.paths.job_dir(job_id))
 
 
 async def test_client_that_goes_away_releases_its_lease(
