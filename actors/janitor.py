@@ -72,6 +72,8 @@ class SweepReport:
     partials: int = 0
     # Uploads into a bucket begun and never finished (a process died mid-upload).
     abandoned_uploads: int = 0
+    # Local copies removed from a data directory that is scratch space (bytes in a bucket).
+    scratch: int = 0
     busy: int = 0
     skipped_deletions: str | None = None
 
@@ -204,6 +206,10 @@ class Janitor:
             report.partials,
             report.abandoned_uploads,
         ) = await trio.to_thread.run_sync(remove_strays)
+        if blobs.remote:
+            report.scratch = await trio.to_thread.run_sync(
+                reconcile.clear_scratch, self.paths, snapshot.statuses, self.orphan_grace_s
+            )
         for path in findings.orphans:
             LOGGER.debug("removed %s: it belongs to no job", self.paths.relative(path))
 

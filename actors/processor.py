@@ -53,6 +53,7 @@ from refresher.media.ffmpeg import (
 )
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, NotAVideo, Probe, probe
 from refresher.media.variations import Draws
+from refresher.storage import reconcile
 from refresher.storage.full import StorageFull
 from refresher.store import write_if_room
 
@@ -156,6 +157,10 @@ class Processor:
             resumed = await self.lifecycle.drop_claims()
             if resumed:
                 LOGGER.warning("recovered: resuming jobs %s", resumed)
+        if self.blobs.remote:  # the local copies an earlier run left of jobs now ended
+            statuses = await self.db.read(reconcile.job_statuses)
+            cleared = await trio.to_thread.run_sync(reconcile.clear_scratch, self.paths, statuses)
+            LOGGER.info("cleared %d leftovers of an earlier run from the scratch space", cleared)
         while True:
             # A fresh event before looking: a ring during the look is not lost.
             self._wake = trio.Event()

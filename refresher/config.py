@@ -61,6 +61,10 @@ class Config:
     evict_high: float = 0.85
     evict_low: float = 0.75
     janitor_interval_s: float = 300.0
+    # How long something stored that no row names must sit unwritten before the janitor
+    # removes it (an upload or an output whose process died before its row), and how old
+    # an unfinished upload into a bucket must be before it is aborted.
+    orphan_grace_s: float = 3600.0
     # The strength an upload gets when it names none (`refresher.media.effects.Strength`).
     default_strength: str = "subtle"
     # The internal port Prometheus metrics are served on; None: not served.
@@ -230,6 +234,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "evict_high": _number(0.0, 1.0, low_open=True),
     "evict_low": _number(0.0, 1.0, low_open=True),
     "janitor_interval_s": _number(0.0, low_open=True),
+    "orphan_grace_s": _number(0.0),
     "default_strength": _strength,
     "metrics_port": _integer(0, 65535),
     "log_format": _log_format,

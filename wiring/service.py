@@ -236,6 +236,7 @@ async def _run(
                 lifecycle,
                 tracker,
                 interval_s=config.janitor_interval_s,
+                orphan_grace_s=config.orphan_grace_s,
                 # Where other processes share the data, an old file may be theirs.
                 process_started=None if db.shared else time.time(),
             )

@@ -14,6 +14,7 @@ Queries take a store connection; the blob functions block (run them in a thread)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +23,8 @@ from sqlalchemy import Connection, text
 
 from refresher.jobs.outputstore import keep_archive_size
 from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
-from refresher.media.ffmpeg import PARTIAL_SUFFIX
-from refresher.storage.blobs import BlobStore
-from refresher.storage.paths import Paths
+from refresher.storage.blobs import BlobStore, LocalBlobs
+from refresher.storage.paths import STILLS, Paths
 from refresher.store.sql import in_list
 
 LOGGER = logging.getLogger(__name__)
@@ -52,12 +52,12 @@ class StoreSnapshot:
     settled: frozenset[str]
     # Output id and stored path of each settled job's outputs.
     outputs: dict[str, list[tuple[str, str]]]
+    # Every stored path a settled job's rows name: outputs, stills, its thumbnail.
+    named: dict[str, set[str]]
 
 
 def store_snapshot(conn: Connection) -> StoreSnapshot:
-    statuses: dict[str, str] = {
-        job_id: status for job_id, status in conn.execute(text("SELECT id, status FROM jobs"))
-    }
+    statuses = job_statuses(conn)
     reserved = set(conn.execute(text("SELECT job_id FROM deletion_reservations")).scalars())
     settled = frozenset(
         job_id
@@ -65,11 +65,25 @@ def store_snapshot(conn: Connection) -> StoreSnapshot:
         if status in FINISHED and job_id not in reserved
     )
     outputs: dict[str, list[tuple[str, str]]] = {}
-    # All outputs, filtered here: cheaper than joining jobs in SQL.
-    for job_id, output_id, path in conn.execute(text("SELECT job_id, id, path FROM output_files")):
+    named: dict[str, set[str]] = {}
+    # All rows, filtered here: cheaper than joining jobs in SQL.
+    for job_id, output_id, path, still in conn.execute(
+        text("SELECT job_id, id, path, still_path FROM output_files")
+    ):
         if job_id in settled:
             outputs.setdefault(job_id, []).append((output_id, path))
-    return StoreSnapshot(statuses=statuses, settled=settled, outputs=outputs)
+            named.setdefault(job_id, set()).update((path, still))
+    for job_id, still in conn.execute(
+        text("SELECT job_id, still_path FROM job_files WHERE still_path IS NOT NULL")
+    ):
+        if job_id in settled:
+            named.setdefault(job_id, set()).add(still)
+    for job_id, thumbnail in conn.execute(
+        text("SELECT id, thumbnail_path FROM jobs WHERE thumbnail_path IS NOT NULL")
+    ):
+        if job_id in settled:
+            named.setdefault(job_id, set()).add(thumbnail)
+    return StoreSnapshot(statuses=statuses, settled=settled, outputs=outputs, named=named)
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,8 @@ class Findings:
     orphans: list[Path]
     # Upload directories of jobs that have ended: the processor no longer needs them.
     ended_uploads: list[Path]
-    # FFmpeg's temporary outputs left in directories of finished jobs.
+    # What no row names in directories of finished jobs: FFmpeg's temporary outputs, and
+    # the kept files of work whose rows were never written (a worker killed between).
     partials: list[Path]
     # Settled job id -> ids of its outputs whose file is gone (some, not all).
     missing_outputs: dict[str, list[str]]
@@ -144,12 +159,22 @@ def plan_reconciliation(
     for job_id in sorted(snapshot.settled):
         # Read even when the listing had no such directory: it may have been made since.
         names = blobs.entries(paths.job_dir(job_id))
+        own_dir = f"{jobs_prefix}/{job_id}"
+        named = snapshot.named.get(job_id, set())
+        folder = paths.job_dir(job_id)
+        in_stills = blobs.entries(folder / STILLS) if STILLS in names else frozenset()
         partials.extend(
-            paths.job_dir(job_id) / name for name in sorted(names) if name.endswith(PARTIAL_SUFFIX)
+            folder / name
+            for name in sorted(names)
+            if name != STILLS and f"{own_dir}/{name}" not in named
+        )
+        partials.extend(
+            folder / STILLS / name
+            for name in sorted(in_stills)
+            if f"{own_dir}/{STILLS}/{name}" not in named
         )
         outputs = snapshot.outputs.get(job_id, [])
         missing = []
-        own_dir = f"{jobs_prefix}/{job_id}"
         for output_id, stored in outputs:
             parent, _, name = stored.rpartition("/")
             present = name in names if parent == own_dir else blobs.exists(paths.root / stored)
@@ -160,6 +185,44 @@ def plan_reconciliation(
         elif missing:
             missing_outputs[job_id] = missing
     return Findings(orphans, ended_uploads, partials, missing_outputs, lost)
+
+
+# How long a local copy with no row must sit unwritten before a worker that starts
+# clears it from its scratch space (an upload arriving at a web process in the same
+# data directory has no row yet).
+SCRATCH_IDLE_S = 3600.0
+
+
+def job_statuses(conn: Connection) -> dict[str, str]:
+    return {job_id: status for job_id, status in conn.execute(text("SELECT id, status FROM jobs"))}
+
+
+def scratch_leftovers(
+    paths: Paths, statuses: Mapping[str, str], *, disk_now: float, idle_s: float
+) -> list[Path]:
+    """Local copies no running job needs, in a data directory that is scratch space (the
+    bytes kept in a bucket): of jobs that ended at once, and of no job once nothing wrote
+    to them for `idle_s` (an upload still arriving has no row yet). Blocking."""
+    local = LocalBlobs(paths)
+    found = []
+    for folder in (paths.jobs, paths.uploads):
+        for name in sorted(local.entries(folder)):
+            status = statuses.get(name)
+            if status in ACTIVE:
+                continue
+            try:
+                written = local.last_written(folder / name)
+            except FileNotFoundError:
+                continue
+            if status is not None or disk_now - written >= idle_s:
+                found.append(folder / name)
+    return found
+
+
+def clear_scratch(paths: Paths, statuses: Mapping[str, str], idle_s: float = SCRATCH_IDLE_S) -> int:
+    """Remove `scratch_leftovers` from a scratch data directory; how many went (blocking)."""
+    leftovers = scratch_leftovers(paths, statuses, disk_now=time.time(), idle_s=idle_s)
+    return remove_paths(LocalBlobs(paths), leftovers)
 
 
 def remove_paths(blobs: BlobStore, paths: Iterable[Path]) -> int:
