@@ -54,8 +54,9 @@ class Cluster:
         self.data_dirs.append(own)
         return own
 
-    async def start_web(self) -> ServiceProcess:
-        own = self._data_dir("web")
+    async def start_web(self, data_dir: Path | None = None) -> ServiceProcess:
+        """Start a web process (in `data_dir`: again where one ran before)."""
+        own = data_dir or self._data_dir("web")
         web = await start_service(own, command=(*SERVE, "--role", "web"), **self.env)
         self.dir_of[web.process.pid] = own
         self.webs.append(web)
