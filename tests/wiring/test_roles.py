@@ -14,6 +14,7 @@ import pytest
 import trio
 
 from refresher.config import Config
+from tests.support.s3 import S3Server
 from wiring import cli
 from wiring.service import NeedsSharedStore, Role, RunningService, serve
 
@@ -78,3 +79,28 @@ def test_the_scaled_out_fly_config_starts_each_role_with_a_valid_command() -> No
     assert fly["http_service"]["processes"] == ["web"]
     assert fly["checks"]["worker_health"]["processes"] == ["worker"]
     assert fly["checks"]["worker_health"]["port"] == fly["metrics"]["port"]
+
+
+@pytest.mark.parametrize("value", ["http://bucket", "s3://", "bucket/prefix"])
+def test_storage_url_must_name_a_bucket(
+    value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STORAGE_URL", value)
+    assert cli.main(["serve"]) == 2
+    assert "STORAGE_URL must be s3://bucket or s3://bucket/prefix" in capsys.readouterr().err
+
+
+def test_a_bucket_that_cannot_be_used_stops_the_start_with_a_sentence(
+    s3_server: S3Server,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for name, value in s3_server.env("no-such-bucket", prefix="results").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("PORT", "0")
+    assert cli.main(["serve"]) == 2
+    error = capsys.readouterr().err
+    assert "the bucket 'no-such-bucket' cannot be used" in error
+    assert s3_server.secret_key not in error
