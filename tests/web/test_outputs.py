@@ -19,6 +19,9 @@ from tests.support.jobs import lease_count, make_finished_job, make_unfinished_j
 from tests.support.store import sql
 from wiring.service import RunningService
 
+# A variation is streamed the same way from the data directory and from a bucket.
+pytestmark = pytest.mark.both_blob_stores
+
 # One video of 1 s in 2 variations: a few seconds of FFmpeg on a small machine.
 PROCESSING_TIMEOUT_S = 120
 # A variation that cannot sit whole in the loopback's socket buffers (several MB each way):
@@ -41,7 +44,8 @@ async def outputs_of(authed: httpx.AsyncClient, job_id: str) -> list[dict[str, A
 async def stored_bytes(service: RunningService, job_id: str, output_id: str) -> bytes:
     job = await service.state.db.read(lambda conn: records.require_job(conn, job_id))
     (output,) = [out for out in job.outputs if out.id == output_id]
-    return service.state.paths.absolute(output.path).read_bytes()
+    blobs = service.state.lifecycle.blobs
+    return await trio.to_thread.run_sync(blobs.load, service.state.paths.absolute(output.path))
 
 
 async def no_leases(service: RunningService) -> None:
@@ -70,13 +74,24 @@ async def test_a_real_variation_plays_from_its_link_as_stored(
         head = await anonymous.get(output["url"], headers={"Range": f"bytes=0-{size // 2 - 1}"})
         assert head.content + tail.content == response.content
         assert output["effects"]  # what the manifest records of it
+        still = await anonymous.get(output["stillUrl"])
+        assert (still.status_code, still.headers["content-type"]) == (200, "image/jpeg")
+        assert still.content.startswith(b"\xff\xd8")
+    detail = (await authed.get(f"/api/jobs/{job_id}")).json()
+    for url in (detail["thumbnailUrl"], detail["files"][0]["stillUrl"]):
+        image = await anonymous.get(url)
+        assert image.status_code == 200, url
+        cache = {part.strip() for part in image.headers["cache-control"].split(",")}
+        assert cache == {"private", "max-age=3600"}
     await no_leases(service)
 
 
 async def test_headers_say_what_it_is_and_how_to_cache_it(
     service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
-    job_id = await make_finished_job(service.state.db, service.state.paths, size=5000)
+    job_id = await make_finished_job(
+        service.state.db, service.state.paths, blobs=service.state.lifecycle.blobs, size=5000
+    )
     output = (await outputs_of(authed, job_id))[0]
     response = await anonymous.get(output["url"])
     assert response.status_code == 200
@@ -100,7 +115,9 @@ async def test_download_link_saves_it_under_its_name_in_the_zip(
     service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     sources = ["ad.mp4", "ad.mp4", "Résumé: final?.mov"]
-    job_id = await make_finished_job(service.state.db, service.state.paths, sources=sources)
+    job_id = await make_finished_job(
+        service.state.db, service.state.paths, blobs=service.state.lifecycle.blobs, sources=sources
+    )
     detail = (await authed.get(f"/api/jobs/{job_id}")).json()
     archive = zipfile.ZipFile(io.BytesIO((await anonymous.get(detail["downloadUrl"])).content))
     in_zip = [name for name in archive.namelist() if name != "manifest.json"]
@@ -125,7 +142,9 @@ async def test_download_link_saves_it_under_its_name_in_the_zip(
 async def test_the_detail_shows_each_variation_with_its_effects_and_links(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
-    job_id = await make_finished_job(service.state.db, service.state.paths, variations=2)
+    job_id = await make_finished_job(
+        service.state.db, service.state.paths, blobs=service.state.lifecycle.blobs, variations=2
+    )
     outputs = await outputs_of(authed, job_id)
     assert [
         (output["variationIndex"], output["fileSize"], output["effects"], output["name"])
@@ -139,7 +158,11 @@ async def test_ranges_validators_and_head(
     service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
 ) -> None:
     job_id = await make_finished_job(
-        service.state.db, service.state.paths, variations=1, size=50_000
+        service.state.db,
+        service.state.paths,
+        blobs=service.state.lifecycle.blobs,
+        variations=1,
+        size=50_000,
     )
     url = (await outputs_of(authed, job_id))[0]["url"]
     full = await anonymous.get(url)
@@ -174,8 +197,9 @@ async def test_ranges_validators_and_head(
     )
     assert (resumed.status_code, resumed.content) == (206, whole[10:])
 
-    for path in service.state.paths.job_dir(job_id).glob("*.mp4"):
-        path.unlink()  # HEAD must not need it
+    blobs, folder = service.state.lifecycle.blobs, service.state.paths.job_dir(job_id)
+    for name in blobs.entries(folder):
+        blobs.remove(folder / name)  # HEAD must not need it
     head = await anonymous.head(url)
     assert head.status_code == 200
     assert head.content == b""
@@ -191,7 +215,11 @@ async def large_variation(service: RunningService, authed: httpx.AsyncClient) ->
     """A finished job of one variation larger than the socket buffers: its id and the
     variation's signed player link."""
     job_id = await make_finished_job(
-        service.state.db, service.state.paths, variations=1, size=LARGER_THAN_SOCKET_BUFFERS
+        service.state.db,
+        service.state.paths,
+        blobs=service.state.lifecycle.blobs,
+        variations=1,
+        size=LARGER_THAN_SOCKET_BUFFERS,
     )
     return job_id, (await outputs_of(authed, job_id))[0]["url"]
 
@@ -241,15 +269,15 @@ async def test_a_player_that_goes_away_releases_its_lease(
 async def test_refusals(
     service: RunningService, authed: httpx.AsyncClient, setup: str, status: int, message: str
 ) -> None:
-    db, paths = service.state.db, service.state.paths
-    job_id = await make_finished_job(db, paths)
+    db, paths, blobs = service.state.db, service.state.paths, service.state.lifecycle.blobs
+    job_id = await make_finished_job(db, paths, blobs=blobs)
     output_id = (await outputs_of(authed, job_id))[0]["id"]
     if setup == "unknown job":
         job_id = "no-such-job"
     elif setup == "unknown output":
         output_id = "no-such-output"
     elif setup == "another job's output":
-        job_id = await make_finished_job(db, paths)
+        job_id = await make_finished_job(db, paths, blobs=blobs)
     elif setup == "processing":
         job_id = await make_unfinished_job(db, paths, processing=True, output_bytes=100)
         output_id = (await outputs_of(authed, job_id))[0]["id"]
@@ -269,7 +297,9 @@ async def test_refusals(
 async def test_a_lease_refused_as_the_job_is_removed_is_410(
     service: RunningService, authed: httpx.AsyncClient
 ) -> None:
-    job_id = await make_finished_job(service.state.db, service.state.paths)
+    job_id = await make_finished_job(
+        service.state.db, service.state.paths, blobs=service.state.lifecycle.blobs
+    )
     output_id = (await outputs_of(authed, job_id))[0]["id"]
     # Reserved for removal (by the janitor, say) between the route's look and its lease.
     assert await service.state.tracker.reserve_for_deletion(job_id, reason="expired")
