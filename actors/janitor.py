@@ -36,6 +36,7 @@ from refresher.jobs import expiry
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.transitions import LOST_MESSAGE, RemovalReason
 from refresher.storage import reconcile, removal
+from refresher.storage.blobs import StorageUnavailable
 from refresher.storage.full import StorageFull, keep_ballast
 from refresher.storage.removal import Reserver
 
@@ -160,7 +161,10 @@ class Janitor:
         report.failed_queued = len(await self.lifecycle.fail_stale())
         report.cancelled = len(await self.lifecycle.settle_cancelled())
         await self._expire(report, now)
-        await self._reconcile(report)
+        try:
+            await self._reconcile(report)
+        except StorageUnavailable as err:  # the next pass tries again
+            LOGGER.warning("reconciliation skipped: %s", err)
         LOGGER.info("janitor pass in %.3f s: %s", time.perf_counter() - began, report.summary())
         return report
 

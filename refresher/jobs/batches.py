@@ -17,6 +17,7 @@ is still the worker's (`ClaimLost` otherwise, its files removed).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import uuid
@@ -216,3 +217,9 @@ class BatchMaker:
                 raise StorageFull(
                     "the variations were made, but there was no room to record them"
                 ) from err
+            except Exception:
+                # The storage failed part-way (a bucket that stopped answering): what was
+                # kept goes too, if it can, so nothing stays that no row names.
+                with contextlib.suppress(Exception):
+                    await trio.to_thread.run_sync(remove_all, blobs, made_files)
+                raise

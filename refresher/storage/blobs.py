@@ -33,7 +33,8 @@ CHUNK_BYTES = 2 * 1024 * 1024
 
 
 class StorageUnavailable(RuntimeError):
-    """The blobs' store cannot be used (a bucket that is missing or refuses the keys)."""
+    """The blobs' store cannot be used now (a bucket unreachable, missing, or refusing
+    the keys): what was asked of it did not happen, and may be asked again later."""
 
 
 class BlobStore(Protocol):

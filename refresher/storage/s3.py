@@ -11,16 +11,18 @@ the standard `AWS_*` variables (what `fly storage create` sets), `S3_ENDPOINT_UR
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import secrets
 import time
-from collections.abc import AsyncGenerator, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 from urllib.parse import urlsplit
 
 import boto3
+import boto3.exceptions
 import botocore.exceptions
 from boto3.s3.transfer import TransferConfig
 from botocore.config import Config as ClientConfig
@@ -36,6 +38,9 @@ UPLOAD_CONCURRENCY = 2
 # costs more than a `pread`, so two hide it where one hides the page cache's copy.
 READ_DEPTH = 2
 DELETE_BATCH = 1000  # S3's most per DeleteObjects
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 def parse_storage_url(url: str) -> tuple[str, str]:
@@ -58,7 +63,8 @@ def client_from_environment(environ: Mapping[str, str]) -> Any:
         signature_version="s3v4",
         # Path-style works with every S3-compatible server; virtual hosts need DNS.
         s3={"addressing_style": "path"},
-        retries={"max_attempts": 5, "mode": "standard"},
+        # AWS_MAX_ATTEMPTS, as every AWS client reads it, or five tries.
+        retries={"max_attempts": int(environ.get("AWS_MAX_ATTEMPTS") or 5), "mode": "standard"},
         max_pool_connections=32,
         connect_timeout=10,
         read_timeout=60,
@@ -73,6 +79,21 @@ def client_from_environment(environ: Mapping[str, str]) -> Any:
         aws_session_token=environ.get("AWS_SESSION_TOKEN"),
     )
     return session.client("s3", endpoint_url=endpoint, config=config)
+
+
+def _answered(method: Callable[P, T]) -> Callable[P, T]:
+    """`method` with the storage's own failures (unreachable, refused, a bucket gone) raised
+    as `StorageUnavailable`; a missing blob stays FileNotFoundError."""
+
+    @functools.wraps(method)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return method(*args, **kwargs)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError,
+                boto3.exceptions.Boto3Error) as err:  # fmt: skip
+            raise StorageUnavailable(f"the object storage failed: {err}") from err
+
+    return call
 
 
 def _missing(err: botocore.exceptions.ClientError) -> bool:
@@ -123,12 +144,14 @@ class S3Blobs:
 
     # --- writing and fetching ---
 
+    @_answered
     def keep(self, path: Path) -> None:
         """Upload `path` (in parts past PART_BYTES; a failed upload aborts its parts), then
         drop the local copy."""
         self.client.upload_file(str(path), self.bucket, self.key(path), Config=self._transfer)
         path.unlink(missing_ok=True)
 
+    @_answered
     def fetch(self, path: Path) -> None:
         """Download the blob to `path` under a temporary name, renamed when complete, so a
         file at `path` is always whole."""
@@ -150,6 +173,7 @@ class S3Blobs:
 
     # --- reading ---
 
+    @_answered
     def read(self, path: Path, offset: int, length: int) -> bytes:
         if length <= 0:
             return b""
@@ -169,6 +193,7 @@ class S3Blobs:
             raise OSError(f"{self.paths.relative(path)} is shorter than recorded")
         return data
 
+    @_answered
     def load(self, path: Path) -> bytes:
         try:
             answer = self.client.get_object(Bucket=self.bucket, Key=self.key(path))
@@ -197,6 +222,7 @@ class S3Blobs:
             Bucket=self.bucket, Prefix=prefix
         )
 
+    @_answered
     def exists(self, path: Path) -> bool:
         try:
             self.client.head_object(Bucket=self.bucket, Key=self.key(path))
@@ -206,6 +232,7 @@ class S3Blobs:
             raise
         return True
 
+    @_answered
     def entries(self, folder: Path) -> frozenset[str]:
         """From the keys themselves, not a delimited listing: some S3-compatible servers
         (SeaweedFS) list a folder whose objects were all deleted as a common prefix."""
@@ -217,6 +244,7 @@ class S3Blobs:
             if len(item["Key"]) > len(below)
         )
 
+    @_answered
     def last_written(self, path: Path) -> float:
         key = self.key(path)
         newest: datetime | None = None
@@ -234,7 +262,13 @@ class S3Blobs:
 
     # --- removing ---
 
+    @_answered
     def remove(self, path: Path) -> None:
+        # The local copy first: it goes even when the bucket cannot be reached.
+        if path.is_dir() and not path.is_symlink():
+            remove_tree(path)
+        else:
+            path.unlink(missing_ok=True)
         key = self.key(path)
         doomed = [
             item["Key"]
@@ -251,14 +285,11 @@ class S3Blobs:
             if answer.get("Errors"):
                 first = answer["Errors"][0]
                 raise OSError(f"could not delete {first.get('Key')}: {first.get('Message')}")
-        if path.is_dir() and not path.is_symlink():
-            remove_tree(path)
-        else:
-            path.unlink(missing_ok=True)
 
     def volume(self) -> tuple[int, int]:
         return 0, 0  # a bucket has no volume to fill: the quota alone counts
 
+    @_answered
     def abort_abandoned(self, older_than_s: float) -> int:
         cutoff = datetime.now(UTC) - timedelta(seconds=older_than_s)
         aborted = 0

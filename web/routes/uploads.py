@@ -16,6 +16,7 @@ from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile
 from refresher.media.effects import Strength
 from refresher.media.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
+from refresher.storage.blobs import StorageUnavailable
 from refresher.storage.full import StorageFull
 from refresher.timestamps import duration_words
 from web.http.access import require_login
@@ -37,6 +38,11 @@ NO_ROOM = (
 )
 
 blueprint = Blueprint("uploads", __name__)
+
+
+STORAGE_UNREACHABLE = (
+    "The storage for results cannot be reached right now; nothing was kept. Try again in a minute."
+)
 
 
 def byte_words(size: int) -> str:
@@ -236,8 +242,12 @@ async def create_job() -> tuple[Response, int]:
         # Kept before the job's row exists, so a worker never claims what is not there
         # (in a bucket: uploaded in parts, the local copy dropped).
         blobs = app_state.lifecycle.blobs
-        for upload in form.files:
-            await trio.to_thread.run_sync(blobs.keep, upload.path)
+        try:
+            for upload in form.files:
+                await trio.to_thread.run_sync(blobs.keep, upload.path)
+        except StorageUnavailable as err:
+            LOGGER.error("job=%s upload could not be kept: %s", job_id, err)
+            raise ApiError(503, STORAGE_UNREACHABLE) from None
         seed = secrets.randbits(63)
         try:
             # Announced before the processor hears of it, so every open page sees the job
@@ -257,7 +267,10 @@ async def create_job() -> tuple[Response, int]:
     except BaseException:
         # Bad input, a client that went away, or a crash: nothing of it stays on disk.
         with trio.CancelScope(shield=True):
-            await trio.to_thread.run_sync(app_state.lifecycle.blobs.remove, directory)
+            try:
+                await trio.to_thread.run_sync(app_state.lifecycle.blobs.remove, directory)
+            except StorageUnavailable as err:  # the janitor removes it once it can
+                LOGGER.error("job=%s refused upload not yet removed: %s", job_id, err)
         raise
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
     body = {
