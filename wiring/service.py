@@ -51,6 +51,7 @@ from refresher.config import Config
 from refresher.jobs.events import JobEvent, Publish
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.media.ffmpeg import find_ffmpeg
+from refresher.storage import reconcile
 from refresher.storage.blobs import BlobStore, LocalBlobs
 from refresher.storage.full import keep_ballast
 from refresher.storage.paths import Paths
@@ -171,6 +172,16 @@ async def open_blobs(config: Config, paths: Paths) -> BlobStore:
     return blobs
 
 
+async def adopt_local_files(db: Database, blobs: BlobStore, paths: Paths) -> None:
+    """Move into the bucket what an earlier run kept on this volume (before STORAGE_URL)."""
+    if not blobs.remote:
+        return
+    named = await db.read(reconcile.named_paths)
+    adopted = await trio.to_thread.run_sync(reconcile.adopt_local_files, blobs, paths, named)
+    if adopted:
+        LOGGER.warning("moved %d files kept on this volume into the bucket", adopted)
+
+
 async def _run(
     config: Config,
     role: Role,
@@ -202,6 +213,7 @@ async def _run(
     else:
         bus, publish = LocalBus(), events.publish
     blobs = await open_blobs(config, paths)
+    await adopt_local_files(db, blobs, paths)
     lifecycle = Lifecycle(
         db, paths, now=now, ttl_s=config.job_ttl_s, publish=publish, bus=bus, blobs=blobs
     )

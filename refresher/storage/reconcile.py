@@ -274,3 +274,31 @@ def forget_outputs(conn: Connection, missing: Mapping[str, Collection[str]]) -> 
         )
         keep_archive_size(conn, job_id)
     return forgotten
+
+
+def named_paths(conn: Connection) -> list[str]:
+    """Every stored path a row names: uploads, outputs, stills, thumbnails."""
+    rows = conn.execute(
+        text(
+            """SELECT path FROM output_files UNION SELECT still_path FROM output_files
+               UNION SELECT still_path FROM job_files UNION SELECT upload_path FROM job_files
+               UNION SELECT thumbnail_path FROM jobs"""
+        )
+    ).scalars()
+    return sorted(path for path in rows if path is not None)
+
+
+def adopt_local_files(blobs: BlobStore, paths: Paths, named: Iterable[str]) -> int:
+    """Keep in `blobs` (a bucket) the files rows name that are still only in the data
+    directory: what a service kept on its volume before STORAGE_URL was set. Without this
+    its finished jobs would look lost to the first reconciliation. Rows name only whole
+    files, so nothing half-written is sent; a file the bucket has already is left (a
+    worker's fetched copy). Return how many were kept (blocking)."""
+    adopted = 0
+    for stored in named:
+        path = paths.absolute(stored)
+        if not path.is_file() or blobs.exists(path):
+            continue
+        blobs.keep(path)
+        adopted += 1
+    return adopted

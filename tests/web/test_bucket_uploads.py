@@ -7,9 +7,11 @@ import httpx
 import pytest
 
 from refresher.config import Config
+from refresher.storage.paths import Paths
+from refresher.store import Database
 from tests.support.clips import Clips
 from tests.support.http import TEST_PASSWORD, StartService, upload
-from tests.support.jobs import leftovers
+from tests.support.jobs import leftovers, make_finished_job, output_bytes
 from tests.support.s3 import S3Server
 from tests.support.throttle import throttled
 from web.routes.uploads import STORAGE_UNREACHABLE
@@ -53,3 +55,36 @@ async def test_an_upload_the_bucket_refuses_is_503_and_leaves_nothing(
         assert response.json() == {"error": STORAGE_UNREACHABLE}
         assert [name for name in leftovers(config) if name.endswith(".upload")] == []
         assert (await http.get("/api/jobs")).json() == []
+
+
+async def test_results_kept_on_the_volume_move_to_the_bucket_when_it_is_set(
+    start_service: StartService, config: Config, s3_server: S3Server,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """An operator sets STORAGE_URL on a service that kept its results on its volume: the
+    finished jobs stay whole, now from the bucket (not lost to reconciliation)."""
+    paths = Paths(config.data_dir)
+    paths.create()
+    db = await Database.open(paths.database)  # what the earlier version left on the volume
+    job_id = await make_finished_job(db, paths, variations=3)
+    await db.aclose()
+    wanted = output_bytes(paths, job_id)
+    bucket = s3_server.fresh_bucket()
+    try:
+        for name, value in s3_server.env(bucket, prefix="results").items():
+            monkeypatch.setenv(name, value)
+        service = await start_service(storage_url=f"s3://{bucket}/results")
+        blobs = service.state.lifecycle.blobs
+        assert blobs.remote
+        assert output_bytes(paths, job_id, blobs) == wanted
+        assert list(paths.job_dir(job_id).glob("*.mp4")) == []
+        async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+            auth = await http.post("/api/auth", json={"password": TEST_PASSWORD})
+            http.headers["Authorization"] = f"Bearer {auth.json()['token']}"
+            detail = (await http.get(f"/api/jobs/{job_id}")).json()
+            assert detail["status"] == "completed"
+            download = await http.get(f"/api/jobs/{job_id}/download")
+            assert download.status_code == 200
+            assert len(download.content) == detail["downloadBytes"]
+    finally:
+        s3_server.drop_bucket(bucket)
