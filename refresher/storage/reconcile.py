@@ -23,6 +23,7 @@ from sqlalchemy import Connection, text
 
 from refresher.jobs.outputstore import keep_archive_size
 from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
+from refresher.media.ffmpeg import PARTIAL_SUFFIX
 from refresher.storage.blobs import BlobStore, LocalBlobs
 from refresher.storage.paths import STILLS, Paths
 from refresher.store.sql import in_list
@@ -163,15 +164,19 @@ def plan_reconciliation(
         named = snapshot.named.get(job_id, set())
         folder = paths.job_dir(job_id)
         in_stills = blobs.entries(folder / STILLS) if STILLS in names else frozenset()
-        partials.extend(
+        unnamed = [
             folder / name
             for name in sorted(names)
             if name != STILLS and f"{own_dir}/{name}" not in named
-        )
-        partials.extend(
+        ]
+        unnamed += [
             folder / STILLS / name
             for name in sorted(in_stills)
             if f"{own_dir}/{STILLS}/{name}" not in named
+        ]
+        # FFmpeg's partial files at once; anything else once idle: a row may be on its way.
+        partials.extend(
+            path for path in unnamed if path.name.endswith(PARTIAL_SUFFIX) or idle(path)
         )
         outputs = snapshot.outputs.get(job_id, [])
         missing = []

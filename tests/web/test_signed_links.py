@@ -21,14 +21,19 @@ from wiring.service import RunningService
 INVALID_TOKEN = "That token is not valid; log in again."
 LINK_EXPIRED = "This link has expired; reload the page for a fresh one."
 LOGIN_IN_LINK = "A login token is not accepted in a link; use the Authorization header."
+# Signed links work the same whether the bytes are files or objects in a bucket.
+pytestmark = pytest.mark.both_blob_stores
+
 THUMBNAIL = b"RIFF\x00\x00\x00\x00WEBP"
 HOUR_S = 3600.0
 
 
 async def job_with_thumbnail(service: RunningService) -> str:
-    job_id = await make_finished_job(service.state.db, service.state.paths)
+    blobs = service.state.lifecycle.blobs
+    job_id = await make_finished_job(service.state.db, service.state.paths, blobs=blobs)
     thumbnail = service.state.paths.job_dir(job_id) / "thumbnail.webp"
     thumbnail.write_bytes(THUMBNAIL)
+    await trio.to_thread.run_sync(blobs.keep, thumbnail)
     relative = service.state.paths.relative(thumbnail)
     await service.state.db.write(lambda conn: records.set_thumbnail(conn, job_id, relative))
     return job_id
@@ -185,7 +190,9 @@ async def test_a_job_events_link_opens_its_stream_without_a_header(
     authed: httpx.AsyncClient,
     anonymous: httpx.AsyncClient,
 ) -> None:
-    job_id = await make_finished_job(service.state.db, service.state.paths)
+    job_id = await make_finished_job(
+        service.state.db, service.state.paths, blobs=service.state.lifecycle.blobs
+    )
     detail = (await authed.get(f"/api/jobs/{job_id}")).json()
     assert detail["eventsUrl"].startswith(f"/api/jobs/{job_id}/events?token=")
     items = await open_stream(nursery, anonymous, detail["eventsUrl"])
@@ -238,7 +245,10 @@ async def test_the_download_link_lasts_until_the_results_expire(
     anonymous: httpx.AsyncClient,
     wall_clock: WallClock,
 ) -> None:
-    job_id = await make_finished_job(service.state.db, service.state.paths, now=wall_clock())
+    job_id = await make_finished_job(
+        service.state.db, service.state.paths, blobs=service.state.lifecycle.blobs,
+        now=wall_clock(),
+    )  # fmt: skip
     url = (await authed.get(f"/api/jobs/{job_id}")).json()["downloadUrl"]
     wall_clock.advance(23 * HOUR_S)  # the results last 24 hours
     assert (await authed.get(f"/api/jobs/{job_id}")).json()["downloadUrl"] == url
