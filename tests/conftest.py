@@ -72,6 +72,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     `both_blob_stores` once with the bytes in the data directory, once in a bucket."""
     stores = metafunc.definition.get_closest_marker("both_stores") is not None
     blobs = metafunc.definition.get_closest_marker("both_blob_stores") is not None
+    # A test that names its own blob store keeps it.
+    blobs = blobs and not any(
+        "blobs_kind" in str(mark.args[0])
+        for mark in metafunc.definition.iter_markers("parametrize")
+    )
     if stores and blobs and {"store", "blobs_kind"} <= set(metafunc.fixturenames):
         # Each backend once, and the scaled-out pair: PostgreSQL with a bucket.
         metafunc.parametrize(("store", "blobs_kind"), SCALED_PAIRS, indirect=True,

@@ -34,9 +34,8 @@ from refresher.storage.paths import Paths, remove_tree
 # upload's memory near 16 MiB whatever the file's size.
 PART_BYTES = 8 * 1024 * 1024
 UPLOAD_CONCURRENCY = 2
-# Ranged reads kept in flight ahead of the chunk being sent: a round trip to the bucket
-# costs more than a `pread`, so two hide it where one hides the page cache's copy.
-READ_DEPTH = 2
+# How often a download's GET that broke part-way is opened again from where it broke.
+REOPEN_ATTEMPTS = 3
 DELETE_BATCH = 1000  # S3's most per DeleteObjects
 
 P = ParamSpec("P")
@@ -206,13 +205,19 @@ class S3Blobs:
         return data
 
     async def chunks(self, path: Path, offset: int, length: int) -> AsyncGenerator[bytes, None]:
-        reads = read_ahead(
-            lambda at, size: self.read(path, at, size), offset, length,
-            self.paths.relative(path), depth=READ_DEPTH,
-        )  # fmt: skip
-        async with contextlib.aclosing(reads):
-            async for chunk in reads:
-                yield chunk
+        """One GET of the whole range, its body read a chunk at a time in a thread, one
+        chunk ahead of the send (measured, 1 GiB ZIP from SeaweedFS on loopback: 2 MiB
+        ranged GETs two in flight ~340-400 MB/s at ~1.9 CPU s/GB; one GET ~950-1000 MB/s
+        at ~0.57 CPU s/GB, 0.74 of what SeaweedFS serves to curl). A body cut short is
+        read on from where it broke."""
+        body = _RangeReader(self, path, offset + length)
+        reads = read_ahead(body.read, offset, length, self.paths.relative(path))
+        try:
+            async with contextlib.aclosing(reads):
+                async for chunk in reads:
+                    yield chunk
+        finally:
+            body.close()
 
     # --- listing ---
 
@@ -306,3 +311,68 @@ class S3Blobs:
                     )
                     aborted += 1
         return aborted
+
+
+class _RangeReader:
+    """The body of one ranged GET, up to `end`, read in order by `read(at, size)` (one
+    call at a time, each in a worker thread): reopened from `at` when the connection
+    breaks part-way, since the client retries requests but not a body's reads."""
+
+    def __init__(self, blobs: S3Blobs, path: Path, end: int) -> None:
+        self.blobs, self.path, self.end = blobs, path, end
+        self.body: Any = None
+        self.position = -1
+
+    def _open(self, at: int) -> None:
+        self.close()
+        try:
+            answer = self.blobs.client.get_object(
+                Bucket=self.blobs.bucket, Key=self.blobs.key(self.path),
+                Range=f"bytes={at}-{self.end - 1}",
+            )  # fmt: skip
+        except botocore.exceptions.ClientError as err:
+            if _missing(err):
+                raise FileNotFoundError(f"no blob {self.blobs.paths.relative(self.path)}") from None
+            if str(err.response.get("Error", {}).get("Code", "")) == "InvalidRange":
+                raise self._short() from None
+            raise
+        self.body, self.position = answer["Body"], at
+
+    def _short(self) -> OSError:
+        return OSError(f"{self.blobs.paths.relative(self.path)} is shorter than recorded")
+
+    @_answered
+    def read(self, at: int, size: int) -> bytes:
+        for attempt in range(REOPEN_ATTEMPTS + 1):
+            if self.body is None or self.position != at:
+                self._open(at)
+            try:
+                data = self._read_exactly(size)
+            except (botocore.exceptions.IncompleteReadError,
+                    botocore.exceptions.ReadTimeoutError,
+                    botocore.exceptions.ResponseStreamingError) as err:  # fmt: skip
+                self.close()
+                if attempt == REOPEN_ATTEMPTS:
+                    raise StorageUnavailable(f"the object storage broke off a read: {err}") from err
+                continue
+            self.position += len(data)
+            if len(data) < size:  # the body ended where it should not: the object is short
+                raise self._short()
+            return data
+        raise AssertionError("unreachable")
+
+    def _read_exactly(self, size: int) -> bytes:
+        parts, wanted = [], size
+        while wanted > 0:
+            part: bytes = self.body.read(wanted)
+            if not part:
+                break
+            parts.append(part)
+            wanted -= len(part)
+        return b"".join(parts)
+
+    def close(self) -> None:
+        if self.body is not None:
+            with contextlib.suppress(Exception):
+                self.body.close()
+            self.body = None

@@ -27,6 +27,10 @@ class Throttle:
     bytes_per_s: float
     watches: list[tuple[re.Pattern[bytes], trio.Event]] = field(default_factory=list)
     seen: list[str] = field(default_factory=list)
+    # Cut the next connection whose answer passes this many bytes (once), as a network
+    # that drops a long transfer would.
+    cut_after: int | None = None
+    cuts: int = 0
 
     def watch(self, pattern: str) -> trio.Event:
         event = trio.Event()
@@ -53,8 +57,13 @@ class Throttle:
                 await server.send_eof()
 
             async def down() -> None:
+                relayed = 0
                 while data := await server.receive_some(65536):
                     await client.send_all(data)
+                    relayed += len(data)
+                    if self.cut_after is not None and relayed > self.cut_after:
+                        self.cut_after, self.cuts = None, self.cuts + 1
+                        break
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(up)

@@ -15,6 +15,8 @@ import trio
 from refresher.storage import blobs as blobs_module
 from refresher.storage.blobs import CHUNK_BYTES, BlobStore, LocalBlobs
 from refresher.storage.paths import Paths
+from tests.support.s3 import S3Server
+from tests.support.throttle import throttled
 
 pytestmark = pytest.mark.both_blob_stores
 
@@ -149,7 +151,6 @@ async def test_stopping_early_waits_for_the_read_ahead(
     started, release = trio.Event(), trio.Event()
     token = trio.lowlevel.current_trio_token()
     reads = []
-    real = blob_store.read if blob_store.remote else None
     real_pread = os.pread
 
     def hold_second(offset: int) -> None:
@@ -158,13 +159,16 @@ async def test_stopping_early_waits_for_the_read_ahead(
             token.run_sync_soon(started.set)
             trio.from_thread.run(release.wait, trio_token=token)
 
-    if real is not None:
+    if blob_store.remote:
+        from refresher.storage import s3
 
-        def slow_read(where: Path, offset: int, length: int) -> bytes:
+        real = s3._RangeReader.read
+
+        def slow_read(reader: s3._RangeReader, offset: int, length: int) -> bytes:
             hold_second(offset)
-            return real(where, offset, length)
+            return real(reader, offset, length)
 
-        monkeypatch.setattr(blob_store, "read", slow_read)
+        monkeypatch.setattr(s3._RangeReader, "read", slow_read)
     else:
 
         def slow_pread(fd: int, length: int, offset: int) -> bytes:
@@ -201,3 +205,31 @@ def test_local_blobs_are_the_files_themselves(paths: Paths) -> None:
     blobs.keep(path)
     assert path.read_bytes() == b"x"
     assert blobs.last_written(path) <= time.time()
+
+
+@pytest.mark.parametrize("blobs_kind", ["s3"], indirect=True)
+async def test_a_download_whose_connection_breaks_reads_on_from_where_it_broke(
+    blob_store: BlobStore, paths: Paths, s3_server: S3Server
+) -> None:
+    from refresher.storage.s3 import S3Blobs, client_from_environment
+
+    assert isinstance(blob_store, S3Blobs)
+    data = os.urandom(3 * CHUNK_BYTES + 999)
+    path = paths.job_dir("job-1") / "file-1_var1.mp4"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(data)
+    blob_store.keep(path)
+    async with throttled(s3_server.endpoint, bytes_per_s=1e12) as relay:
+        environment = {
+            **s3_server.env(blob_store.bucket),
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{relay.port}",
+        }
+        through = S3Blobs(paths, client_from_environment(environment), blob_store.bucket,
+                          blob_store.prefix)  # fmt: skip
+        relay.cut_after = CHUNK_BYTES + 12345  # part-way through the second chunk
+        got = bytearray()
+        async with aclosing(through.chunks(path, 5, len(data) - 5)) as chunks:
+            async for chunk in chunks:
+                got += chunk
+    assert relay.cuts == 1
+    assert bytes(got) == data[5:]
