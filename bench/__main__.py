@@ -3,9 +3,10 @@
     python -m bench [--quick] [--only download,upload,...] [--json bench/results/latest.json]
 
 Runs, one after the other (never at once: each would take the other's CPU), the
-download, upload, mixed-load (API latency and the whole machine's memory), processing
-and lifecycle benchmarks, each against a baseline measured in the same run; prints one
-table of every figure (name, ours, the baseline, the ratio, the target, PASS/FAIL or
+download, upload, mixed-load (API latency and the whole machine's memory), processing,
+lifecycle, bucket (the ZIP with its outputs in S3) and workers (one worker against two,
+sharing PostgreSQL) benchmarks, each against a baseline measured in the same run; prints
+one table of every figure (name, ours, the baseline, the ratio, the target, PASS/FAIL or
 "report" for figures without a target) and writes it as JSON. `--quick` runs each on
 smaller inputs, to check the benchmarks themselves, not the service. Exits 1 if a target
 is missed.
@@ -19,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import download, lifecycle, mixed, processing, upload
+from bench import bucket, download, lifecycle, mixed, processing, upload, workers
 from bench.verdict import Row, table, write_json
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -45,6 +46,14 @@ SUITES: dict[str, tuple[Callable[[], list[Row]], Callable[[], list[Row]]]] = {
     "lifecycle": (
         lambda: lifecycle.measure(jobs=10_000, evictions=100),
         lambda: lifecycle.measure(jobs=1_000, evictions=10),
+    ),
+    "bucket": (
+        lambda: bucket.measure(gib=1.0, files=8, rounds=3),
+        lambda: bucket.measure(gib=0.125, files=2, rounds=1),
+    ),
+    "workers": (
+        lambda: workers.measure(seconds=10.0, variations=20, rounds=3, size="640x360"),
+        lambda: workers.measure(seconds=2.0, variations=2, rounds=1, size="320x180"),
     ),
 }
 

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from functools import partial
 from pathlib import Path
 
 import httpx
 import trio
 
+from bench.__main__ import SUITES
+from bench.bucket import curl_objects, make_bucket_job, storage_pid
 from bench.latency import Latencies, load
 from bench.verdict import Row, at_least, below, exactly, table, write_json
+from bench.workers import Timed, machine_busy_seconds, pin, tree_cpu_seconds
 from refresher.config import Config
+from refresher.storage.paths import Paths
+from tests.support.s3 import S3Server
 from wiring.service import RunningService
 
 
@@ -106,3 +114,70 @@ async def test_a_server_that_stalls_counts_from_the_due_time() -> None:
     # Due at 0, 10, ..., 190 ms; all answered at about 300 ms.
     assert result.seconds[-1] >= 0.3
     assert result.seconds[0] >= 0.1
+
+
+def test_the_bucket_and_workers_suites_have_a_full_and_a_quick_run() -> None:
+    for name in ("bucket", "workers"):
+        full, quick = SUITES[name]
+        assert callable(full)
+        assert callable(quick)
+        assert full is not quick
+
+
+def test_the_bucket_job_is_all_in_the_bucket(tmp_path: Path, s3_server: S3Server) -> None:
+    bucket = s3_server.fresh_bucket()
+    try:
+        paths = Paths(tmp_path / "data")
+        _, keys = make_bucket_job(paths, 2 * 1024**2, 2, s3_server.env(bucket, "bench"))
+        # Kept under their names below the prefix; no local copy left.
+        assert [key.split("/")[:2] for key in keys] == [["bench", "jobs"]] * 2
+        assert [path for path in paths.jobs.rglob("*") if path.is_file()] == []
+        client = s3_server.client()
+        urls = [
+            client.generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": key})
+            for key in keys
+        ]
+        got, seconds = curl_objects(urls)
+        assert got == 2 * 1024**2
+        assert seconds > 0
+        pid = storage_pid(s3_server)
+        assert pid is not None
+        assert Path(f"/proc/{pid}/exe").resolve().name == "weed"
+    finally:
+        s3_server.drop_bucket(bucket)
+
+
+def test_a_worker_is_pinned_thread_by_thread() -> None:
+    """Every thread of the process, not only its main one: FFmpegs and measuring threads
+    inherit the affinity of the thread that starts them."""
+    script = (
+        "import threading, time; threading.Thread(target=time.sleep, args=(30,)).start(); "
+        "print(flush=True); time.sleep(30)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None
+        child.stdout.readline()  # its second thread runs
+        tasks = list(Path(f"/proc/{child.pid}/task").iterdir())
+        assert len(tasks) >= 2
+        core = max(os.sched_getaffinity(0))
+        pin(child.pid, core)
+        assert {frozenset(os.sched_getaffinity(int(task.name))) for task in tasks} == {
+            frozenset({core})
+        }
+        assert tree_cpu_seconds(child.pid) > 0
+    finally:
+        child.kill()
+        child.wait()
+    assert tree_cpu_seconds(child.pid) == 0.0  # gone
+    assert 0 < machine_busy_seconds() <= machine_busy_seconds()
+
+
+def test_workers_figures_are_medians_and_shares() -> None:
+    two = Timed(2, 20, wall_s=[30.0, 20.0, 24.0], worker_cpu_s=[54.0, 36.0, 45.0])
+    two.service_cpu_s, two.rest_cpu_s = [3.0, 2.0, 2.4], [0.0, 1.0, 0.0]
+    assert two.rates == [40.0, 60.0, 50.0]
+    assert two.per_minute == 50.0
+    assert math.isclose(two.busy, 135.0 / (2 * 74.0))
+    assert math.isclose(two.service_cores, 7.4 / 74.0)
+    assert math.isclose(two.rest_cores, 1.0 / 74.0)
