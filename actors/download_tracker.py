@@ -165,6 +165,12 @@ class DownloadTracker:
                 result = await outcome.acapture(
                     self.db.write, lambda conn, r=envelope.request, at=stamp: _apply(conn, r, at)
                 )
+                if isinstance(result, outcome.Error) and not isinstance(result.error, Exception):
+                    # This run is being killed (Cancelled), maybe before the write ran: the
+                    # envelope closes unanswered and the caller asks again. Sent as a reply,
+                    # the kill would surface in the caller, and a release it cut short would
+                    # leave its lease behind until the lease lapsed.
+                    result.unwrap()
                 try:
                     envelope.reply.send_nowait(result)
                 except trio.BrokenResourceError:

@@ -168,6 +168,35 @@ async def test_an_acquire_cancelled_while_the_lease_is_written_leaves_no_lease(
     await db.aclose()
 
 
+async def test_a_release_whose_tracker_is_killed_before_it_writes_still_lands(
+    nursery: trio.Nursery, paths: Paths, tmp_path: Path
+) -> None:
+    """The kill arrives while the release waits for the store: the request goes again to
+    the restarted tracker. (Answered with the kill itself, the release gave up silently
+    and its lease stayed, holding the job from removal until it lapsed.)"""
+    db = await Database.open(tmp_path / "slow.sqlite3")
+    job_id = await make_finished_job(db, paths)
+    slow = await SlowWritesDatabase.open(tmp_path / "slow.sqlite3")
+    assert isinstance(slow, SlowWritesDatabase)
+    tracker = DownloadTracker(slow, now=lambda: NOW)
+    supervisor = await start(nursery, tracker)
+    lease = await tracker.acquire(job_id)
+    slow.hold = True
+    with trio.fail_after(10):
+        async with trio.open_nursery() as releasing:
+            releasing.start_soon(tracker.release, lease)
+            await slow.writing.wait()
+            supervisor.kill("download_tracker")  # before the release's write began
+            await trio.testing.wait_all_tasks_blocked()
+            slow.hold = False
+            slow.gate.set()
+        assert await lease_rows(db) == 0
+        assert supervisor.status()["download_tracker"].restarts == 1
+        assert await tracker.reserve_for_deletion(job_id, reason="expired")
+    await slow.aclose()
+    await db.aclose()
+
+
 async def test_a_release_that_finds_the_store_full_gives_up_the_ballast_and_lands(
     nursery: trio.Nursery, paths: Paths, tmp_path: Path
 ) -> None:
