@@ -294,9 +294,12 @@ def running_server(root: Path) -> Iterator[S3Server]:
     env["HOME"] = str(root)
     log = root / "weed.log"
     with log.open("wb") as out:
+        # Killed with the test run, too, if the run is killed before it can stop it.
+        dies_with_us = ["setpriv", "--pdeathsig", "KILL"] if shutil.which("setpriv") else []
         process = subprocess.Popen(
-            command(root, ports), cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
+            [*dies_with_us, *command(root, ports)], cwd=root, env=env,
+            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
         )  # fmt: skip
     try:
         server = S3Server(root, f"http://127.0.0.1:{ports.s3[0]}")
