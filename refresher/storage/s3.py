@@ -174,23 +174,14 @@ class S3Blobs:
 
     @_answered
     def read(self, path: Path, offset: int, length: int) -> bytes:
+        """One ranged GET, read by the same reader as downloads (short: OSError)."""
         if length <= 0:
             return b""
+        reader = _RangeReader(self, path, offset + length)
         try:
-            wanted = f"bytes={offset}-{offset + length - 1}"
-            answer = self.client.get_object(Bucket=self.bucket, Key=self.key(path), Range=wanted)
-        except botocore.exceptions.ClientError as err:
-            if _missing(err):
-                raise FileNotFoundError(f"no blob {self.paths.relative(path)}") from None
-            code = str(err.response.get("Error", {}).get("Code", ""))
-            if code == "InvalidRange":
-                raise OSError(f"{self.paths.relative(path)} is shorter than recorded") from None
-            raise
-        with contextlib.closing(answer["Body"]) as body:
-            data: bytes = body.read()
-        if len(data) != length:
-            raise OSError(f"{self.paths.relative(path)} is shorter than recorded")
-        return data
+            return reader.read(offset, length)
+        finally:
+            reader.close()
 
     @_answered
     def load(self, path: Path) -> bytes:
