@@ -43,7 +43,7 @@ def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str,
         "fileNames": list(row["file_names"]),
         "createdAt": row["created_at"],
         "expiresAt": row["expires_at"],
-        "source": "upload",
+        "source": row["source"],
         "error": shown_error(row["error"] or row["deleted_reason"]),
     }
     if app_state is not None:
@@ -101,6 +101,9 @@ def _file_state(file: records.FileRecord) -> dict[str, object]:
         "progress": 100.0 if file.status == JobStatus.COMPLETED else file.progress,
         "completedVariations": file.completed_variations,
         "error": shown_error(file.error),
+        "retries": file.retries,
+        # A failed file whose source is still kept can be queued again without uploading.
+        "retryable": file.status == JobStatus.FAILED and file.upload_path is not None,
     }
 
 
@@ -114,6 +117,7 @@ def job_state(job: records.JobRecord) -> dict[str, object]:
         "totalVariations": job.total_variations,
         "strength": job.strength,
         "mirror": job.mirror,
+        "source": job.source,
         "completedVariations": sum(file.completed_variations for file in job.files),
         "overallProgress": job.overall_progress,
         "files": [_file_state(file) for file in job.files],

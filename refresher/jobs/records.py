@@ -62,6 +62,8 @@ class FileRecord:
     error: str | None
     outputs: tuple[OutputRecord, ...]
     still_path: str | None = None
+    # How often a user asked for the file again after it failed.
+    retries: int = 0
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,8 @@ class JobRecord:
     archive_bytes: int | None
     strength: str
     mirror: bool
+    # Where the results were made: "upload" (encoded here) or "device" (sent made).
+    source: str
     files: tuple[FileRecord, ...]
 
     @property
@@ -183,6 +187,7 @@ def load_job(conn: Connection, job_id: str) -> JobRecord | None:
             error=file["error"],
             outputs=tuple(outputs.get(file["id"], ())),
             still_path=file["still_path"],
+            retries=file["retries"],
         )
         for file in conn.execute(
             text("SELECT * FROM job_files WHERE job_id = :job_id ORDER BY position"),

@@ -146,6 +146,25 @@ MIGRATIONS: tuple[str, ...] = (
         value                TEXT NOT NULL
     );
     """,
+    """
+    -- 2: uploads that survive (see the SQLite backend's migration 6).
+    ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'upload';
+    ALTER TABLE job_files ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE uploads (
+        id                   TEXT PRIMARY KEY,
+        name                 TEXT NOT NULL,
+        length               BIGINT NOT NULL,
+        received             BIGINT NOT NULL DEFAULT 0,
+        metadata             TEXT NOT NULL DEFAULT '{}',
+        created_at           TEXT NOT NULL,
+        expires_at           DOUBLE PRECISION NOT NULL,
+        writer               TEXT,
+        writer_until         DOUBLE PRECISION,
+        pieces               TEXT NOT NULL DEFAULT '[]',
+        taken_by             TEXT
+    );
+    CREATE INDEX uploads_expires ON uploads (expires_at);
+    """,
 )
 
 

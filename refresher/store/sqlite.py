@@ -145,6 +145,30 @@ MIGRATIONS: tuple[str, ...] = (
         value                TEXT NOT NULL
     );
     """,
+    """
+    -- 6: uploads that survive. A job says where its results were made (`source`: the
+    -- server encoded an upload, or a device sent its results). A failed file can be
+    -- retried (`retries` counts how often). A resumable upload (tus) is a row of its own
+    -- until a job takes it: its declared length, the bytes received so far, who is
+    -- writing it now (and until when that writer's hold lasts unless renewed), the
+    -- pieces a bucket holds it in, and when it expires if left unfinished.
+    ALTER TABLE jobs ADD COLUMN source TEXT NOT NULL DEFAULT 'upload';
+    ALTER TABLE job_files ADD COLUMN retries INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE uploads (
+        id                   TEXT PRIMARY KEY,
+        name                 TEXT NOT NULL,
+        length               INTEGER NOT NULL,
+        received             INTEGER NOT NULL DEFAULT 0,
+        metadata             TEXT NOT NULL DEFAULT '{}',
+        created_at           TEXT NOT NULL,
+        expires_at           REAL NOT NULL,
+        writer               TEXT,
+        writer_until         REAL,
+        pieces               TEXT NOT NULL DEFAULT '[]',
+        taken_by             TEXT
+    );
+    CREATE INDEX uploads_expires ON uploads (expires_at);
+    """,
 )
 
 
