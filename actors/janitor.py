@@ -32,6 +32,7 @@ from dataclasses import dataclass, fields
 import trio
 from sqlalchemy import Connection
 
+from refresher import metrics
 from refresher.jobs import expiry
 from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.transitions import LOST_MESSAGE, RemovalReason
@@ -39,6 +40,8 @@ from refresher.storage import reconcile, removal
 from refresher.storage.blobs import StorageUnavailable
 from refresher.storage.full import StorageFull, keep_ballast
 from refresher.storage.removal import Reserver
+from refresher.uploads import received
+from refresher.uploads import records as upload_records
 
 LOGGER = logging.getLogger(__name__)
 
@@ -75,6 +78,10 @@ class SweepReport:
     abandoned_uploads: int = 0
     # Local copies removed from a data directory that is scratch space (bytes in a bucket).
     scratch: int = 0
+    # Resumable uploads removed: left unfinished past their expiry, or taken by a job
+    # that never came; and their bytes with no row at all.
+    expired_uploads: int = 0
+    resumable_orphans: int = 0
     busy: int = 0
     skipped_deletions: str | None = None
 
@@ -162,6 +169,7 @@ class Janitor:
         report.cancelled = len(await self.lifecycle.settle_cancelled())
         await self._expire(report, now)
         try:
+            await self._expire_resumable(report, now)
             await self._reconcile(report)
         except StorageUnavailable as err:  # the next pass tries again
             LOGGER.warning("reconciliation skipped: %s", err)
@@ -177,6 +185,43 @@ class Janitor:
         expired = await self.db.read(lambda conn: expiry.expired_jobs(conn, now))
         messages = {job.id: job.message for job in expired}
         report.expired += len(await self._remove(messages, RemovalReason.EXPIRED, report))
+
+    async def _expire_resumable(self, report: SweepReport, now: float) -> None:
+        """Remove resumable uploads past their expiry (bytes, then rows), and bytes under
+        `resumable/` whose upload has no row, once idle for `orphan_grace_s`."""
+        blobs, paths = self.lifecycle.blobs, self.paths
+        listing = await trio.to_thread.run_sync(blobs.entries, paths.resumable)
+        known = await self.db.read(upload_records.upload_ids)
+        expired = await self.db.read(lambda conn: upload_records.expired(conn, now))
+        disk_now = blobs.now()
+
+        def idle(name: str) -> bool:
+            try:
+                written = blobs.last_written(paths.resumable / name)
+            except FileNotFoundError:
+                return False
+            return disk_now - written >= self.orphan_grace_s
+
+        def remove() -> tuple[list[str], int]:
+            gone = []
+            for upload in expired:
+                try:
+                    received.remove_upload(blobs, paths, upload.id)
+                except Exception as err:  # a bucket's errors are not OSErrors; next pass
+                    LOGGER.error("upload=%s could not be removed: %s", upload.id, err)
+                    continue
+                gone.append(upload.id)
+            strays = [paths.resumable / name for name in sorted(listing - known) if idle(name)]
+            return gone, reconcile.remove_paths(blobs, strays)
+
+        gone, report.resumable_orphans = await trio.to_thread.run_sync(remove)
+        if gone:
+            await self.db.write(lambda conn: upload_records.forget(conn, gone))
+            for upload in expired:
+                LOGGER.info("upload=%s expired (%d of %d bytes)", upload.id, upload.received,
+                            upload.length)  # fmt: skip
+        report.expired_uploads = len(gone)
+        metrics.RESUMABLE_EXPIRED.inc(len(gone))
 
     async def _reconcile(self, report: SweepReport) -> None:
         # The listing before the snapshot: see `reconcile.plan_reconciliation`.

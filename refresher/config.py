@@ -85,6 +85,10 @@ class Config:
     # hold its request and its partial files for ever. At the default, the largest job
     # (MAX_FILES x MAX_UPLOAD_BYTES, 10 x 500 MiB) needs about 12 Mbit/s.
     upload_timeout_s: float = 3600.0
+    # Seconds a resumable upload left unfinished is kept after its last bytes arrived
+    # (its `Upload-Expires`); then the janitor removes it. Its bytes count against the
+    # quota until then.
+    resumable_upload_ttl_s: float = 6 * 3600.0
     ffmpeg: str | None = None
     ffmpeg_threads: int | None = None
     cors_origins: tuple[str, ...] = ()
@@ -246,6 +250,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "max_fps": _number(0.0, low_open=True),
     "max_duration_s": _number(0.0, low_open=True),
     "upload_timeout_s": _number(0.0, low_open=True),
+    "resumable_upload_ttl_s": _number(0.0, low_open=True),
     "ffmpeg": _text,
     "ffmpeg_threads": _integer(1, 64),
     "cors_origins": _origins,

@@ -36,6 +36,16 @@ ENCODE_SECONDS = Histogram(
 UPLOADED_BYTES = Counter(
     "refresher_uploaded_bytes", "Bytes of videos accepted in uploads.", registry=REGISTRY
 )
+RESUMABLE_RECEIVED_BYTES = Counter(
+    "refresher_resumable_received_bytes",
+    "Bytes received in resumable upload PATCHes and kept (sent again after a cut: counted again).",
+    registry=REGISTRY,
+)
+RESUMABLE_EXPIRED = Counter(
+    "refresher_resumable_uploads_expired",
+    "Resumable uploads removed unfinished (abandoned) or never taken by their job.",
+    registry=REGISTRY,
+)
 DOWNLOADED_BYTES = Counter(
     "refresher_downloaded_bytes", "Bytes sent of ZIPs and single variations.", registry=REGISTRY
 )

@@ -20,19 +20,28 @@ from web.routes import (
     all_events,
     auth,
     config_route,
+    device,
     downloads,
     events,
     health,
     jobs,
     outputs,
+    resumable,
     stills,
     uploads,
 )
 from web.state import EXTENSION_KEY, AppState
 
 STATIC_DIR = Path(__file__).parent / "static"
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, Range, If-Range, If-Match, Last-Event-ID"
-CORS_EXPOSE_HEADERS = "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified"
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, Range, If-Range, If-Match, Last-Event-ID, "
+    "Tus-Resumable, Upload-Length, Upload-Metadata, Upload-Offset"
+)
+CORS_EXPOSE_HEADERS = (
+    "Content-Length, Content-Range, Content-Disposition, ETag, Last-Modified, "
+    "Location, Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Upload-Offset, "
+    "Upload-Length, Upload-Expires"
+)
 # On every answer. The page is index.html, app.js and style.css, all from here, with no
 # inline script, style or event handler: nothing else may run, load or frame it.
 CONTENT_SECURITY_POLICY = "; ".join(
@@ -104,6 +113,8 @@ def create_app(app_state: AppState) -> QuartTrio:
     # small body at most, refused with 413 even when chunked (`web.http.bodies`).
     app.config[BODY_LIMITS_KEY] = {
         "uploads.create_job": None,  # streamed to disk under limits of its own
+        "device.create_device_job": None,  # ditto, its token checked before any byte
+        "resumable.patch_upload": None,  # ditto
         "auth.login": auth.LOGIN_BODY,
     }
     app.json.sort_keys = False  # type: ignore[attr-defined]
@@ -112,8 +123,10 @@ def create_app(app_state: AppState) -> QuartTrio:
     for blueprint in (
         auth.blueprint,
         health.blueprint,
+        device.blueprint,  # before jobs: /api/jobs/device is no job id
         jobs.blueprint,
         uploads.blueprint,
+        resumable.blueprint,
         events.blueprint,
         all_events.blueprint,
         downloads.blueprint,
@@ -165,7 +178,7 @@ def create_app(app_state: AppState) -> QuartTrio:
         if origin and ("*" in allowed or origin.rstrip("/") in allowed):
             response.headers["Access-Control-Allow-Origin"] = origin
             response.headers["Access-Control-Allow-Headers"] = CORS_ALLOW_HEADERS
-            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, DELETE"
+            response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, POST, PATCH, DELETE"
             response.headers["Access-Control-Expose-Headers"] = CORS_EXPOSE_HEADERS
             response.vary.add("Origin")
         return response

@@ -4,6 +4,7 @@ tells every open stream, and the metric, together, in one place.
 | change | who asks | write | event; notice | metric |
 |---|---|---|---|---|
 | `queue` | an upload | `insert_job` | queued; work to claim | uploaded bytes |
+| `record_device_job` | a device's results | `insert_device_job` | completed | finished, bytes |
 | `claim_next` | a worker | `claim_next` | processing (a job's first claim) | |
 | `end_file` | a worker | `end_file`, the last ends the job | the job's end | jobs finished |
 | `release` | a stopping worker | `release`, may end a cancelled job | the job's end | ditto |
@@ -33,6 +34,7 @@ from sqlalchemy import Connection
 from refresher import metrics
 from refresher.jobs import claims, records, transitions
 from refresher.jobs.claims import Claim
+from refresher.jobs.device import DeviceFile
 from refresher.jobs.events import DELETED, Publish, nobody_listens, status_event
 from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile, RemovalReason
@@ -231,3 +233,23 @@ class Lifecycle:
         LOGGER.info("job=%s %s", job_id, status)
         metrics.JOBS_FINISHED.labels(status).inc()
         self.publish(status_event(job_id, status, error))
+
+    async def record_device_job(
+        self,
+        *,
+        job_id: str,
+        files: Sequence[DeviceFile],
+        variations_per_video: int,
+        thumbnail_path: str | None,
+    ) -> None:
+        """Record a job a device made, its results already kept, as completed; announce
+        and count its end. Raise `StorageFull` when the store has no room for its rows."""
+        moment = self.now()
+        await self.db.write(
+            lambda conn: transitions.insert_device_job(
+                conn, job_id=job_id, files=list(files), variations_per_video=variations_per_video,
+                thumbnail_path=thumbnail_path, now=moment, ttl_s=self.ttl_s,
+            )
+        )  # fmt: skip
+        metrics.UPLOADED_BYTES.inc(sum(out.size for file in files for out in file.outputs))
+        self._ended(job_id, JobStatus.COMPLETED, None)

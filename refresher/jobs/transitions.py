@@ -22,7 +22,8 @@ from enum import StrEnum
 
 from sqlalchemy import Connection, text
 
-from refresher.jobs.outputstore import keep_archive_size
+from refresher.jobs.device import NO_RESULTS, DeviceFile
+from refresher.jobs.outputstore import keep_archive_size, record_output
 from refresher.jobs.records import JobAlreadyFinished, require_job
 from refresher.jobs.status import ACTIVE, FINISHED, TERMINAL, TOMBSTONES, JobStatus, sql_list
 from refresher.timestamps import duration_words, iso, iso_after, seconds_between
@@ -279,3 +280,56 @@ def retire(
             conn.execute(text(statement), job)
         changed.append(job_id)
     return changed
+
+
+def insert_device_job(
+    conn: Connection,
+    *,
+    job_id: str,
+    files: list[DeviceFile],
+    variations_per_video: int,
+    thumbnail_path: str | None,
+    now: float,
+    ttl_s: float,
+) -> None:
+    """Record a job a device made (`jobs.source = 'device'`) as completed, with its
+    results as outputs, expiring `ttl_s` from now, the size of its ZIP kept.
+
+    A device sends no source video, so each file has no upload path and a `file_size` of
+    0 (its results' bytes are counted on their own rows); a file with no result at all
+    has failed (`NO_RESULTS`). Call inside one write transaction.
+    """
+    stamp = iso(now)
+    total = sum(len(file.outputs) for file in files)
+    conn.execute(
+        text(
+            """INSERT INTO jobs (id, status, created_at, updated_at, finished_at, expires_at,
+                                 total_videos, variations_per_video, total_variations, seed,
+                                 thumbnail_path, source)
+               VALUES (:id, :status, :now, :now, :now, :expires_at, :videos, :per_video,
+                       :total, 0, :thumbnail_path, 'device')"""
+        ),
+        {"id": job_id, "status": JobStatus.COMPLETED, "now": stamp,
+         "expires_at": iso_after(now, ttl_s), "videos": len(files),
+         "per_video": variations_per_video, "total": total,
+         "thumbnail_path": thumbnail_path},
+    )  # fmt: skip
+    conn.execute(
+        text(
+            """INSERT INTO job_files (id, job_id, position, original_name, file_size, status,
+                                      progress, duration_s, error, updated_at)
+               VALUES (:id, :job_id, :position, :name, 0, :status, :progress, :duration_s,
+                       :error, :now)"""
+        ),
+        [
+            {"id": file.id, "job_id": job_id, "position": position, "name": file.name,
+             "status": JobStatus.COMPLETED if file.outputs else JobStatus.FAILED,
+             "progress": 100.0 if file.outputs else 0.0, "duration_s": file.duration_s,
+             "error": None if file.outputs else NO_RESULTS, "now": stamp}
+            for position, file in enumerate(files)
+        ],
+    )  # fmt: skip
+    for file in files:
+        for output in file.outputs:
+            record_output(conn, job_id=job_id, file_id=file.id, output=output, now=now)
+    keep_archive_size(conn, job_id)

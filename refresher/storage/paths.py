@@ -39,6 +39,15 @@ class Paths:
         return self.root / "jobs"
 
     @property
+    def resumable(self) -> Path:
+        """Resumable uploads no job has taken yet (`refresher.uploads`)."""
+        return self.root / "resumable"
+
+    def resumable_upload(self, upload_id: str) -> Path:
+        """One resumable upload's bytes: a file on the volume, a folder of pieces in a bucket."""
+        return self.resumable / upload_id
+
+    @property
     def ballast(self) -> Path:
         """Room held back for removals on a full volume (`refresher.storage.full`)."""
         return self.root / "ballast"
@@ -98,7 +107,7 @@ class Paths:
 
     def create(self) -> None:
         """Make the directories the service writes into (blocking: call from a thread)."""
-        for directory in (self.root, self.uploads, self.jobs):
+        for directory in (self.root, self.uploads, self.jobs, self.resumable):
             directory.mkdir(parents=True, exist_ok=True)
 
 

@@ -210,7 +210,8 @@ def scratch_leftovers(
     to them for `idle_s` (an upload still arriving has no row yet). Blocking."""
     local = LocalBlobs(paths)
     found = []
-    for folder in (paths.jobs, paths.uploads):
+    # A resumable upload's pieces are named by the upload, never a job: idle ones only.
+    for folder in (paths.jobs, paths.uploads, paths.resumable):
         for name in sorted(local.entries(folder)):
             status = statuses.get(name)
             if status in ACTIVE:

@@ -143,7 +143,7 @@ async def test_a_pass_logs_one_summary_line(
     assert re.fullmatch(
         r"janitor pass in \d+\.\d{3} s: expired=1 failed_queued=0 cancelled=0 purged=0 lost=0 "
         r"forgotten_outputs=0 orphans=0 ended_uploads=0 partials=0 abandoned_uploads=0 "
-        r"scratch=0 busy=0",
+        r"scratch=0 expired_uploads=0 resumable_orphans=0 busy=0",
         lines[0],
     ), lines[0]
 
@@ -316,7 +316,8 @@ async def test_each_kind_of_orphan_goes_in_one_pass_and_nothing_else_is_touched(
     again = await make_janitor(db, paths, tracker, wall_clock).sweep()
     assert again.summary() == (
         "expired=0 failed_queued=0 cancelled=0 purged=0 lost=0 forgotten_outputs=0 orphans=0 "
-        "ended_uploads=0 partials=0 abandoned_uploads=0 scratch=0 busy=0"
+        "ended_uploads=0 partials=0 abandoned_uploads=0 scratch=0 expired_uploads=0 "
+        "resumable_orphans=0 busy=0"
     )
 
 

@@ -146,11 +146,11 @@ def output_bytes(paths: Paths, job_id: str, blobs: BlobStore | None = None) -> d
 
 
 def leftovers(config: Config) -> list[str]:
-    """Everything under uploads/ and jobs/ in the data dir, as relative paths."""
+    """Everything under uploads/, jobs/ and resumable/ in the data dir, as relative paths."""
     root = config.data_dir
     return sorted(
         str(path.relative_to(root))
-        for folder in ("uploads", "jobs")
+        for folder in ("uploads", "jobs", "resumable")
         for path in (root / folder).rglob("*")
     )
 

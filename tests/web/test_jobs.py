@@ -131,7 +131,8 @@ async def test_same_seed_gives_the_recorded_effects(
         ("non-video", 415, r"^“notes\.mp4” is not a video file\. Upload MP4 or MOV videos\.$"),
         ("truncated", 415, r"^“cut\.mp4” .+\. Upload MP4 or MOV videos\.$"),
         ("zero bytes", 400, r"^“empty\.mp4” is empty\.$"),
-        ("not multipart", 400, r"^Send the videos as multipart/form-data in the field “videos”\.$"),
+        # JSON names finished resumable uploads; these names none.
+        ("not multipart", 400, r"^Name at least one finished upload: "),
     ],
 )
 async def test_bad_upload_is_refused_and_leaves_nothing(

@@ -63,15 +63,18 @@ class MalformedJSON(ValueError):
     """A request body that is not JSON in UTF-8; the message says why."""
 
 
-async def read_json() -> object:
+async def read_json(limit: BodyLimit | None = None) -> object:
     """The request's body parsed as JSON in strict UTF-8; raise `MalformedJSON` if it is not.
 
     Unlike Quart's `get_json(silent=True)`, nothing escapes as a 500: not invalid UTF-8,
-    not JSON nested too deep to parse (`RecursionError`). Past the body's limit, the 413.
+    not JSON nested too deep to parse (`RecursionError`). Past the body's limit, the 413:
+    the route's, or `limit` on a route whose body is streamed (it has none of its own).
     """
     raw = bytearray()
     async for chunk in request.body:
         raw += chunk
+        if limit is not None and len(raw) > limit.max_bytes:
+            raise ApiError(413, limit.message, headers={"Connection": "close"})
     try:
         return json.loads(raw.decode("utf-8"))
     except (RecursionError, ValueError) as err:  # UnicodeDecodeError is a ValueError

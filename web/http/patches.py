@@ -99,6 +99,8 @@ class BoundedBody(TrioBody):
         self._received_bytes = 0
         self.limit: BodyLimit | None = None
         self._abandoned = False
+        # Bytes handed to the handler so far (`__anext__`).
+        self.read_bytes = 0
 
     def set_limit(self, limit: BodyLimit) -> None:
         """Refuse the body (413) once more than `limit.max_bytes` arrive in all."""
@@ -144,10 +146,22 @@ class BoundedBody(TrioBody):
             chunk = self._data.popleft()
             if len(self._data) == 0 and not self._complete.is_set():
                 self._has_data.clear()
+            self.read_bytes += len(chunk)
             return chunk
         finally:
             if len(self._data) < HIGH_WATER_BYTES:
                 self._drained.set()
+
+    def take_arrived(self) -> list[bytes]:
+        """Take the chunks that arrived and were not read: what a handler whose client left
+        (it was cancelled) keeps of what it was sent."""
+        chunks = []
+        while len(self._data):
+            chunk = self._data.popleft()
+            self.read_bytes += len(chunk)
+            chunks.append(chunk)
+        self._drained.set()
+        return chunks
 
     @property
     def complete(self) -> bool:

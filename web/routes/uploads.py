@@ -5,51 +5,37 @@ from __future__ import annotations
 import logging
 import secrets
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from actors.evictor import EvictorUnavailable
 from refresher.config import DEFAULT_VARIATIONS, Config
 from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile
 from refresher.media.effects import Strength
-from refresher.media.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
 from refresher.storage.blobs import StorageUnavailable
 from refresher.storage.full import StorageFull
 from refresher.timestamps import duration_words
+from refresher.uploads import received as upload_bytes
+from refresher.uploads import records as upload_records
+from refresher.uploads.received import drop_uploads
+from refresher.uploads.records import UPLOAD_ID
 from web.http.access import require_login
+from web.http.bodies import BodyLimit, MalformedJSON, read_json
 from web.http.errors import ApiError
 from web.http.multipart import FormRejected, ReceivedFile, boundary_of, receive_form
+from web.intake import NO_ROOM, STORAGE_UNREACHABLE, byte_words, probe_upload, room_checked
+from web.intake import ask_for_room as ask_for_room
+from web.intake import media_limit_breach as media_limit_breach  # where tests look for it
 from web.state import AppState, state
 
 LOGGER = logging.getLogger(__name__)
 
 FILE_FIELD = "videos"
-# A body asks the evictor for room as it arrives, in steps (never past its declared
-# length) that start small, so a small upload fits a small volume, and double up to the
-# largest, so a 5 GiB body asks 85 times, not thousands.
-FIRST_ROOM_STEP_BYTES = 1024 * 1024
-LARGEST_ROOM_STEP_BYTES = 64 * 1024 * 1024
-NO_ROOM = (
-    "There is no room for this upload right now: the storage is full even after removing "
-    "older results. Try fewer or smaller videos, or try again later."
-)
 
 blueprint = Blueprint("uploads", __name__)
-
-
-STORAGE_UNREACHABLE = (
-    "The storage for results cannot be reached right now; nothing was kept. Try again in a minute."
-)
-
-
-def byte_words(size: int) -> str:
-    for unit, scale in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
-        if size >= scale:
-            return f"{size / scale:g} {unit}"
-    return f"{size} bytes"
 
 
 def parse_variations(raw: str | None, maximum: int) -> int:
@@ -91,94 +77,48 @@ def parse_mirror(raw: str | None) -> bool:
     raise ApiError(400, f"mirror must be true or false; got “{(raw or '').strip()[:20]}”.")
 
 
-def media_limit_breach(name: str, probed: Probe, config: Config) -> str | None:
-    """Say how the video `name` breaks a configured media limit, or None if it does not."""
-    limits = config.media_limits
-    if not limits.frame_fits(probed.width, probed.height):
-        return f"“{name}” is {probed.width}{BY}{probed.height}; {limits.largest_words()}."
-    # Average rates wobble around the nominal one (119.88, 120.0002): judge what is shown.
-    fps = round(probed.fps, 2)
-    if fps > config.max_fps:
-        return (
-            f"“{name}” runs at {fps:g} frames per second; the most accepted is {config.max_fps:g}."
-        )
-    if probed.duration_s > config.max_duration_s:
-        return f"“{name}” {limits.too_long_words(probed.duration_s)}."
-    return None
+@dataclass(frozen=True)
+class JobChoices:
+    """What a job asks for besides its videos."""
+
+    variations: int
+    strength: str
+    mirror: bool
 
 
-async def probe_upload(upload: ReceivedFile, app_state: AppState) -> Probe:
-    """Probe `upload` and hold it to the media limits; raise `ApiError` naming the file.
-
-    Probes take turns (`AppState.probes`): each may hold a decoded frame of the largest
-    accepted size, and many uploads checked at once must not add up past the machine."""
-    config = app_state.config
-    if upload.size == 0:
-        raise ApiError(400, f"“{upload.name}” is empty.")
-    try:
-        probed = await trio.to_thread.run_sync(
-            probe, upload.path, config.media_limits, limiter=app_state.probes
-        )
-    except (FrameTooLarge, TooLong) as err:
-        raise ApiError(415, f"“{upload.name}” {err.reason}.") from None
-    except NotAVideo as err:
-        raise ApiError(415, f"“{upload.name}” {err.reason}. Upload MP4 or MOV videos.") from None
-    # 415 like any other video this service cannot take: the request is well formed, the
-    # media is what is refused (400 would blame the request, 413 means too many bytes).
-    breach = media_limit_breach(upload.name, probed, config)
-    if breach is not None:
-        raise ApiError(415, breach)
-    return probed
-
-
-async def _ask_for_room(app_state: AppState, nbytes: int, *, evict: bool = True) -> None:
-    try:
-        granted = await app_state.evictor.request_room(nbytes, evict=evict)
-    except EvictorUnavailable:
-        raise ApiError(503, "Uploads are briefly unavailable; try again in a moment.") from None
-    if not granted:
-        raise ApiError(507, NO_ROOM)
-
-
-async def room_checked(
-    body: AsyncIterable[bytes],
-    granted: int,
-    ask_for_room: Callable[[int], Awaitable[None]],
-    *,
-    declared: int | None = None,
-) -> AsyncIterator[bytes]:
-    """Pass the body through, asking for more room whenever the bytes received pass what
-    was granted: room is made for bytes that arrive, never for a length announced.
-
-    Each ask is for the bytes beyond what was granted, in steps from
-    `FIRST_ROOM_STEP_BYTES` doubling up to `LARGEST_ROOM_STEP_BYTES` (more when one chunk
-    overshoots further), and never past the `declared` length, when there is one (a
-    small upload asks for no more than itself); `ask_for_room` raises to refuse.
-    """
-    received = 0
-    step = FIRST_ROOM_STEP_BYTES
-    async for chunk in body:
-        received += len(chunk)
-        if received > granted:
-            ahead = step if declared is None else max(0, min(step, declared - granted))
-            wanted = max(ahead, received - granted)
-            await ask_for_room(wanted)
-            granted += wanted
-            step = min(2 * step, LARGEST_ROOM_STEP_BYTES)
-        yield chunk
+def parse_choices(fields: Mapping[str, str | None], config: Config) -> JobChoices:
+    """The job's variations, strength and mirror from a form's (or JSON's) fields."""
+    variations = parse_variations(fields.get("variations"), config.max_variations)
+    strength = parse_strength(fields.get("strength"), config.default_strength)
+    mirror = parse_mirror(fields.get("mirror"))
+    if mirror and strength == Strength.SUBTLE:
+        raise ApiError(400, "mirror applies only at the standard or strong strength.")
+    return JobChoices(variations, strength, mirror)
 
 
 @blueprint.post("/api/jobs")
 @require_login
 async def create_job() -> tuple[Response, int]:
+    """A job from a multipart form of videos, or (JSON) from finished resumable uploads."""
+    content_type = request.headers.get("Content-Type", "")
+    if content_type.split(";")[0].strip().lower() == "application/json":
+        return await _create_job_from_uploads()
+    return await _create_job_from_form(content_type)
+
+
+async def _create_job_from_form(content_type: str) -> tuple[Response, int]:
     app_state = state()
     config = app_state.config
     try:
-        boundary = boundary_of(request.headers.get("Content-Type", ""))
+        boundary = boundary_of(content_type)
     except FormRejected as err:
         raise ApiError(err.status, err.message) from None
     if boundary is None:
-        raise ApiError(400, f"Send the videos as multipart/form-data in the field “{FILE_FIELD}”.")
+        raise ApiError(
+            400,
+            f"Send the videos as multipart/form-data in the field “{FILE_FIELD}”, or JSON "
+            'naming finished uploads ({"uploads": [...]}).',
+        )
     declared = request.content_length
     if declared is not None and declared > app_state.max_body_bytes:
         raise ApiError(
@@ -188,7 +128,7 @@ async def create_job() -> tuple[Response, int]:
         )
     # What a client declares is weighed, never acted on: a length that could never fit is
     # refused now, but only the bytes that arrive make room (evict), step by step.
-    await _ask_for_room(app_state, declared or 0, evict=False)
+    await ask_for_room(app_state, declared or 0, evict=False)
     job_id = str(uuid.uuid4())
     directory = app_state.paths.upload_dir(job_id)
     await trio.Path(directory).mkdir(parents=True)
@@ -199,7 +139,7 @@ async def create_job() -> tuple[Response, int]:
                     room_checked(
                         request.body,
                         0,
-                        lambda nbytes: _ask_for_room(app_state, nbytes),
+                        lambda nbytes: ask_for_room(app_state, nbytes),
                         declared=declared,
                     ),
                     boundary,
@@ -221,66 +161,187 @@ async def create_job() -> tuple[Response, int]:
                 "longest an upload may take; try again with fewer or smaller videos, or on a "
                 "faster connection.",
             )
-        variations = parse_variations(form.fields.get("variations"), config.max_variations)
-        strength = parse_strength(form.fields.get("strength"), config.default_strength)
-        mirror = parse_mirror(form.fields.get("mirror"))
-        if mirror and strength == Strength.SUBTLE:
-            raise ApiError(400, "mirror applies only at the standard or strong strength.")
+        choices = parse_choices(form.fields, config)
         if not form.files:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")
-        probes = [await probe_upload(upload, app_state) for upload in form.files]
-        files = [
-            NewFile(
-                id=str(uuid.uuid4()),
-                original_name=upload.name,
-                upload_path=app_state.paths.relative(upload.path),
-                file_size=upload.size,
-                duration_s=probe.duration_s,
-            )
-            for upload, probe in zip(form.files, probes, strict=True)
-        ]
-        # Kept before the job's row exists, so a worker never claims what is not there
-        # (in a bucket: uploaded in parts, the local copy dropped).
-        blobs = app_state.lifecycle.blobs
-        try:
-            for upload in form.files:
-                await trio.to_thread.run_sync(blobs.keep, upload.path)
-        except StorageUnavailable as err:
-            LOGGER.error("job=%s upload could not be kept: %s", job_id, err)
-            raise ApiError(503, STORAGE_UNREACHABLE) from None
-        seed = secrets.randbits(63)
-        try:
-            # Announced before the processor hears of it, so every open page sees the job
-            # queued before it sees it processing.
-            await app_state.lifecycle.queue(
-                job_id=job_id,
-                files=files,
-                variations_per_video=variations,
-                seed=seed,
-                strength=strength,
-                mirror=mirror,
-            )
-        except StorageFull:
-            # Room is an answer, not a reservation: uploads sent together may fill the
-            # volume between the answer and the job's row.
-            raise ApiError(507, NO_ROOM) from None
+        body = await queue_received(app_state, job_id, form.files, choices)
     except BaseException:
         # Bad input, a client that went away, or a crash: nothing of it stays on disk.
-        with trio.CancelScope(shield=True):
-            try:
-                await trio.to_thread.run_sync(app_state.lifecycle.blobs.remove, directory)
-            except StorageUnavailable as err:  # the janitor removes it once it can
-                LOGGER.error("job=%s refused upload not yet removed: %s", job_id, err)
+        await remove_refused(app_state, job_id)
         raise
-    LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), variations)
-    body = {
+    return jsonify(body), 202
+
+
+async def remove_refused(app_state: AppState, job_id: str) -> None:
+    """Remove what a refused job's upload left (shielded: also when cancelled)."""
+    with trio.CancelScope(shield=True):
+        try:
+            await trio.to_thread.run_sync(
+                app_state.lifecycle.blobs.remove, app_state.paths.upload_dir(job_id)
+            )
+        except StorageUnavailable as err:  # the janitor removes it once it can
+            LOGGER.error("job=%s refused upload not yet removed: %s", job_id, err)
+
+
+async def queue_received(
+    app_state: AppState, job_id: str, received: Sequence[ReceivedFile], choices: JobChoices
+) -> dict[str, object]:
+    """Check the received videos against the media limits, keep them, queue the job;
+    return the 202's body. Raise `ApiError` for a video refused (nothing is queued)."""
+    probes = [await probe_upload(upload, app_state) for upload in received]
+    files = [
+        NewFile(
+            id=str(uuid.uuid4()),
+            original_name=upload.name,
+            upload_path=app_state.paths.relative(upload.path),
+            file_size=upload.size,
+            duration_s=probe.duration_s,
+        )
+        for upload, probe in zip(received, probes, strict=True)
+    ]
+    # Kept before the job's row exists, so a worker never claims what is not there
+    # (in a bucket: uploaded in parts, the local copy dropped).
+    blobs = app_state.lifecycle.blobs
+    try:
+        for upload in received:
+            await trio.to_thread.run_sync(blobs.keep, upload.path)
+    except StorageUnavailable as err:
+        LOGGER.error("job=%s upload could not be kept: %s", job_id, err)
+        raise ApiError(503, STORAGE_UNREACHABLE) from None
+    seed = secrets.randbits(63)
+    try:
+        # Announced before the processor hears of it, so every open page sees the job
+        # queued before it sees it processing.
+        await app_state.lifecycle.queue(
+            job_id=job_id,
+            files=files,
+            variations_per_video=choices.variations,
+            seed=seed,
+            strength=choices.strength,
+            mirror=choices.mirror,
+        )
+    except StorageFull:
+        # Room is an answer, not a reservation: uploads sent together may fill the
+        # volume between the answer and the job's row.
+        raise ApiError(507, NO_ROOM) from None
+    LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), choices.variations)
+    return {
         "jobId": job_id,
         "status": JobStatus.QUEUED,
         "files": [{"id": f.id, "name": f.original_name, "size": f.file_size} for f in files],
-        "variationsPerVideo": variations,
-        "totalVariations": variations * len(files),
-        "strength": strength,
-        "mirror": mirror,
+        "variationsPerVideo": choices.variations,
+        "totalVariations": choices.variations * len(files),
+        "strength": choices.strength,
+        "mirror": choices.mirror,
         "statusUrl": f"/api/jobs/{job_id}",
     }
+
+
+# --- a job from finished resumable uploads (`web.routes.resumable`) -------------------
+
+JOB_JSON = BodyLimit(16 * 1024, "A job's JSON is larger than 16 KiB, the most this route accepts.")
+# A job that took uploads and never came (the process died) lets them expire after this.
+TAKEN_GRACE_S = 3600.0
+
+
+def _field_text(payload: Mapping[str, object], key: str) -> str | None:
+    """A JSON field as the form's text: numbers and booleans as written, null as absent."""
+    value = payload.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    raise ApiError(400, f"{key} must be a number, a word or true/false.")
+
+
+def _upload_ids(payload: Mapping[str, object], max_files: int) -> list[str]:
+    ids = payload.get("uploads")
+    if not isinstance(ids, list) or not ids:
+        raise ApiError(400, 'Name at least one finished upload: {"uploads": ["<id>", ...]}.')
+    if len(ids) > max_files:
+        raise ApiError(413, f"A job takes at most {max_files} videos; {len(ids)} were named.")
+    for upload_id in ids:
+        if not isinstance(upload_id, str) or not UPLOAD_ID.match(upload_id):
+            raise ApiError(400, f"“{str(upload_id)[:40]}” is not an upload's id.")
+    if len(set(ids)) != len(ids):
+        raise ApiError(400, "The same upload is named twice.")
+    return ids
+
+
+async def _create_job_from_uploads() -> tuple[Response, int]:
+    app_state = state()
+    config = app_state.config
+    try:
+        payload = await read_json(JOB_JSON)
+    except MalformedJSON:
+        raise ApiError(400, "The body is not JSON in UTF-8.") from None
+    if not isinstance(payload, dict):
+        raise ApiError(400, "Send a JSON object naming the uploads.")
+    ids = _upload_ids(payload, config.max_files)
+    choices = parse_choices(
+        {key: _field_text(payload, key) for key in ("variations", "strength", "mirror")}, config
+    )
+    job_id = str(uuid.uuid4())
+    expires_at = app_state.now() + TAKEN_GRACE_S
+    try:
+        taken = await app_state.db.write(
+            lambda conn: upload_records.take(conn, ids, job_id, expires_at=expires_at)
+        )
+    except upload_records.UploadNotFound as err:
+        raise ApiError(
+            400, f"There is no upload “{err.upload_id}”; it may have expired or been cancelled."
+        ) from None
+    except upload_records.UploadTaken as err:
+        raise ApiError(409, f"The upload “{err.upload_id}” is already another job's.") from None
+    except upload_records.UploadUnfinished as err:
+        raise ApiError(
+            409,
+            f"“{err.name}” has not finished uploading ({byte_words(err.received)} of "
+            f"{byte_words(err.length)}); finish it first.",
+        ) from None
+    blobs, paths = app_state.lifecycle.blobs, app_state.paths
+    directory = paths.upload_dir(job_id)
+    assembled: list[ReceivedFile] = []
+    try:
+        await trio.Path(directory).mkdir(parents=True)
+        for upload in taken:
+            dest = directory / f"{len(assembled)}.upload"
+            await trio.to_thread.run_sync(upload_bytes.assemble, blobs, paths, upload, dest)
+            assembled.append(ReceivedFile("uploads", upload.name, dest, upload.length))
+        body = await queue_received(app_state, job_id, assembled, choices)
+    except BaseException as err:
+        refused_media = isinstance(err, ApiError) and err.code in (400, 415)
+        with trio.CancelScope(shield=True):
+            if refused_media:  # not a video this service takes: the uploads are of no use
+                await drop_uploads(
+                    app_state.db,
+                    app_state.lifecycle.blobs,
+                    app_state.paths,
+                    [upload.id for upload in taken],
+                )
+            else:  # kept for another try
+                await _give_back(app_state, taken, assembled, job_id)
+            await remove_refused(app_state, job_id)
+        raise
+    # Queued: the job's rows name the bytes now; what the uploads held goes.
+    await drop_uploads(app_state.db, app_state.lifecycle.blobs, app_state.paths, ids)
     return jsonify(body), 202
+
+
+async def _give_back(
+    app_state: AppState,
+    taken: Sequence[upload_records.UploadRecord],
+    assembled: Sequence[ReceivedFile],
+    job_id: str,
+) -> None:
+    blobs, paths = app_state.lifecycle.blobs, app_state.paths
+    for upload, file in zip(taken, assembled, strict=False):
+        await trio.to_thread.run_sync(upload_bytes.put_back, blobs, paths, upload, file.path)
+    expires_at = app_state.now() + app_state.config.resumable_upload_ttl_s
+    await app_state.db.write(
+        lambda conn: upload_records.give_back(
+            conn, [upload.id for upload in taken], job_id, expires_at=expires_at
+        )
+    )

@@ -1,0 +1,1 @@
+"""Resumable uploads (tus): their rows, and where their bytes go until a job takes them."""
