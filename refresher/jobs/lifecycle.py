@@ -10,13 +10,16 @@ tells every open stream, and the metric, together, in one place.
 | `release` | a stopping worker | `release`, may end a cancelled job | the job's end | ditto |
 | `settle_cancelled` | worker, janitor | `settle`: cancelled, unheld jobs | cancelled | ditto |
 | `drop_claims` | the sole worker, at start | `drop_all` | | |
+| `retry` | a user | `requeue_file`; an ended job queued again | queued; work to claim | |
 | `cancel` | a user | `request_cancel`; unheld, it ends | cancelled; stop work | ditto |
 | `fail_stale` | the janitor | `fail_stale_queued` | failed | ditto |
 | `retire` | the removal flow | `retire` | expired, evicted, deleted | removals |
 
 (Writes are `refresher.jobs.transitions`' and `refresher.jobs.claims`'.)
 
-A job's end removes its uploads, files before rows. Events go to every open stream
+A job's end removes its uploads, files before rows, except the sources of its failed files
+when it ended completed or failed: those stay, counted against the quota, so the files can
+be retried (`retry`) until the job's results go. Events go to every open stream
 (`publish`); notices to the workers go through the bus (`refresher.store.bus`): work to
 claim, a job to stop. Writes that must land wait for room on a full storage
 (`write_when_room`); a `holding` shield around the caller is lifted then, so a full disk
@@ -199,13 +202,33 @@ class Lifecycle:
         if ended is None:
             return
         self._ended(ended.job_id, ended.status, ended.error)
-        await trio.to_thread.run_sync(self.blobs.remove, self.paths.upload_dir(ended.job_id))
+        sources = await self.db.read(lambda conn: records.sources(conn, ended.job_id))
+        dropped = [path for path, kept in sources if not kept]
+        if len(dropped) == len(sources):
+            await trio.to_thread.run_sync(self.blobs.remove, self.paths.upload_dir(ended.job_id))
+        else:  # failed files keep theirs, for a retry, until the job's results go
+            for path in dropped:
+                await trio.to_thread.run_sync(self.blobs.remove, self.paths.absolute(path))
         await write_when_room(
             self.db,
-            lambda conn: records.clear_uploads(conn, ended.job_id),
+            lambda conn: records.clear_uploads(conn, ended.job_id, dropped),
             what=f"job={ended.job_id} uploads removed",
             holding=holding,
         )
+
+    async def retry(self, job_id: str, file_id: str) -> None:
+        """Queue a failed file again from its kept source, announced (its job, if ended,
+        is queued again). Raise `JobNotFound`, `FileNotFound` or `NotRetryable`."""
+        moment = self.now()
+        restarted = await self.db.write(
+            lambda conn: transitions.requeue_file(
+                conn, job_id, file_id, now=moment, ttl_s=self.ttl_s
+            )
+        )
+        LOGGER.info("job=%s file=%s queued again", job_id, file_id)
+        if restarted:
+            self.publish(status_event(job_id, JobStatus.QUEUED))
+        self.bus.publish(JOB_QUEUED, job_id)
 
     async def fail_stale(self) -> dict[str, str]:
         """Fail queued jobs past their expiry (they never started); return id → reason."""

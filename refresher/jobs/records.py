@@ -14,7 +14,8 @@ from typing import Any
 
 from sqlalchemy import Connection, RowMapping, text
 
-from refresher.jobs.status import JobStatus
+from refresher.jobs.status import RETRYABLE, JobStatus
+from refresher.store.sql import in_list
 from refresher.timestamps import iso
 
 
@@ -252,10 +253,38 @@ def cancel_requested(conn: Connection, job_id: str) -> bool:
     return row is None or row[0] is not None
 
 
-def clear_uploads(conn: Connection, job_id: str) -> None:
-    """Forget the job's upload paths (after the files themselves were removed)."""
+def sources(conn: Connection, job_id: str) -> list[tuple[str, bool]]:
+    """The job's kept sources: each stored path, and whether it stays (its file failed in
+    a job that ended with results or failures, so it can be retried)."""
+    rows = conn.execute(
+        text(
+            """SELECT f.upload_path, f.status, j.status FROM job_files f
+               JOIN jobs j ON j.id = f.job_id
+               WHERE f.job_id = :job_id AND f.upload_path IS NOT NULL"""
+        ),
+        {"job_id": job_id},
+    )
+    return [
+        (path, file_status == JobStatus.FAILED and job_status in RETRYABLE)
+        for path, file_status, job_status in rows
+    ]
+
+
+def clear_uploads(conn: Connection, job_id: str, paths: Iterable[str] | None = None) -> None:
+    """Forget the job's upload paths, or only `paths` (after the files themselves were
+    removed)."""
+    if paths is None:
+        conn.execute(
+            text("UPDATE job_files SET upload_path = NULL WHERE job_id = :job_id"),
+            {"job_id": job_id},
+        )
+        return
     conn.execute(
-        text("UPDATE job_files SET upload_path = NULL WHERE job_id = :job_id"), {"job_id": job_id}
+        text(
+            "UPDATE job_files SET upload_path = NULL "
+            "WHERE job_id = :job_id AND upload_path IN :paths"
+        ).bindparams(in_list("paths")),
+        {"job_id": job_id, "paths": list(paths)},
     )
 
 

@@ -30,6 +30,8 @@ FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
 TOMBSTONES = frozenset({JobStatus.EXPIRED, JobStatus.EVICTED})
 # Nothing more will happen to the job but removal.
 TERMINAL = FINISHED | TOMBSTONES
+# Jobs whose failed files keep their sources, so they can be retried without uploading.
+RETRYABLE = frozenset({JobStatus.COMPLETED, JobStatus.FAILED})
 
 
 def sql_list(statuses: Iterable[JobStatus]) -> str:

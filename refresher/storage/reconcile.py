@@ -22,7 +22,7 @@ from pathlib import Path
 from sqlalchemy import Connection, text
 
 from refresher.jobs.outputstore import keep_archive_size
-from refresher.jobs.status import ACTIVE, FINISHED, TOMBSTONES, sql_list
+from refresher.jobs.status import ACTIVE, FINISHED, RETRYABLE, TOMBSTONES, JobStatus, sql_list
 from refresher.media.ffmpeg import PARTIAL_SUFFIX
 from refresher.storage.blobs import BlobStore, LocalBlobs
 from refresher.storage.paths import STILLS, Paths
@@ -55,6 +55,8 @@ class StoreSnapshot:
     outputs: dict[str, list[tuple[str, str]]]
     # Every stored path a settled job's rows name: outputs, stills, its thumbnail.
     named: dict[str, set[str]]
+    # Ended jobs that keep failed files' sources for a retry: their upload folders stay.
+    keeping_sources: frozenset[str] = frozenset()
 
 
 def store_snapshot(conn: Connection) -> StoreSnapshot:
@@ -84,7 +86,19 @@ def store_snapshot(conn: Connection) -> StoreSnapshot:
     ):
         if job_id in settled:
             named.setdefault(job_id, set()).add(thumbnail)
-    return StoreSnapshot(statuses=statuses, settled=settled, outputs=outputs, named=named)
+    keeping = frozenset(
+        conn.execute(
+            text(
+                f"""SELECT DISTINCT f.job_id FROM job_files f JOIN jobs j ON j.id = f.job_id
+                    WHERE f.upload_path IS NOT NULL AND f.status = :failed
+                      AND j.status IN {sql_list(RETRYABLE)}"""
+            ),
+            {"failed": JobStatus.FAILED},
+        ).scalars()
+    )
+    return StoreSnapshot(
+        statuses=statuses, settled=settled, outputs=outputs, named=named, keeping_sources=keeping
+    )
 
 
 @dataclass(frozen=True)
@@ -148,7 +162,7 @@ def plan_reconciliation(
         status = snapshot.statuses.get(name)
         if status is None and idle(paths.upload_dir(name)):
             orphans.append(paths.upload_dir(name))
-        elif status is not None and status not in ACTIVE:
+        elif status is not None and status not in ACTIVE and name not in snapshot.keeping_sources:
             ended_uploads.append(paths.upload_dir(name))
 
     # Plain strings, not Paths, in this loop over every finished job where it can: it is
@@ -253,8 +267,11 @@ def clear_ended_uploads(conn: Connection) -> int:
         text(
             f"""UPDATE job_files SET upload_path = NULL
                 WHERE upload_path IS NOT NULL AND job_id IN
-                    (SELECT id FROM jobs WHERE status NOT IN {sql_list(ACTIVE)})"""
-        )
+                    (SELECT id FROM jobs WHERE status NOT IN {sql_list(ACTIVE)})
+                  AND NOT (status = :failed AND job_id IN
+                    (SELECT id FROM jobs WHERE status IN {sql_list(RETRYABLE)}))"""
+        ),
+        {"failed": JobStatus.FAILED},
     ).rowcount
     return cleared
 

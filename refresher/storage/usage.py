@@ -55,12 +55,16 @@ def read_volume(path: Path) -> tuple[int, int]:
 
 
 def stored_bytes(conn: Connection) -> int:
-    """Bytes this service keeps on disk: outputs plus uploads not yet deleted."""
+    """Bytes this service keeps: outputs, jobs' uploads not yet deleted (a failed file's
+    source kept for a retry among them), and what resumable uploads received so far."""
     outputs = conn.execute(text("SELECT coalesce(sum(size), 0) FROM output_files")).scalar_one()
     uploads = conn.execute(
         text("SELECT coalesce(sum(file_size), 0) FROM job_files WHERE upload_path IS NOT NULL")
     ).scalar_one()
-    return int(outputs) + int(uploads)
+    resumable = conn.execute(
+        text("SELECT coalesce(sum(received), 0) FROM uploads WHERE taken_by IS NULL")
+    ).scalar_one()
+    return int(outputs) + int(uploads) + int(resumable)
 
 
 @dataclass(frozen=True)

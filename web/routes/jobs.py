@@ -9,10 +9,11 @@ import trio
 from quart import Blueprint, Response, jsonify
 
 from refresher.auth import tokens
-from refresher.jobs import records
+from refresher.jobs import records, transitions
 from refresher.jobs.status import ACTIVE, JobStatus
 from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
+from refresher.storage.full import StorageFull
 from web.http.access import check_bearer, require_login
 from web.http.errors import STORAGE_FULL, ApiError
 from web.http.serving import send_private_image
@@ -76,6 +77,24 @@ async def cancel_job(job_id: str) -> Response:
             "cancelledAt": job.cancelled_at,
         }
     )
+
+
+@blueprint.post("/api/jobs/<job_id>/files/<file_id>/retry")
+@require_login
+async def retry_file(job_id: str, file_id: str) -> Response:
+    """Queue a failed file again from its kept source: no upload needed."""
+    app_state = state()
+    try:
+        await app_state.lifecycle.retry(job_id, file_id)
+    except records.JobNotFound:
+        raise ApiError(404, "There is no such job; it may have been deleted.") from None
+    except transitions.FileNotFound:
+        raise ApiError(404, "The job has no such video.") from None
+    except transitions.NotRetryable as err:
+        raise ApiError(409, err.reason) from None
+    except StorageFull:
+        raise ApiError(507, STORAGE_FULL) from None
+    return jsonify({"jobId": job_id, "fileId": file_id, "status": JobStatus.QUEUED})
 
 
 @blueprint.delete("/api/jobs/<job_id>")
