@@ -8,7 +8,7 @@ through `Database.read`/`Database.write`; those that change several rows rely on
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,7 +270,7 @@ def sources(conn: Connection, job_id: str) -> list[tuple[str, bool]]:
     ]
 
 
-def clear_uploads(conn: Connection, job_id: str, paths: Iterable[str] | None = None) -> None:
+def clear_uploads(conn: Connection, job_id: str, paths: Sequence[str] | None = None) -> None:
     """Forget the job's upload paths, or only `paths` (after the files themselves were
     removed)."""
     if paths is None:
@@ -278,6 +278,8 @@ def clear_uploads(conn: Connection, job_id: str, paths: Iterable[str] | None = N
             text("UPDATE job_files SET upload_path = NULL WHERE job_id = :job_id"),
             {"job_id": job_id},
         )
+        return
+    if not paths:
         return
     conn.execute(
         text(

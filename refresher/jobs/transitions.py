@@ -199,7 +199,8 @@ def fail_stale_queued(conn: Connection, now: float) -> dict[str, str]:
 
     A failed job keeps its row as long as a finished one would (the TTL it was queued
     with, `expires_at - created_at`), so its owner sees why. Its uploads are left for
-    the janitor's reconciliation, which removes uploads of every job that has ended.
+    the janitor's reconciliation, which removes uploads of every job that has ended: the
+    rows stop naming them at once (a job that never started keeps no source to retry).
     """
     stamp = iso(now)
     rows = conn.execute(
@@ -229,7 +230,8 @@ def fail_stale_queued(conn: Connection, now: float) -> dict[str, str]:
         if changed:
             conn.execute(
                 text(
-                    f"""UPDATE job_files SET status = :failed, error = :error, updated_at = :now
+                    f"""UPDATE job_files SET status = :failed, error = :error, updated_at = :now,
+                                             upload_path = NULL
                         WHERE job_id = :job_id AND status IN {sql_list(ACTIVE)}"""
                 ),
                 values,

@@ -256,6 +256,9 @@ def give_back(
 
 def forget(conn: Connection, upload_ids: Iterable[str]) -> int:
     """Delete the rows of uploads whose bytes went (to a job, or removed)."""
+    upload_ids = list(upload_ids)
+    if not upload_ids:  # an empty IN is not portable SQL
+        return 0
     removed: int = conn.execute(
         text("DELETE FROM uploads WHERE id IN :ids").bindparams(in_list("ids")),
         {"ids": list(upload_ids)},

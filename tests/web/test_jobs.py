@@ -307,7 +307,9 @@ async def test_a_job_whose_every_source_fails_is_failed_with_the_reasons(
     assert detail["status"] == "failed"
     assert detail["error"].startswith("Every video failed: notes.mp4: The file ")
     assert detail["downloadUrl"] is None
-    assert not service.state.paths.upload_dir(job_id).exists()
+    # Its source stays, so it can be retried without uploading again.
+    assert detail["files"][0]["retryable"] is True
+    assert service.state.paths.upload_dir(job_id).exists()
     assert service.state.supervisor.status()["processor"].restarts == 0
 
 
