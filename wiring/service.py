@@ -58,6 +58,7 @@ from refresher.storage.paths import Paths
 from refresher.store import Database
 from refresher.store.bus import JOB_CANCEL, JOB_EVENTS, JOB_QUEUED, Bus, LocalBus
 from refresher.store.postgres import PostgresBus
+from refresher.uploads import records as upload_records
 from web.app import create_app
 from web.http import lease
 from web.http.patches import ServerConfig, install_paced_server, tune_reads
@@ -212,6 +213,8 @@ async def _run(
             bus.subscribe(JOB_EVENTS, lambda payload: events.publish(JobEvent.from_json(payload)))
     else:
         bus, publish = LocalBus(), events.publish
+        # The sole process: no PATCH of an earlier run still writes an upload.
+        await db.write(upload_records.drop_holds)
     blobs = await open_blobs(config, paths)
     await adopt_local_files(db, blobs, paths)
     lifecycle = Lifecycle(

@@ -214,6 +214,15 @@ def let_go(conn: Connection, upload_id: str, writer: str) -> None:
     )
 
 
+def drop_holds(conn: Connection) -> int:
+    """End every hold: for a process that alone uses the store, at start (the writers of
+    an earlier run died with it)."""
+    dropped: int = conn.execute(
+        text("UPDATE uploads SET writer = NULL, writer_until = NULL WHERE writer IS NOT NULL")
+    ).rowcount
+    return dropped
+
+
 def take(
     conn: Connection, upload_ids: Sequence[str], job_id: str, *, expires_at: float
 ) -> list[UploadRecord]:

@@ -30,6 +30,7 @@ from refresher.storage import removal
 from refresher.storage.paths import Paths, remove_tree
 from refresher.store import Database
 from refresher.timestamps import iso
+from refresher.uploads import records as upload_records
 from tests.support.clock import DAY_S, WallClock, wait_for
 from tests.support.fakes import GatedTracker
 from tests.support.jobs import NOW, make_finished_job, make_unfinished_job
@@ -501,3 +502,37 @@ def test_janitor_refuses_bad_settings(
     lifecycle = Lifecycle(None, paths, now=time.time, ttl_s=DAY_S)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=message):
         Janitor(lifecycle, None, **settings)  # type: ignore[arg-type]
+
+
+async def test_abandoned_resumable_uploads_expire_bytes_first_and_are_counted(
+    db: Database, paths: Paths, tracker: DownloadTracker, wall_clock: WallClock
+) -> None:
+    """An upload nobody came back to goes once past its expiry (its file, then its row),
+    one still within it stays, and bytes under resumable/ that no row names go once idle
+    (`orphan_grace_s`, one hour by default)."""
+    paths.create()
+    ttl_s = 6 * HOUR_S
+
+    async def declared(upload_id: str, at: float) -> Path:
+        await db.write(
+            lambda conn: upload_records.declare(
+                conn, upload_id=upload_id, name="a.mp4", length=10, metadata={}, now=at,
+                ttl_s=ttl_s,
+            )
+        )  # fmt: skip
+        path = paths.resumable_upload(upload_id)
+        path.write_bytes(b"12345")
+        return path
+
+    abandoned = await declared("a" * 32, NOW)
+    recent = await declared("b" * 32, NOW + ttl_s)
+    stray = paths.resumable_upload("c" * 32)
+    stray.write_bytes(b"no row names me")
+    os.utime(stray, (time.time() - 2 * HOUR_S,) * 2)
+    wall_clock.value = NOW + ttl_s + 1
+    report = await make_janitor(db, paths, tracker, wall_clock).sweep()
+    assert (report.expired_uploads, report.resumable_orphans) == (1, 1)
+    assert not abandoned.exists()
+    assert not stray.exists()
+    assert recent.exists()
+    assert await db.read(upload_records.upload_ids) == {"b" * 32}

@@ -12,6 +12,7 @@ tests/system/test_process.py, which makes the same checks.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import time
@@ -39,11 +40,13 @@ from tests.support.process import (
     drain,
     integrity,
     logged_in,
+    next_janitor_pass,
     running_service,
     settle_after_restart,
     stop_gracefully,
     store_rows,
 )
+from tests.support.tus import cut_patch, declare, offset_of, patch, tus_upload, upload_id
 
 pytestmark = pytest.mark.slow
 
@@ -190,6 +193,63 @@ async def test_a_kill_mid_upload_leaves_no_upload_and_no_job(
         f"after {recovery.janitor_passes} janitor passes uploads left "
         f"{len(recovery.uploads_left)}, jobs {len(listed)}; download valid "
         f"({recovery.archive.received_bytes} bytes); integrity ok"
+    )
+
+
+async def test_a_resumable_upload_survives_kills_mid_patch_and_between_patches(
+    data_dir: Path, upload_clip: Path
+) -> None:
+    """Killed mid-PATCH, the service keeps what it had recorded; killed between PATCHes,
+    everything; after each restart (and a janitor pass) the client resumes from the offset
+    the service reports, and the bytes it keeps are the clip's, to the byte (a job made
+    from them is `tests/web/test_resumable_uploads.py`'s)."""
+    data = await trio.Path(upload_clip).read_bytes()
+    async with running_service(data_dir) as first:
+        async with logged_in(first) as http:
+            token = http.headers["Authorization"].removeprefix("Bearer ")
+            location = (await declare(http, len(data), upload_clip.name)).headers["Location"]
+            third = len(data) // 3
+            assert (await patch(http, location, 0, data[:third])).status_code == 204
+        await kill(first)  # between PATCHes
+    async with restarted(data_dir) as (second, http):
+        with trio.fail_after(TIMEOUT_S):
+            await next_janitor_pass(second)
+            assert await offset_of(http, location) == third
+            address = urlsplit(second.url)
+            assert address.port is not None
+
+            async def progressed() -> bool:  # a piece past the first third is kept
+                return await offset_of(http, location) > third
+
+            killed = trio.Event()
+
+            async def after_the_kill() -> bool:
+                await killed.wait()
+                return True
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    functools.partial(
+                        cut_patch, address.port, token, location, third, data[third:],
+                        send_bytes=(len(data) - third) // 2, until=after_the_kill,
+                    )
+                )  # fmt: skip
+                await wait_for(progressed, polls=3000)
+                await kill(second)  # mid-PATCH: its connection still open
+                killed.set()
+    async with restarted(data_dir) as (third_run, http):
+        with trio.fail_after(TIMEOUT_S):
+            await next_janitor_pass(third_run)
+            reached = await offset_of(http, location)
+            assert third < reached < len(data)
+            await tus_upload(third_run.url, token, upload_clip, url=f"{third_run.url}{location}")
+            await stop_gracefully(third_run)
+    kept = Paths(data_dir).resumable_upload(upload_id(location))
+    assert await trio.Path(kept).read_bytes() == data
+    assert await trio.to_thread.run_sync(integrity, data_dir) == "ok"
+    print(
+        f"crash: resumable upload of {len(data)} bytes killed between PATCHes at {third} "
+        f"and mid-PATCH; resumed from {reached}; kept byte-identical"
     )
 
 

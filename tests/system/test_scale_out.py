@@ -48,6 +48,7 @@ from tests.support.http import (
 from tests.support.jobs import queue_files_job
 from tests.support.process import ServiceProcess
 from tests.support.s3 import S3Server
+from tests.support.tus import declare, offset_of, patch, tus_upload, upload_id
 
 pytestmark = pytest.mark.slow
 
@@ -145,7 +146,21 @@ async def test_work_goes_from_one_web_process_through_the_workers_to_another(
             via_b.headers["Authorization"] = via_a.headers["Authorization"]
             health = (await via_b.get("/api/health")).json()
             assert "processor" not in health["actors"]  # web processes do not encode
-            response = await upload(via_a, [clips.mp4, clips.mov], variations="3")
+            # A resumable upload whose PATCHes reach either web process: declared on A,
+            # half sent to A, the rest to B from the offset B reports; another sent
+            # whole through B by the real client; the job made from both on A.
+            data = clips.mp4.read_bytes()
+            location = (await declare(via_a, len(data), clips.mp4.name)).headers["Location"]
+            assert (await patch(via_a, location, 0, data[: len(data) // 2])).status_code == 204
+            offset = await offset_of(via_b, location)
+            assert offset == len(data) // 2
+            assert (await patch(via_b, location, offset, data[offset:])).status_code == 204
+            token = via_a.headers["Authorization"].removeprefix("Bearer ")
+            other = await tus_upload(web_b.url, token, clips.mov)
+            response = await via_a.post(
+                "/api/jobs",
+                json={"uploads": [upload_id(location), upload_id(other)], "variations": 3},
+            )
             assert response.status_code == 202, response.text
             job_id = response.json()["jobId"]
             job = await wait_for_job(via_b, job_id, finished, timeout_s=TIMEOUT_S)

@@ -166,17 +166,26 @@ async def upload_offset(upload_id: str) -> Response:
     )  # fmt: skip
 
 
-async def _stall_limited(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The body, ended (what arrived kept) when no byte comes for STALL_S."""
+async def _paced(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The body's chunks, with an empty one each KEEP_EVERY_S that none arrives (so what
+    did arrive is kept on time, however the client paces it); ended, what arrived kept,
+    when none comes for STALL_S. (Only the body itself is waited on with a timeout: a
+    generator cancelled mid-step cannot go on.)"""
     chunks = aiter(body)
+    idle_s = 0.0
     while True:
-        with trio.move_on_after(STALL_S) as waited:
+        with trio.move_on_after(KEEP_EVERY_S) as waited:
             chunk = await anext(chunks, None)
         if waited.cancelled_caught:
-            LOGGER.info("upload PATCH stalled for %g s; ended", STALL_S)
-            return
+            idle_s += KEEP_EVERY_S
+            if idle_s >= STALL_S:
+                LOGGER.info("upload PATCH stalled for %g s; ended", idle_s)
+                return
+            yield b""
+            continue
         if chunk is None:
             return
+        idle_s = 0.0
         yield chunk
 
 
@@ -314,7 +323,7 @@ async def patch_upload(upload_id: str) -> Response:
             return raw.take_arrived()
 
         body = room_checked(
-            _stall_limited(request.body), 0,
+            _paced(request.body), 0,
             lambda nbytes: ask_for_room(app_state, nbytes), declared=remaining,
         )  # fmt: skip
         try:
