@@ -12,6 +12,7 @@ import trio
 from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import TEST_PASSWORD
 from tests.support.jobs import make_finished_job
+from tests.support.tus import TUS, declare, offset_of
 from web.http import patches
 from web.http.bodies import SMALL_BODY, BodyLimit
 from web.http.errors import ApiError
@@ -429,3 +430,70 @@ async def test_a_small_body_that_never_arrives_is_408_not_a_held_connection(
         sock.close()
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"error"' in answer
+
+
+# --- resumable uploads, jobs by reference, retries ------------------------------------
+
+
+@pytest.mark.parametrize(
+    "offset", ["abc", "-5", "1.5", "9" * 40, "0x10", "+3", "1_0"], ids=lambda raw: repr(raw)
+)
+@pytest.mark.usefixtures("changes_nothing")
+async def test_a_patch_with_an_odd_offset_is_400_and_keeps_nothing(
+    authed: httpx.AsyncClient, offset: str
+) -> None:
+    location = (await declare(authed, 100)).headers["Location"]
+    response = await authed.patch(
+        location, content=b"x" * 10,
+        headers={**TUS, "Upload-Offset": offset,
+                 "Content-Type": "application/offset+octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 400, response.text
+    assert response.json()["error"].startswith("Upload-Offset must be a whole number of bytes")
+    assert await offset_of(authed, location) == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.usefixtures("changes_nothing")
+async def test_a_patch_past_the_declared_length_keeps_only_what_fits(
+    authed: httpx.AsyncClient, chunked: bool
+) -> None:
+    location = (await declare(authed, 1000)).headers["Location"]
+    body = b"z" * 200_000
+    response = await authed.patch(
+        location, content=pieces(body, 8192) if chunked else body,
+        headers={**TUS, "Upload-Offset": "0",
+                 "Content-Type": "application/offset+octet-stream"},
+    )  # fmt: skip
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]
+    assert await offset_of(authed, location) in (0, 1000)  # declared: refused whole
+
+
+@pytest.mark.usefixtures("changes_nothing")
+async def test_resumable_routes_refuse_odd_requests_with_json(authed: httpx.AsyncClient) -> None:
+    location = (await declare(authed, 100)).headers["Location"]
+    wrong_type = await authed.patch(
+        location, content=b"x", headers={**TUS, "Upload-Offset": "0", "Content-Type": "text/plain"}
+    )
+    assert wrong_type.status_code == 415
+    for odd in ("../../etc/passwd", "%00", "a" * 5000, "0" * 32, location.rsplit("/", 1)[1] + "x"):
+        assert (await authed.head(f"/api/uploads/{odd}", headers=TUS)).status_code in (404, 405)
+        response = await authed.delete(f"/api/uploads/{odd}", headers=TUS)
+        assert response.status_code in (404, 405), response.text
+    async with httpx.AsyncClient(base_url=str(authed.base_url)) as anonymous:
+        refused = await anonymous.patch(location, content=b"x" * 10, headers=TUS)
+    assert refused.status_code == 401
+    huge = await authed.post(
+        "/api/jobs", content=b'{"uploads": ["' + b"a" * 100_000 + b'"]}',
+        headers={"Content-Type": "application/json"},
+    )  # fmt: skip
+    assert huge.status_code == 413
+    for body in (b"[", b'{"uploads": ' + b"[" * 5000, b"\xff\xfe"):
+        broken = await authed.post(
+            "/api/jobs", content=body, headers={"Content-Type": "application/json"}
+        )
+        assert_json_error(broken, 400, "The body is not JSON in UTF-8.")
+    retry = await authed.post("/api/jobs/%00/files/%ff%fe/retry")
+    assert retry.status_code == 404
+    assert retry.json()["error"]
