@@ -3,7 +3,7 @@
     python -m bench [--quick] [--only download,upload,...] [--json bench/results/latest.json]
 
 Runs, one after the other (never at once: each would take the other's CPU), the
-download, upload, mixed-load (API latency and the whole machine's memory), processing,
+download, upload, resumable upload (cut three times), mixed-load (API latency and the whole machine's memory), processing,
 lifecycle, bucket (the ZIP with its outputs in S3) and workers (one worker against two,
 sharing PostgreSQL) benchmarks, each against a baseline measured in the same run; prints
 one table of every figure (name, ours, the baseline, the ratio, the target, PASS/FAIL or
@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import bucket, download, lifecycle, mixed, processing, upload, workers
+from bench import bucket, download, lifecycle, mixed, processing, resumable, upload, workers
 from bench.verdict import Row, table, write_json
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -34,6 +34,10 @@ SUITES: dict[str, tuple[Callable[[], list[Row]], Callable[[], list[Row]]]] = {
     "upload": (
         lambda: upload.measure(gib=1.0, rounds=3),
         lambda: upload.measure(gib=0.1, rounds=1),
+    ),
+    "resumable": (
+        lambda: resumable.measure(gib=1.0, cuts=3),
+        lambda: resumable.measure(gib=0.1, cuts=3),
     ),
     "mixed": (
         lambda: mixed.measure(seconds=8.0, variations=10, rate=200.0, window_s=20.0),

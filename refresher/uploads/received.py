@@ -54,13 +54,15 @@ class Receiver:
     def _piece_path(self) -> Path:
         return self.paths.resumable_upload(self.upload_id) / f"{self.start:015d}-{self._writer}"
 
-    def write(self, data: bytes) -> None:
+    def write(self, chunks: list[bytes]) -> None:
+        """Write `chunks` in order after what was written before."""
         if self._file is None:
             self._spool = self._piece_path()
             self._spool.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self._spool, "wb")  # noqa: SIM115 - closed in keep/close
-        self._file.write(data)
-        self.unkept += len(data)
+        for chunk in chunks:
+            self._file.write(chunk)
+            self.unkept += len(chunk)
 
     def keep(self) -> tuple[int, Piece | None]:
         """Make the bytes written since the last keep durable; return how many and, in a

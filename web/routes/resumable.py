@@ -189,6 +189,10 @@ async def _paced(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
+def held(chunks: list[bytes]) -> int:
+    return sum(len(chunk) for chunk in chunks)
+
+
 class PastLength(Exception):
     """A PATCH sent more bytes than the upload declared."""
 
@@ -209,7 +213,8 @@ async def _receive(
         received.Receiver, blobs, paths, upload.id, upload.received, writer
     )
     recorded = upload.received
-    pending = bytearray()
+    # Chunks received and not yet written, as they came (never copied into one buffer).
+    pending: list[bytes] = []
     last_keep = trio.current_time()
 
     async def keep() -> bool:
@@ -222,7 +227,7 @@ async def _receive(
     async def keep_unshielded() -> bool:
         nonlocal recorded, last_keep
         if pending:
-            await trio.to_thread.run_sync(receiver.write, bytes(pending))
+            await trio.to_thread.run_sync(receiver.write, list(pending))
             pending.clear()
         kept, piece = await trio.to_thread.run_sync(receiver.keep)
         last_keep = trio.current_time()
@@ -247,19 +252,19 @@ async def _receive(
     try:
         async for chunk in body:
             seen += len(chunk)
-            room = upload.length - recorded - receiver.unkept - len(pending)
-            pending += chunk[:room]
+            room = upload.length - recorded - receiver.unkept - held(pending)
+            pending.append(chunk if len(chunk) <= room else chunk[:room])
             if len(chunk) > room:
                 raise PastLength()
-            if len(pending) >= WRITE_BYTES:
-                await trio.to_thread.run_sync(receiver.write, bytes(pending))
+            if held(pending) >= WRITE_BYTES:
+                await trio.to_thread.run_sync(receiver.write, list(pending))
                 pending.clear()
             due = trio.current_time() - last_keep >= KEEP_EVERY_S
-            if (receiver.unkept + len(pending) >= PIECE_BYTES or due) and not await keep():
+            if (receiver.unkept + held(pending) >= PIECE_BYTES or due) and not await keep():
                 raise records.UploadBusy(upload.id)
     except trio.Cancelled:
         for chunk in arrived(seen):
-            pending += chunk[: upload.length - recorded - receiver.unkept - len(pending)]
+            pending.append(chunk[: upload.length - recorded - receiver.unkept - held(pending)])
         raise
     finally:
         with trio.CancelScope(shield=True):
