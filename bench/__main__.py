@@ -3,7 +3,8 @@
     python -m bench [--quick] [--only download,upload,...] [--json bench/results/latest.json]
 
 Runs, one after the other (never at once: each would take the other's CPU), the
-download, upload, resumable upload (cut three times), mixed-load (API latency and the whole machine's memory), processing,
+download, upload, resumable upload (cut three times),
+mixed-load (API latency and the whole machine's memory), processing,
 lifecycle, bucket (the ZIP with its outputs in S3) and workers (one worker against two,
 sharing PostgreSQL) benchmarks, each against a baseline measured in the same run; prints
 one table of every figure (name, ours, the baseline, the ratio, the target, PASS/FAIL or

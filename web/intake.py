@@ -7,16 +7,21 @@ route modules share through modules of their own.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import trio
 
 from actors.evictor import EvictorUnavailable
 from refresher.config import Config
 from refresher.media.probe import BY, FrameTooLarge, NotAVideo, Probe, TooLong, probe
+from refresher.storage.full import StorageFull
 from web.http.errors import ApiError
-from web.http.multipart import ReceivedFile
+from web.http.multipart import FormRejected, ReceivedFile, ReceivedForm, receive_form
 from web.state import AppState
+
+LOGGER = logging.getLogger(__name__)
 
 # A body asks the evictor for room as it arrives, in steps (never past its declared
 # length) that start small, so a small upload fits a small volume, and double up to the
@@ -116,3 +121,41 @@ async def room_checked(
             granted += wanted
             step = min(2 * step, LARGEST_ROOM_STEP_BYTES)
         yield chunk
+
+
+async def receive_videos(
+    app_state: AppState,
+    body: AsyncIterable[bytes],
+    boundary: bytes,
+    directory: Path,
+    *,
+    file_field: str,
+    max_files: int,
+    declared: int | None,
+    too_slow: str,
+) -> ReceivedForm:
+    """Stream a multipart form of videos into `directory`: room asked as the bytes arrive,
+    `MAX_UPLOAD_BYTES` a file, `UPLOAD_TIMEOUT_S` in all. Raise the `ApiError` a refusal
+    gets: the form's own (400, 413), 507 without room, 408 with `too_slow` past the time."""
+    config = app_state.config
+    try:
+        with trio.move_on_after(config.upload_timeout_s) as deadline:
+            form = await receive_form(
+                room_checked(
+                    body, 0, lambda nbytes: ask_for_room(app_state, nbytes), declared=declared
+                ),
+                boundary,
+                directory,
+                file_field=file_field,
+                max_files=max_files,
+                max_file_bytes=config.max_upload_bytes,
+                limit_words=f"{byte_words(config.max_upload_bytes)} per-file",
+            )
+    except FormRejected as err:
+        raise ApiError(err.status, err.message) from None
+    except StorageFull:
+        raise ApiError(507, NO_ROOM) from None
+    if deadline.cancelled_caught:
+        LOGGER.info("upload into %s timed out after %g s", directory.name, config.upload_timeout_s)
+        raise ApiError(408, too_slow)
+    return form

@@ -10,7 +10,7 @@ tells every open stream, and the metric, together, in one place.
 | `release` | a stopping worker | `release`, may end a cancelled job | the job's end | ditto |
 | `settle_cancelled` | worker, janitor | `settle`: cancelled, unheld jobs | cancelled | ditto |
 | `drop_claims` | the sole worker, at start | `drop_all` | | |
-| `retry` | a user | `requeue_file`; an ended job queued again | queued; work to claim | |
+| `retry` | a user | `retries.requeue_file`; an ended job queued again | queued; work to claim | |
 | `cancel` | a user | `request_cancel`; unheld, it ends | cancelled; stop work | ditto |
 | `fail_stale` | the janitor | `fail_stale_queued` | failed | ditto |
 | `retire` | the removal flow | `retire` | expired, evicted, deleted | removals |
@@ -35,7 +35,7 @@ import trio
 from sqlalchemy import Connection
 
 from refresher import metrics
-from refresher.jobs import claims, records, transitions
+from refresher.jobs import claims, records, retries, transitions
 from refresher.jobs.claims import Claim
 from refresher.jobs.device import DeviceFile
 from refresher.jobs.events import DELETED, Publish, nobody_listens, status_event
@@ -221,9 +221,7 @@ class Lifecycle:
         is queued again). Raise `JobNotFound`, `FileNotFound` or `NotRetryable`."""
         moment = self.now()
         restarted = await self.db.write(
-            lambda conn: transitions.requeue_file(
-                conn, job_id, file_id, now=moment, ttl_s=self.ttl_s
-            )
+            lambda conn: retries.requeue_file(conn, job_id, file_id, now=moment, ttl_s=self.ttl_s)
         )
         LOGGER.info("job=%s file=%s queued again", job_id, file_id)
         if restarted:

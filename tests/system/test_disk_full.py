@@ -29,7 +29,7 @@ from tests.support.forms import BOUNDARY, form_body
 from tests.support.full_disk import fill_volume, free_bytes, mounted_tmpfs, resize_tmpfs
 from tests.support.http import TEST_PASSWORD, StartService, finished, upload, wait_for_job
 from tests.support.jobs import leftovers, make_unfinished_job
-from web.routes.uploads import NO_ROOM
+from web.intake import NO_ROOM
 from wiring.service import RunningService
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from tests.support.http import TEST_PASSWORD, StartService, upload
 from tests.support.jobs import leftovers, make_finished_job, output_bytes
 from tests.support.s3 import S3Server
 from tests.support.throttle import throttled
-from web.routes.uploads import STORAGE_UNREACHABLE
+from web.intake import STORAGE_UNREACHABLE
 from wiring.service import RunningService
 
 

@@ -22,7 +22,7 @@ from tests.support.forms import BOUNDARY, chunks, form_body
 from tests.support.http import StartService, upload
 from tests.support.jobs import leftovers, make_finished_job
 from tests.support.process import GRACE_S, drain, running_service
-from web.routes.uploads import NO_ROOM, media_limit_breach, room_checked
+from web.intake import NO_ROOM, media_limit_breach, room_checked
 
 MULTIPART = f"multipart/form-data; boundary={BOUNDARY.decode()}"
 

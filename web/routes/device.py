@@ -52,7 +52,6 @@ from web.http.multipart import (
     ReceivedFile,
     ReceivedForm,
     boundary_of,
-    receive_form,
 )
 from web.intake import (
     NO_ROOM,
@@ -60,7 +59,7 @@ from web.intake import (
     ask_for_room,
     byte_words,
     probe_upload,
-    room_checked,
+    receive_videos,
 )
 from web.state import FORM_OVERHEAD_BYTES, AppState, state
 
@@ -116,34 +115,14 @@ def _measure_and_move(received: Path, target: Path) -> tuple[int, int]:
 
 async def _receive(app_state: AppState, boundary: bytes, directory: Path) -> ReceivedForm:
     """Stream the form into `directory` under every limit (raise `ApiError` past one)."""
-    config = app_state.config
-    try:
-        with trio.move_on_after(config.upload_timeout_s) as deadline:
-            form = await receive_form(
-                room_checked(
-                    _bounded(request.body, app_state),
-                    0,
-                    lambda nbytes: ask_for_room(app_state, nbytes),
-                    declared=request.content_length,
-                ),
-                boundary,
-                directory,
-                file_field=RESULTS_FIELD,
-                max_files=MAX_RESULTS,
-                max_file_bytes=config.max_upload_bytes,
-                limit_words=f"{byte_words(config.max_upload_bytes)} per-file",
-            )
-    except FormRejected as err:
-        raise ApiError(err.status, err.message) from None
-    except StorageFull:
-        raise ApiError(507, NO_ROOM) from None
-    if deadline.cancelled_caught:
-        raise ApiError(
-            408,
-            f"The results took longer than {duration_words(config.upload_timeout_s)} to "
-            "arrive, the longest an upload may take; try again on a faster connection.",
-        )
-    return form
+    return await receive_videos(
+        app_state, _bounded(request.body, app_state), boundary, directory,
+        file_field=RESULTS_FIELD, max_files=MAX_RESULTS, declared=request.content_length,
+        too_slow=(
+            f"The results took longer than {duration_words(app_state.config.upload_timeout_s)} "
+            "to arrive, the longest an upload may take; try again on a faster connection."
+        ),
+    )  # fmt: skip
 
 
 async def _place(

@@ -9,7 +9,7 @@ import trio
 from quart import Blueprint, Response, jsonify
 
 from refresher.auth import tokens
-from refresher.jobs import records, transitions
+from refresher.jobs import records, retries
 from refresher.jobs.status import ACTIVE, JobStatus
 from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
@@ -88,9 +88,9 @@ async def retry_file(job_id: str, file_id: str) -> Response:
         await app_state.lifecycle.retry(job_id, file_id)
     except records.JobNotFound:
         raise ApiError(404, "There is no such job; it may have been deleted.") from None
-    except transitions.FileNotFound:
+    except retries.FileNotFound:
         raise ApiError(404, "The job has no such video.") from None
-    except transitions.NotRetryable as err:
+    except retries.NotRetryable as err:
         raise ApiError(409, err.reason) from None
     except StorageFull:
         raise ApiError(507, STORAGE_FULL) from None

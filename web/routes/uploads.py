@@ -25,10 +25,15 @@ from refresher.uploads.records import UPLOAD_ID
 from web.http.access import require_login
 from web.http.bodies import BodyLimit, MalformedJSON, read_json
 from web.http.errors import ApiError
-from web.http.multipart import FormRejected, ReceivedFile, boundary_of, receive_form
-from web.intake import NO_ROOM, STORAGE_UNREACHABLE, byte_words, probe_upload, room_checked
-from web.intake import ask_for_room as ask_for_room
-from web.intake import media_limit_breach as media_limit_breach  # where tests look for it
+from web.http.multipart import FormRejected, ReceivedFile, boundary_of
+from web.intake import (
+    NO_ROOM,
+    STORAGE_UNREACHABLE,
+    ask_for_room,
+    byte_words,
+    probe_upload,
+    receive_videos,
+)
 from web.state import AppState, state
 
 LOGGER = logging.getLogger(__name__)
@@ -133,34 +138,15 @@ async def _create_job_from_form(content_type: str) -> tuple[Response, int]:
     directory = app_state.paths.upload_dir(job_id)
     await trio.Path(directory).mkdir(parents=True)
     try:
-        try:
-            with trio.move_on_after(config.upload_timeout_s) as deadline:
-                form = await receive_form(
-                    room_checked(
-                        request.body,
-                        0,
-                        lambda nbytes: ask_for_room(app_state, nbytes),
-                        declared=declared,
-                    ),
-                    boundary,
-                    directory,
-                    file_field=FILE_FIELD,
-                    max_files=config.max_files,
-                    max_file_bytes=config.max_upload_bytes,
-                    limit_words=f"{byte_words(config.max_upload_bytes)} per-file",
-                )
-        except FormRejected as err:
-            raise ApiError(err.status, err.message) from None
-        except StorageFull:
-            raise ApiError(507, NO_ROOM) from None
-        if deadline.cancelled_caught:
-            LOGGER.info("job=%s upload timed out after %g s", job_id, config.upload_timeout_s)
-            raise ApiError(
-                408,
+        form = await receive_videos(
+            app_state, request.body, boundary, directory,
+            file_field=FILE_FIELD, max_files=config.max_files, declared=declared,
+            too_slow=(
                 f"The upload took longer than {duration_words(config.upload_timeout_s)}, the "
                 "longest an upload may take; try again with fewer or smaller videos, or on a "
-                "faster connection.",
-            )
+                "faster connection."
+            ),
+        )  # fmt: skip
         choices = parse_choices(form.fields, config)
         if not form.files:
             raise ApiError(400, f"Choose at least one video to upload (field “{FILE_FIELD}”).")
