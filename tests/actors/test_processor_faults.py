@@ -212,7 +212,10 @@ async def test_a_full_volume_fails_the_file_frees_its_outputs_and_room_lets_the_
                 assert file.error is not None
                 assert file.error.startswith("The storage is full: "), file.error
                 assert written(paths, full) == []
-                assert not paths.upload_dir(full).exists()
+                # Its source stays, so it can be retried once there is room.
+                assert [file.upload_path] == [
+                    paths.relative(path) for path in paths.upload_dir(full).iterdir()
+                ]
                 assert service.restarts == 0
 
                 resize_tmpfs(volume, 64 * 1024 * 1024)
