@@ -1,7 +1,8 @@
 // The job view: live progress per file, each variation's effects, verdict and a player
-// for it, the stills side by side, the ZIP download, and Cancel or Delete.
+// for it, the stills side by side, the ZIP download, Retry on a failed file, and Cancel or
+// Delete.
 
-import { api } from "./api.js";
+import { api, retryFile } from "./api.js";
 import { compareSection, verdictNote } from "./compare.js";
 import { ACTIVE, confirmAction, formatBytes, formatTime, h, progressBar, statusBadge, timeLeft, toast, TOMBSTONES } from "./dom.js";
 import { namesOf, thumbnail } from "./jobs.js";
@@ -45,7 +46,7 @@ function strengthWords(job, config) {
   return job.mirror ? `${name} · mirrored` : name;
 }
 
-function fileSection(file, onPlay, jobActive) {
+function fileSection(file, onPlay, onRetry, jobActive) {
   const section = h(
     "li",
     { class: "file-card", dataset: { fileId: file.id } },
@@ -54,6 +55,13 @@ function fileSection(file, onPlay, jobActive) {
   );
   if (ACTIVE.has(file.status)) section.append(progressBar(file.progress, `Progress of ${file.name}`));
   if (file.error) section.append(h("p", { class: "message message-error" }, file.error));
+  if (file.status === "failed" && file.retries > 0) {
+    section.append(h("p", { class: "small muted retries" }, `Failed again after ${file.retries} ${file.retries === 1 ? "retry" : "retries"}.`));
+  }
+  // The server kept this failed file's source: it can be made again without uploading.
+  if (file.status === "failed" && file.retryable) {
+    section.append(h("div", { class: "actions" }, h("button", { id: `retry-${file.id}`, type: "button", class: "button small retry", onclick: (event) => onRetry(file, event.currentTarget) }, "Retry")));
+  }
   if (file.outputs?.length) {
     section.append(
       h(
@@ -114,6 +122,17 @@ export function render(root, { id, config, navigate }) {
     video.focus();
   };
 
+  const retry = async (file, button) => {
+    button.disabled = true;
+    try {
+      await retryFile(id, file.id);
+      toast(`${file.name} is queued again.`);
+    } catch (error) {
+      if (error.status !== 401) toast(error.message, "error");
+    }
+    loadJob(id).catch(() => {});
+  };
+
   const act = async (question, detail, label, request, after) => {
     if (!(await confirmAction(question, detail, label))) return;
     try {
@@ -165,7 +184,7 @@ export function render(root, { id, config, navigate }) {
     const open = new Set([...content.querySelectorAll("details[open]")].map((details) => details.dataset.outputId));
     const jobActive = ACTIVE.has(job.status);
     const compare = compareSection(job, stills);
-    content.replaceChildren(header, h("h2", {}, "Videos"), h("ul", { class: "file-cards" }, ...(job.files || []).map((file) => fileSection(file, play, jobActive))), ...(compare ? [compare] : []));
+    content.replaceChildren(header, h("h2", {}, "Videos"), h("ul", { class: "file-cards" }, ...(job.files || []).map((file) => fileSection(file, play, retry, jobActive))), ...(compare ? [compare] : []));
     for (const details of content.querySelectorAll("details")) details.open = open.has(details.dataset.outputId);
     if (focused && focused !== "player-video") document.getElementById(focused)?.focus({ preventScroll: true });
     if (playing && !(job.files || []).some((file) => file.outputs?.some((output) => output.id === playing))) player.hidden = true;

@@ -28,6 +28,12 @@ function counts(job) {
   return `${videos} · ${made} of ${plural(job.totalVariations, "variation")}`;
 }
 
+// Results a device made and sent (the original client's device mode), not made here.
+function sourceBadge(job) {
+  if (job.source !== "device") return null;
+  return h("span", { class: "badge badge-device", title: "Made on a device and uploaded as finished variations" }, "Device");
+}
+
 function card(job) {
   const names = namesOf(job);
   const title = names.length > 1 ? `${names[0]} + ${names.length - 1} more` : names[0] || "Untitled job";
@@ -38,7 +44,7 @@ function card(job) {
       "div",
       { class: "card-body" },
       h("h2", { class: "card-title" }, h("a", { href: `#/jobs/${job.id}`, class: "card-link", title: names.join("\n") }, title)),
-      h("div", { class: "card-row" }, statusBadge(job.status), h("span", { class: "muted small" }, counts(job))),
+      h("div", { class: "card-row" }, h("span", { class: "badges" }, statusBadge(job.status), sourceBadge(job)), h("span", { class: "muted small" }, counts(job))),
     ),
   ];
   const body = parts[1];

@@ -1,10 +1,43 @@
 // The new-job view: a drop zone, the chosen files checked against the server's limits
-// before anything is sent, variations, their strength (remembered), and an upload with
-// bytes, speed, time left, Cancel.
+// before anything is sent, variations, their strength (remembered), and a resumable upload
+// of each file (bytes, speed, time left; it waits out a lost connection and goes on from
+// where the server has it, after a reload too), then the job made from the uploads.
 
-import { uploadJob } from "./api.js";
+import { createJob, CUT_OFF, resumableUpload } from "./api.js";
 import { formatBytes, formatDuration, h, progressBar, setProgress } from "./dom.js";
 import { askOnce } from "./notify.js";
+
+// Speed is measured over the last few seconds, so a wait or a resume soon stops counting.
+const RATE_WINDOW_MS = 5000;
+const CANCELLED = "Upload cancelled.";
+// The waits between asks for the job while the server cannot be reached: about half an
+// hour, as the uploads' own (js/api.js).
+const JOB_RETRY_DELAYS_MS = [1000, 3000, 5000, 10000, 20000, ...new Array(90).fill(20000)];
+
+// Bytes per second over the last RATE_WINDOW_MS; starts over when the count goes back
+// (a chunk cut part way is sent again).
+function rateMeter() {
+  const samples = [];
+  return {
+    add(bytes, now = performance.now()) {
+      if (samples.length && bytes < samples.at(-1)[1]) samples.length = 0;
+      samples.push([now, bytes]);
+      while (samples.length > 2 && now - samples[0][0] > RATE_WINDOW_MS) samples.shift();
+    },
+    perSecond() {
+      if (samples.length < 2) return 0;
+      const [[begun, before], [now, after]] = [samples[0], samples.at(-1)];
+      return now - begun > 200 ? ((after - before) * 1000) / (now - begun) : 0;
+    },
+  };
+}
+
+// "3 MiB of 12 MiB · 1.2 MiB/s · about 8 s left"
+function figuresOf(sent, size, speed) {
+  const parts = [`${formatBytes(sent)} of ${formatBytes(size)}`];
+  if (speed > 0) parts.push(`${formatBytes(speed)}/s`, `about ${formatDuration(Math.max(1, (size - sent) / speed))} left`);
+  return parts.join(" · ");
+}
 
 // What the browser can tell of a video before it is sent; null fields when it cannot
 // (a MOV codec it does not play): the server probes it then.
@@ -117,8 +150,10 @@ function refusal(entry, config) {
 }
 
 export function render(root, { config, navigate }) {
-  let entries = []; // {file, probed, reason}
-  let upload = null;
+  // {file, probed, reason} as chosen; once sending: {state: "waiting" | "sending" |
+  // "offline" | "sent" | "failed", sent, transfer, uploadId, error, bar, figures, meter}.
+  let entries = [];
+  let batch = null; // the upload under way: {entries, stop(error), stopped, current}
   const picker = h("input", { type: "file", id: "file-picker", multiple: true, hidden: true, accept: [...config.acceptedTypes, ...config.acceptedExtensions].join(",") });
   const zone = h(
     "div",
@@ -137,10 +172,46 @@ export function render(root, { config, navigate }) {
   const figures = h("p", { id: "upload-figures", class: "muted", "aria-live": "polite" });
   const progress = h("div", { id: "upload-progress", class: "stack", hidden: true }, bar, figures);
   const message = h("p", { id: "upload-message", class: "message", role: "alert" });
+  const overall = rateMeter();
 
   const accepted = () => entries.filter((entry) => !entry.reason);
   const variationCount = () => Number(variations.value);
   const variationsValid = () => Number.isInteger(variationCount()) && variationCount() >= 1 && variationCount() <= config.maxVariations;
+
+  // An upload this page began on the server goes when its file does.
+  const forgetUpload = (entry, { terminate }) => {
+    if (terminate) entry.transfer?.abort(true);
+    Object.assign(entry, { transfer: null, uploadId: null, state: null, sent: 0, error: null });
+  };
+
+  // One file's upload, as its row shows it.
+  const showFile = (entry) => {
+    if (!entry.state) return;
+    entry.bar ||= progressBar(0, `Upload of ${entry.file.name}`);
+    entry.figures ||= h("span", { class: "small muted file-progress" });
+    const size = entry.file.size;
+    setProgress(entry.bar, entry.state === "sent" ? 100 : (100 * entry.sent) / size);
+    entry.figures.textContent = {
+      waiting: "Waiting to upload",
+      sending: figuresOf(entry.sent, size, entry.meter?.perSecond() || 0),
+      offline: `${formatBytes(entry.sent)} of ${formatBytes(size)} · connection lost, trying again…`,
+      sent: `Uploaded (${formatBytes(size)})`,
+      failed: `${formatBytes(entry.sent)} of ${formatBytes(size)} sent`,
+    }[entry.state];
+  };
+
+  // The whole upload: every file's bytes together.
+  const showOverall = () => {
+    if (!batch) return;
+    const size = batch.entries.reduce((sum, entry) => sum + entry.file.size, 0);
+    const sent = batch.entries.reduce((sum, entry) => sum + (entry.state === "sent" ? entry.file.size : entry.sent || 0), 0);
+    overall.add(sent);
+    setProgress(bar, size ? (100 * sent) / size : 0);
+    const offline = batch.entries.some((entry) => entry.state === "offline");
+    figures.textContent = offline
+      ? `${figuresOf(sent, size, 0)} · The connection was lost: the upload goes on from where it stopped once it is back.`
+      : figuresOf(sent, size, overall.perSecond());
+  };
 
   const refresh = () => {
     list.replaceChildren(
@@ -149,13 +220,17 @@ export function render(root, { config, navigate }) {
         if (entry.probed?.duration) facts.push(formatDuration(entry.probed.duration));
         else if (!entry.probed && !entry.reason) facts.push("checking…");
         if (entry.probed?.width) facts.push(`${entry.probed.width}×${entry.probed.height}`);
+        showFile(entry);
         return h(
           "li",
-          { class: entry.reason ? "file refused" : "file" },
+          { class: entry.reason || entry.state === "failed" ? "file refused" : "file" },
           h("span", { class: "file-name", title: entry.file.name }, entry.file.name),
           h("span", { class: "muted small" }, facts.join(" · ")),
           entry.reason ? h("span", { class: "file-reason" }, `Refused: ${entry.reason}`) : null,
-          h("button", { type: "button", class: "button small", "aria-label": `Remove ${entry.file.name}`, disabled: Boolean(upload), onclick: () => {
+          entry.state ? h("div", { class: "file-upload" }, entry.bar, entry.figures) : null,
+          entry.state === "failed" ? h("span", { class: "file-reason" }, `Failed: ${entry.error}`) : null,
+          h("button", { type: "button", class: "button small", "aria-label": `Remove ${entry.file.name}`, disabled: Boolean(batch), onclick: () => {
+            forgetUpload(entry, { terminate: true });
             entries.splice(index, 1);
             refresh();
           } }, "Remove"),
@@ -164,7 +239,7 @@ export function render(root, { config, navigate }) {
     );
     const count = accepted().length;
     total.textContent = variationsValid() ? `${count * variationCount()} variations in all` : `Choose 1 to ${config.maxVariations}`;
-    send.disabled = Boolean(upload) || count === 0 || !variationsValid();
+    send.disabled = Boolean(batch) || count === 0 || !variationsValid();
   };
 
   const add = (files) => {
@@ -199,13 +274,74 @@ export function render(root, { config, navigate }) {
   zone.addEventListener("drop", (event) => {
     event.preventDefault();
     zone.classList.remove("dragging");
-    if (!upload) add([...event.dataTransfer.files]);
+    if (!batch) add([...event.dataTransfer.files]);
   });
   picker.addEventListener("change", () => {
     add([...picker.files]);
     picker.value = "";
   });
   variations.addEventListener("input", refresh);
+
+  // Send one file, going on from an upload this browser began earlier for it; resolves
+  // once the server has every byte, rejects with the server's sentence (or CUT_OFF).
+  const sendFile = async (entry, running) => {
+    entry.meter = rateMeter();
+    entry.state = "sending";
+    // Callbacks of an upload this entry has let go (cancelled, removed) change nothing.
+    const current = () => entry.transfer === transfer;
+    const transfer = resumableUpload(entry.file, {
+      onProgress: (sent) => {
+        if (!current()) return;
+        entry.state = "sending";
+        entry.sent = sent;
+        entry.meter.add(sent);
+        showFile(entry);
+        showOverall();
+      },
+      onWaiting: () => {
+        if (!current()) return;
+        entry.state = "offline";
+        showFile(entry);
+        showOverall();
+      },
+    });
+    entry.transfer = transfer;
+    running.current = entry;
+    refresh();
+    await transfer.start();
+    entry.uploadId = await Promise.race([transfer.done, running.stopped]);
+    entry.state = "sent";
+    showFile(entry);
+    showOverall();
+  };
+
+  // The job from the finished uploads. Asked again while there is no answer (the
+  // connection is down) or the server cannot for a moment: the uploads wait there.
+  const makeJob = async (running) => {
+    const request = { uploads: running.entries.map((entry) => entry.uploadId), variations: variationCount(), strength: choice.strength(), mirror: choice.mirror() };
+    for (let attempt = 0; ; attempt += 1) {
+      figures.textContent = "Uploaded. Making the job…";
+      try {
+        return await Promise.race([createJob(request), running.stopped]);
+      } catch (error) {
+        const again = error.status === 0 || [502, 503, 504].includes(error.status);
+        if (batch !== running || !again || attempt >= JOB_RETRY_DELAYS_MS.length) throw error;
+        figures.textContent = error.status === 0
+          ? "Uploaded. The connection was lost: the job is made once it is back."
+          : "Uploaded. The server cannot make the job right now; trying again…";
+        const backOnline = new Promise((resolve) => window.addEventListener("online", resolve, { once: true }));
+        await Promise.race([new Promise((resolve) => setTimeout(resolve, JOB_RETRY_DELAYS_MS[attempt])), backOnline, running.stopped]);
+      }
+    }
+  };
+
+  const stopSending = () => {
+    for (const entry of entries) if (entry.state === "waiting") entry.state = null;
+    batch = null;
+    progress.hidden = true;
+    cancel.hidden = true;
+    refresh();
+  };
 
   const form = h(
     "form",
@@ -224,39 +360,65 @@ export function render(root, { config, navigate }) {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     if (send.disabled) return;
-    const body = new FormData();
-    for (const entry of accepted()) body.append("videos", entry.file, entry.file.name);
-    body.append("variations", String(variationCount()));
-    if (choice.strength()) body.append("strength", choice.strength());
-    if (choice.mirror() !== null) body.append("mirror", choice.mirror() ? "true" : "false");
     askOnce();
-    const started = performance.now();
+    const running = { entries: accepted(), current: null };
+    running.stopped = new Promise((_, reject) => (running.stop = reject));
+    running.stopped.catch(() => {});
+    batch = running;
+    for (const entry of running.entries) if (!entry.uploadId) Object.assign(entry, { state: "waiting", sent: 0, error: null });
     message.textContent = "";
     progress.hidden = false;
     cancel.hidden = false;
-    upload = uploadJob(body, (loaded, size) => {
-      const seconds = (performance.now() - started) / 1000;
-      const speed = seconds > 0.2 ? loaded / seconds : 0;
-      setProgress(bar, size ? (100 * loaded) / size : 0);
-      const left = speed && size ? ` · about ${formatDuration((size - loaded) / speed)} left` : "";
-      figures.textContent = `${formatBytes(loaded)} of ${formatBytes(size)}${speed ? ` · ${formatBytes(speed)}/s` : ""}${left}`;
-    });
     refresh();
+    showOverall();
+    let failed = null;
     try {
-      const job = await upload.done;
+      for (const entry of running.entries) {
+        if (entry.uploadId) continue;
+        failed = entry;
+        await sendFile(entry, running);
+      }
+      failed = null;
+      const job = await makeJob(running);
+      batch = null;
       navigate(`#/jobs/${job.jobId}`, `Uploaded. ${job.totalVariations} variations are queued.`);
     } catch (error) {
-      message.className = error.aborted ? "message message-info" : "message message-error";
-      message.textContent = error.message;
-      progress.hidden = true;
-      cancel.hidden = true;
-      upload = null;
-      refresh();
+      if (batch !== running) return; // cancelled, or the view was left: said already
+      if (failed) Object.assign(failed, { state: "failed", error: error.message });
+      // A job refused as asked (a file that is not a video, an upload gone): the server
+      // has dropped the uploads, so the next try sends them again. Refused for now (429,
+      // 5xx, no answer): it gave them back, and the next try reuses them.
+      const dropped = error.status >= 400 && error.status < 500 && error.status !== 429;
+      if (!failed && dropped) for (const entry of running.entries) forgetUpload(entry, { terminate: false });
+      message.className = "message message-error";
+      message.textContent = error.message || CUT_OFF;
+      stopSending();
     }
   });
-  cancel.addEventListener("click", () => upload?.abort());
+  cancel.addEventListener("click", () => {
+    const running = batch;
+    if (!running) return;
+    batch = null;
+    running.stop(new Error(CANCELLED));
+    for (const entry of running.entries) forgetUpload(entry, { terminate: true });
+    message.className = "message message-info";
+    message.textContent = CANCELLED;
+    stopSending();
+  });
+  // Back online: the file waiting for its next try goes on at once.
+  const online = () => batch?.current?.transfer?.resume();
+  window.addEventListener("online", online);
 
   root.replaceChildren(form);
   refresh();
-  return () => upload?.abort();
+  // Leaving the view stops the upload but keeps it on the server: choosing the same file
+  // again (after a reload too) goes on from where it stopped.
+  return () => {
+    window.removeEventListener("online", online);
+    const running = batch;
+    batch = null;
+    if (!running) return;
+    running.stop(new Error(CANCELLED));
+    running.current?.transfer?.abort(false);
+  };
 }
