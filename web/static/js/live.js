@@ -73,6 +73,7 @@ function refreshLinks(id) {
 // each file (its outputs and still), then fetch the links that go with the new state.
 function mergeState(data) {
   const id = data.jobId;
+  statusEvents.set(id, (statusEvents.get(id) || 0) + 1);
   const before = jobs.get(id);
   if (data.status === "deleted") return merge(data);
   const files = data.files && before?.files
@@ -112,11 +113,22 @@ export async function refreshJobs() {
   replaceAll(await api("/api/jobs"));
 }
 
+// Status events seen, per job. An answer to a fetch begun before the latest of them may
+// be older than what that event said (a job shown processing after its "failed"), so it
+// is asked for again rather than merged.
+const statusEvents = new Map();
+const STALE_REFETCHES = 3;
+
 // The job's full detail (files, outputs, download link), fetched now.
 export async function loadJob(id) {
-  const detail = await api(`/api/jobs/${encodeURIComponent(id)}`);
-  merge(detail);
-  return jobs.get(id);
+  for (let attempt = 0; ; attempt += 1) {
+    const seen = statusEvents.get(id) || 0;
+    const detail = await api(`/api/jobs/${encodeURIComponent(id)}`);
+    if ((statusEvents.get(id) || 0) === seen || attempt >= STALE_REFETCHES) {
+      merge(detail);
+      return jobs.get(id);
+    }
+  }
 }
 
 export function removeJob(id) {
