@@ -2,7 +2,10 @@
 
     declare ──► hold ─► (bytes kept) ─► advance … ─► let_go      one PATCH, any process
        │                                                      (repeat until finished)
-       └──────────────► take (all of a job's, or none) ─► forget   the job has the bytes
+       └──────────────► take (all of a job's, or none)     the job has the bytes; the
+                          │                                rows stay, taken, until they
+                          │                                expire, so asking again for
+                          │                                the same job finds it
                           └─► give_back (the job could not be made; the uploads stay)
     expired: unfinished past `expires_at`, or taken by a job that never came (a crash)
 
@@ -49,8 +52,9 @@ class UploadBusy(RuntimeError):
 class UploadTaken(RuntimeError):
     """A job has taken the upload (or is taking it): it can no longer change."""
 
-    def __init__(self, upload_id: str) -> None:
+    def __init__(self, upload_id: str, job_id: str | None = None) -> None:
         self.upload_id = upload_id
+        self.job_id = job_id
         super().__init__(f"upload {upload_id!r} belongs to a job")
 
 
@@ -237,7 +241,7 @@ def take(
         if upload is None:
             raise UploadNotFound(upload_id)
         if upload.taken_by is not None:
-            raise UploadTaken(upload_id)
+            raise UploadTaken(upload_id, upload.taken_by)
         if not upload.finished:
             raise UploadUnfinished(upload.name, upload.received, upload.length)
         taken.append(upload)
@@ -248,6 +252,14 @@ def take(
         {"job_id": job_id, "expires_at": expires_at, "ids": list(upload_ids)},
     )
     return taken
+
+
+def taken_by(conn: Connection, upload_ids: Sequence[str]) -> set[str | None]:
+    """The jobs that took these uploads (None for one no job took, or one unknown)."""
+    return {
+        None if upload is None else upload.taken_by
+        for upload in (load(conn, upload_id) for upload_id in upload_ids)
+    }
 
 
 def give_back(

@@ -140,9 +140,18 @@ async def test_a_job_refuses_unfinished_unknown_and_reused_uploads(
         refused = await authed.post("/api/jobs", json={"uploads": bad})
         assert refused.status_code == 400, (bad, refused.text)
     done = await tus_upload(service.url, token, clips.mp4)
-    await job_from(authed, done)
-    again = await authed.post("/api/jobs", json={"uploads": [upload_id(done)]})
-    assert again.status_code == 400  # consumed: no such upload any more
+    made = await job_from(authed, done)
+    # The same request again (its answer was lost) gets the same job, not a second one.
+    again = await authed.post("/api/jobs", json={"uploads": [upload_id(done)], "variations": 1})
+    assert again.status_code == 202, again.text
+    assert again.json()["jobId"] == made
+    assert len((await authed.get("/api/jobs")).json()) == 1
+    # Another job cannot take an upload that one has.
+    other = await tus_upload(service.url, token, clips.mov)
+    mixed = await authed.post("/api/jobs", json={"uploads": [upload_id(other), upload_id(done)]})
+    assert mixed.status_code == 409
+    assert mixed.json()["error"] == f"The upload “{upload_id(done)}” is already another job's."
+    assert (await authed.head(other, headers=TUS)).status_code == 200  # still its own
 
 
 @on_every_store

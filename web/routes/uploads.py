@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import uuid
@@ -12,6 +13,7 @@ import trio
 from quart import Blueprint, Response, jsonify, request
 
 from refresher.config import DEFAULT_VARIATIONS, Config
+from refresher.jobs import records
 from refresher.jobs.status import JobStatus
 from refresher.jobs.transitions import NewFile
 from refresher.media.effects import Strength
@@ -211,10 +213,19 @@ async def queue_received(
         # volume between the answer and the job's row.
         raise ApiError(507, NO_ROOM) from None
     LOGGER.info("job=%s queued: %d videos x %d variations", job_id, len(files), choices.variations)
+    return accepted(
+        job_id, JobStatus.QUEUED, [(f.id, f.original_name, f.file_size) for f in files], choices
+    )
+
+
+def accepted(
+    job_id: str, status: str, files: Sequence[tuple[str, str, int]], choices: JobChoices
+) -> dict[str, object]:
+    """The 202's body for a job: its files as (id, name, size)."""
     return {
         "jobId": job_id,
-        "status": JobStatus.QUEUED,
-        "files": [{"id": f.id, "name": f.original_name, "size": f.file_size} for f in files],
+        "status": status,
+        "files": [{"id": file_id, "name": name, "size": size} for file_id, name, size in files],
         "variationsPerVideo": choices.variations,
         "totalVariations": choices.variations * len(files),
         "strength": choices.strength,
@@ -280,6 +291,9 @@ async def _create_job_from_uploads() -> tuple[Response, int]:
             400, f"There is no upload “{err.upload_id}”; it may have expired or been cancelled."
         ) from None
     except upload_records.UploadTaken as err:
+        made = await _made_from(app_state, ids, err.job_id)
+        if made is not None:  # asked again (its answer was lost): the same job
+            return jsonify(made), 202
         raise ApiError(409, f"The upload “{err.upload_id}” is already another job's.") from None
     except upload_records.UploadUnfinished as err:
         raise ApiError(
@@ -311,9 +325,27 @@ async def _create_job_from_uploads() -> tuple[Response, int]:
                 await _give_back(app_state, taken, assembled, job_id)
             await remove_refused(app_state, job_id)
         raise
-    # Queued: the job's rows name the bytes now; what the uploads held goes.
-    await drop_uploads(app_state.db, app_state.lifecycle.blobs, app_state.paths, ids)
+    # Queued: the job's rows name the bytes now; what the uploads held goes. Their rows
+    # stay, taken, until they expire: the same request again gets the same job.
+    for upload_id in ids:
+        with contextlib.suppress(StorageUnavailable):  # the janitor's, when they expire
+            await trio.to_thread.run_sync(upload_bytes.remove_upload, blobs, paths, upload_id)
     return jsonify(body), 202
+
+
+async def _made_from(
+    app_state: AppState, ids: Sequence[str], job_id: str | None
+) -> dict[str, object] | None:
+    """The answer that made job `job_id` from exactly these uploads, if it did."""
+    if job_id is None:
+        return None
+    takers = await app_state.db.read(lambda conn: upload_records.taken_by(conn, ids))
+    job = await app_state.db.read(lambda conn: records.load_job(conn, job_id))
+    if takers != {job_id} or job is None or len(job.files) != len(ids):
+        return None
+    files = [(file.id, file.original_name, file.file_size) for file in job.files]
+    return accepted(job.id, job.status, files, JobChoices(job.variations_per_video,
+                                                          job.strength, job.mirror))  # fmt: skip
 
 
 async def _give_back(
