@@ -14,6 +14,7 @@ import trio
 from refresher.config import Config
 from refresher.uploads import received, records
 from tests.support.clips import Clips
+from tests.support.clock import WallClock
 from tests.support.http import finished, wait_for_job
 from tests.support.jobs import leftovers
 from tests.support.tus import (
@@ -27,6 +28,7 @@ from tests.support.tus import (
     tus_upload,
     upload_id,
 )
+from web.http.tus import http_date
 from web.routes import resumable
 from wiring.service import RunningService
 
@@ -257,3 +259,20 @@ async def test_bytes_past_the_quota_are_refused_with_507(
         auth = await http.post("/api/auth", json={"password": TEST_PASSWORD})
         http.headers["Authorization"] = f"Bearer {auth.json()['token']}"
         assert (await declare(http, 10_000_000)).status_code == 507
+
+
+async def test_an_upload_left_past_its_expiry_is_gone_and_each_patch_moves_its_expiry(
+    authed: httpx.AsyncClient, wall_clock: WallClock, config: Config
+) -> None:
+    ttl_s = config.resumable_upload_ttl_s
+    declared = await declare(authed, 100)
+    location = declared.headers["Location"]
+    assert declared.headers["Upload-Expires"] == http_date(wall_clock.value + ttl_s)
+    wall_clock.advance(ttl_s - 1)
+    moved = await patch(authed, location, 0, b"x" * 10)  # bytes arrive: kept longer
+    assert moved.headers["Upload-Expires"] == http_date(wall_clock.value + ttl_s)
+    wall_clock.advance(ttl_s - 1)
+    assert await offset_of(authed, location) == 10
+    wall_clock.advance(2)
+    for gone in (await authed.head(location, headers=TUS), await patch(authed, location, 10, b"x")):
+        assert gone.status_code == 404
