@@ -15,7 +15,8 @@ tells every open stream, and the metric, together, in one place.
 | `fail_stale` | the janitor | `fail_stale_queued` | failed | ditto |
 | `retire` | the removal flow | `retire` | expired, evicted, deleted | removals |
 
-(Writes are `refresher.jobs.transitions`' and `refresher.jobs.claims`'.)
+(Writes are `refresher.jobs.transitions`', `refresher.jobs.claims`' and
+`refresher.jobs.retries`'.)
 
 A job's end removes its uploads, files before rows, except the sources of its failed files
 when it ended completed or failed: those stay, counted against the quota, so the files can

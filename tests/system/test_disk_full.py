@@ -266,7 +266,7 @@ async def test_an_encode_that_outgrows_the_volume_ends_the_job_with_what_fit_and
     else:
         assert (job["status"], file["status"]) == ("failed", "failed"), job
         assert file["error"].startswith(NO_ROOM_REASONS), file["error"]
-    # Only the variations recorded stay on disk (and the thumbnail); the upload is gone.
+    # Only the variations recorded stay on disk (and the thumbnail).
     # (Each name: the file's id, the variation, the claim it was made under.)
     on_disk = sorted(path.name for path in (volume / "jobs" / job_id).glob("*_var*"))
     made = [re.fullmatch(rf"{file['id']}_var(\d+)_[0-9a-f]+\.mp4", name) for name in on_disk]
@@ -275,7 +275,8 @@ async def test_an_encode_that_outgrows_the_volume_ends_the_job_with_what_fit_and
         out["variationIndex"] for out in file["outputs"]
     )
     assert job_ids_on_disk(config) == {job_id}
-    assert not (volume / "uploads" / job_id).exists()
+    # A failed file keeps its source, for a retry once there is room; a finished one not.
+    assert (volume / "uploads" / job_id).exists() == (file["status"] == "failed")
     assert set(health) == {200}, health
     assert set(actors.values()) == UP, actors
     report(

@@ -17,6 +17,7 @@ from refresher.jobs import records
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.storage.usage import stored_bytes
 from tests.support.clips import Clips
+from tests.support.clock import wait_for
 from tests.support.http import TEST_PASSWORD, StartService, finished, upload, wait_for_job
 from wiring.service import RunningService
 
@@ -67,12 +68,19 @@ async def test_a_failed_video_is_retried_from_its_kept_source_and_completes_the_
         assert (good["status"], good["retryable"]) == ("completed", False)
         assert (bad["status"], bad["retryable"], bad["retries"]) == ("failed", True, 0)
         assert bad["error"]
-        # Only the failed file's source stays, and it counts against the quota.
+        # Only the failed file's source stays (the other goes just after the job's end is
+        # told), and it counts against the quota.
         state = service.state
-        job = await state.db.read(lambda conn: records.load_job(conn, job_id))
-        assert job is not None
+
+        async def one_source_left() -> records.JobRecord | None:
+            job = await state.db.read(lambda conn: records.load_job(conn, job_id))
+            assert job is not None
+            return (
+                job if [file.upload_path is None for file in job.files] == [True, False] else None
+            )
+
+        job = await wait_for(one_source_left)
         kept = [file.upload_path for file in job.files if file.upload_path is not None]
-        assert len(kept) == 1
         assert state.lifecycle.blobs.exists(state.paths.absolute(kept[0]))
         outputs = sum(output.size for output in job.outputs)
         assert await state.db.read(stored_bytes) == outputs + bad["size"]
@@ -90,10 +98,14 @@ async def test_a_failed_video_is_retried_from_its_kept_source_and_completes_the_
         assert (again["status"], again["retries"], again["retryable"]) == ("completed", 1, False)
         assert [o["variationIndex"] for o in again["outputs"]] == [1, 2]
         assert detail["downloadUrl"]
-        # Its source went once its file was done.
-        job = await state.db.read(lambda conn: records.load_job(conn, job_id))
-        assert job is not None
-        assert [file.upload_path for file in job.files] == [None, None]
+
+        # Its source goes once its job has ended again (just after its end is told).
+        async def sources_gone() -> bool:
+            job = await state.db.read(lambda conn: records.load_job(conn, job_id))
+            assert job is not None
+            return [file.upload_path for file in job.files] == [None, None]
+
+        await wait_for(sources_gone)
         assert not state.lifecycle.blobs.exists(state.paths.absolute(kept[0]))
         # A file that did not fail is not retried.
         refused = await http.post(f"/api/jobs/{job_id}/files/{bad['id']}/retry")
