@@ -9,12 +9,13 @@ served on their own port (`METRICS_PORT`, off by default), never on the public o
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import Connection, text
 
-from refresher.jobs.status import JobStatus
+from refresher.jobs.status import FINISHED, JobStatus
 from refresher.storage.usage import read_volume, stored_bytes
 from refresher.store.sql import dialect
 
@@ -86,6 +87,24 @@ VOLUME_FREE_BYTES = Gauge(
     "refresher_volume_free_bytes", "Bytes a writer may still fill on the volume.",
     registry=REGISTRY,
 )  # fmt: skip
+
+
+# What becomes of a download (`DOWNLOADS`): begun, every byte asked for sent, or cut.
+DOWNLOAD_OUTCOMES = ("started", "completed", "cut")
+
+
+def start_at_zero(actors: Iterable[str], removal_reasons: Iterable[str]) -> None:
+    """Make every labelled series exist from the start, at 0 until something happens:
+    a dashboard or an alert then sees zero, not "no data". Jobs by each final status,
+    download outcomes, removals by reason, restarts of each of `actors`."""
+    for status in sorted(FINISHED):
+        JOBS_FINISHED.labels(status)
+    for outcome in DOWNLOAD_OUTCOMES:
+        DOWNLOADS.labels(outcome)
+    for reason in removal_reasons:
+        REMOVALS.labels(reason)
+    for actor in actors:
+        ACTOR_RESTARTS.labels(actor)
 
 
 def download_ended(sent: int, wanted: int) -> None:

@@ -75,6 +75,28 @@ async def test_a_job_shows_in_the_metrics(
     assert after[("refresher_active_leases", ())] == 0
 
 
+async def test_every_labelled_series_is_there_from_the_start(start_service: StartService) -> None:
+    """Before anything happens, a dashboard finds each series (at 0 in a fresh process),
+    not "no data": jobs by final status, download outcomes, removals by reason, restarts
+    of each actor this process runs."""
+    service = await start_service(metrics_port=0)
+    assert service.metrics_url is not None
+    async with httpx.AsyncClient(timeout=30) as http:
+        found = samples((await http.get(service.metrics_url)).text)
+    statuses = ("completed", "failed", "cancelled")
+    reasons = ("expired", "lost", "evicted", "deleted")
+    wanted = [
+        *(("refresher_jobs_finished_total", "status", status) for status in statuses),
+        *(("refresher_downloads_total", "outcome", o) for o in ("started", "completed", "cut")),
+        *(("refresher_removals_total", "reason", reason) for reason in reasons),
+        *(("refresher_actor_restarts_total", "actor", actor)
+          for actor in service.state.supervisor.status()),
+    ]  # fmt: skip
+    assert len(service.state.supervisor.status()) == 5  # the processor and four beside it
+    missing = [key for key in wanted if (key[0], ((key[1], key[2]),)) not in found]
+    assert missing == []
+
+
 async def test_no_metrics_port_unless_asked(service: Any) -> None:
     assert service.metrics_url is None
 

@@ -46,10 +46,12 @@ from actors.evictor import Evictor
 from actors.janitor import Janitor
 from actors.processor import CancelJob, JobQueued, Processor
 from actors.runtime import BACKOFF_MAX_S, MAX_RESTARTS, Supervisor
+from refresher import metrics
 from refresher.auth import credentials as credentials_store
 from refresher.config import Config
 from refresher.jobs.events import JobEvent, Publish
 from refresher.jobs.lifecycle import Lifecycle
+from refresher.jobs.transitions import RemovalReason
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.storage import reconcile
 from refresher.storage.blobs import BlobStore, LocalBlobs
@@ -258,6 +260,9 @@ async def _run(
         )
     actors.append(evictor)
     supervisor = Supervisor(actors, max_restarts=restart_limit, backoff_max_s=restart_backoff_max_s)
+    metrics.start_at_zero(
+        [actor.name for actor in actors], [reason.value for reason in RemovalReason]
+    )
     # Nurseries nested by lifetime: the actors outlive the server, so requests being
     # drained can still reach them.
     async with trio.open_nursery() as actors_nursery:
