@@ -142,12 +142,14 @@ def measure(gib: float = 2.0, clients: int = 8, rounds: int = 3) -> list[Row]:
             single["raw"].median_mb_s,
             at_least(0.85, on="ratio"),
         ),
+        # Reported, not judged: far above what any internet link delivers; what it costs
+        # is the CPU per GB beside it (CPU the encoder would have).
         Row(
             f"download, {size}, {clients} clients at once",
             "MB/s",
             many["ours"].median_mb_s,
             many["raw"].median_mb_s,
-            at_least(0.7, on="ratio"),
+            note="loopback; reported beside its CPU per GB",
         ),
         Row(
             "download CPU per GB served, 1 client",

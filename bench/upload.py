@@ -8,10 +8,11 @@ curl as a multipart form (`videos` plus `variations=1`) to the real service (a
 subprocess, as in production) and to a minimal HTTP/1.1 server that writes the body to a
 file (`bench.raw receive`, in a process of its own). The two take turns for `--rounds`
 rounds; each of our jobs is deleted after its upload. Reports the median throughput of
-each (target: ours >= 0.70 of raw's; ours includes probing the video and queueing the
-job), the service's RSS growth during an upload over its memory just before it (target
-< 32 MiB, the largest of the rounds), and, reported apart, what earlier rounds' jobs
-(probing, queueing, deleting) left in its memory.
+each (reported, not judged: loopback is far above any internet link) beside the CPU
+seconds each spent per GB (ours includes probing the video and queueing the job), the
+service's RSS growth during an upload over its memory just before it (target < 32 MiB,
+the largest of the rounds), and, reported apart, what earlier rounds' jobs (probing,
+queueing, deleting) left in its memory.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ import urllib.error
 from pathlib import Path
 
 from bench.raw import RawServer
-from bench.service import PeakRss, Service, curl, rss_bytes
-from bench.verdict import Row, at_least, below, table
+from bench.service import PeakRss, Service, cpu_seconds, curl, rss_bytes
+from bench.verdict import Row, below, table
 from refresher.media.ffmpeg import find_ffmpeg
 from refresher.media.probe import probe
 from tests.support.footage import make_footage
@@ -105,12 +106,16 @@ def measure(gib: float = 1.0, rounds: int = 3) -> list[Row]:
             "STORAGE_QUOTA_BYTES": str(4 * size + GIB),
         }
         rates: dict[str, list[float]] = {"raw": [], "ours": []}
+        # CPU seconds each server spent per GB received, by round.
+        cpu_per_gb: dict[str, list[float]] = {"raw": [], "ours": []}
         growth = kept = 0
         with RawServer("receive", received) as raw, Service(root / "data", env) as service:
             first = rss_bytes(service.pid)
             for round_number in range(1, rounds + 1):
                 print(f"  round {round_number}/{rounds}: raw, then ours", flush=True)
+                cpu_before = cpu_seconds(raw.pid)
                 status, rate = curl_upload(raw.url, upload, [], answer)
+                cpu_per_gb["raw"].append((cpu_seconds(raw.pid) - cpu_before) / (size / 1e9))
                 if status != 200:
                     raise RuntimeError(f"the raw server answered {status}")
                 rates["raw"].append(rate)
@@ -120,9 +125,12 @@ def measure(gib: float = 1.0, rounds: int = 3) -> list[Row]:
                 # earlier rounds left behind (probing, queueing) is reported apart.
                 before = rss_bytes(service.pid)
                 kept = max(kept, before - first)
+                cpu_before = cpu_seconds(service.pid)
                 with PeakRss(service.pid) as watch:
                     url = f"{service.url}/api/jobs"
                     status, rate = curl_upload(url, upload, service.auth, answer)
+                spent = cpu_seconds(service.pid) - cpu_before
+                cpu_per_gb["ours"].append(spent / (size / 1e9))
                 if status not in QUEUED:
                     raise RuntimeError(f"the service answered {status}: {answer.read_text()}")
                 rates["ours"].append(rate)
@@ -132,13 +140,21 @@ def measure(gib: float = 1.0, rounds: int = 3) -> list[Row]:
     name = "upload, 1 GiB multipart" if gib == 1 else f"upload, {gib:g} GiB multipart"
     note = f"median of {rounds} rounds, curl -F; ours includes the probe and queueing"
     return [
+        # Reported, not judged: loopback is far above what any internet link delivers;
+        # what it costs is the CPU per GB beside it (CPU the encoder would have).
         Row(
             name,
             "MB/s",
             statistics.median(rates["ours"]),
             statistics.median(rates["raw"]),
-            at_least(0.7, on="ratio"),
             note=note,
+        ),
+        Row(
+            "upload CPU per GB received",
+            "CPU s/GB",
+            statistics.median(cpu_per_gb["ours"]),
+            statistics.median(cpu_per_gb["raw"]),
+            note="ours includes the probe and queueing",
         ),
         Row("service RSS growth during one upload", "MiB", growth / MIB, None, below(32)),
         Row("service RSS kept after earlier uploads' jobs", "MiB", kept / MIB),
