@@ -20,6 +20,7 @@ from pathlib import Path
 import trio
 
 from refresher.storage.blobs import BlobStore, StorageUnavailable
+from refresher.storage.full import files_written
 from refresher.storage.paths import Paths
 from refresher.store import Database
 from refresher.uploads import records
@@ -55,7 +56,12 @@ class Receiver:
         return self.paths.resumable_upload(self.upload_id) / f"{self.start:015d}-{self._writer}"
 
     def write(self, chunks: list[bytes]) -> None:
-        """Write `chunks` in order after what was written before."""
+        """Write `chunks` in order after what was written before (`StorageFull` when the
+        volume is)."""
+        with files_written("an upload's bytes"):
+            self._write(chunks)
+
+    def _write(self, chunks: list[bytes]) -> None:
         if self._file is None:
             self._spool = self._piece_path()
             self._spool.parent.mkdir(parents=True, exist_ok=True)
@@ -67,6 +73,10 @@ class Receiver:
     def keep(self) -> tuple[int, Piece | None]:
         """Make the bytes written since the last keep durable; return how many and, in a
         bucket, the piece holding them. The caller records them (`records.advance`)."""
+        with files_written("an upload's bytes"):
+            return self._keep()
+
+    def _keep(self) -> tuple[int, Piece | None]:
         kept, piece = self.unkept, None
         if kept and self._file is not None:
             self._file.flush()

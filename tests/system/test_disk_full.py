@@ -29,7 +29,9 @@ from tests.support.forms import BOUNDARY, form_body
 from tests.support.full_disk import fill_volume, free_bytes, mounted_tmpfs, resize_tmpfs
 from tests.support.http import TEST_PASSWORD, StartService, finished, upload, wait_for_job
 from tests.support.jobs import leftovers, make_unfinished_job
+from tests.support.tus import TUS, declare, offset_of, patch
 from web.intake import NO_ROOM
+from web.routes import resumable
 from wiring.service import RunningService
 
 pytestmark = pytest.mark.slow
@@ -229,6 +231,69 @@ async def test_an_upload_whose_video_fills_the_volume_to_the_last_page_gets_507_
             assert_refused_for_room(response)
             assert job_ids_on_disk(config) == set()
             assert set(actors.values()) == UP, actors
+
+
+async def test_a_resumable_upload_that_meets_a_full_volume_gets_507_and_keeps_what_fit(
+    start_service: StartService,
+    volume: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Room is weighed when declared and given as bytes come; the volume then fills under
+    # the PATCH (others' writes): the write that finds no room is a 507, the bytes kept
+    # before it stay kept, and the upload goes on once there is room again. (The full
+    # store could not record the PATCH's hold ended: it lapses, here within a second, and
+    # the client's next PATCH, as tus clients do after a 423, goes through.)
+    monkeypatch.setattr(resumable, "HOLD_S", 1.0)
+    data = os.urandom(2 * MIB)
+    async with serving(start_service, volume, 4 * MIB) as (_, http):
+        with trio.fail_after(TIMEOUT_S):
+            location = (await declare(http, len(data))).headers["Location"]
+            assert (await patch(http, location, 0, data[: MIB // 4])).status_code == 204
+            filled = trio.Event()
+
+            async def body() -> AsyncIterator[bytes]:
+                # A piece (the PATCH is given room for 1 MiB for it), then, once the
+                # volume is full, more within that room: its write meets the full volume.
+                yield data[MIB // 4 : MIB // 2]
+                await filled.wait()
+                yield data[MIB // 2 :]
+
+            async def fill_soon() -> None:
+                await trio.sleep(0.5)  # the first piece is in, its room given
+                await trio.to_thread.run_sync(
+                    lambda: fill_volume(volume / "filler", leave_bytes=64 * 1024)
+                )
+                filled.set()
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(fill_soon)
+                refused = await http.patch(
+                    location, content=body(),
+                    headers={**TUS, "Upload-Offset": str(MIB // 4),
+                             "Content-Type": "application/offset+octet-stream"},
+                )  # fmt: skip
+            kept = await offset_of(http, location)
+            actors = await actor_health(http)
+            report(
+                capsys, "resumable upload fills the volume", answer=refused.status_code,
+                kept=kept, restarts=restarts(actors),
+            )  # fmt: skip
+            assert refused.status_code == 507, refused.text
+            assert refused.json() == {"error": NO_ROOM}
+            assert MIB // 4 <= kept < len(data)
+            assert set(actors.values()) == UP, actors
+            await trio.Path(volume / "filler").unlink()
+
+            async def resumed() -> httpx.Response | None:
+                answer = await patch(http, location, kept, data[kept:])
+                return None if answer.status_code == 423 else answer
+
+            done = await wait_for(resumed, polls=100, step_s=0.1)
+            assert done.status_code == 204, done.text
+            assert await offset_of(http, location) == len(data)
+            stored = volume / "resumable" / location.rsplit("/", 1)[1]
+            assert await trio.Path(stored).read_bytes() == data
 
 
 # --- an encode fills the volume ---------------------------------------------------------

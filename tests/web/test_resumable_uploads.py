@@ -276,3 +276,23 @@ async def test_an_upload_left_past_its_expiry_is_gone_and_each_patch_moves_its_e
     wall_clock.advance(2)
     for gone in (await authed.head(location, headers=TUS), await patch(authed, location, 10, b"x")):
         assert gone.status_code == 404
+
+
+async def test_an_upload_whose_bytes_vanished_is_dropped_never_filled_with_zeros(
+    service: RunningService, authed: httpx.AsyncClient
+) -> None:
+    """Bytes removed under a live row (by hand, or an expiry racing a late PATCH): the
+    next PATCH, or the job that takes the upload, says so and drops the upload."""
+    paths = service.state.paths
+    half = (await declare(authed, 20)).headers["Location"]
+    whole = (await declare(authed, 10)).headers["Location"]
+    assert (await patch(authed, half, 0, b"a" * 10)).status_code == 204
+    assert (await patch(authed, whole, 0, b"a" * 10)).status_code == 204
+    for location in (half, whole):
+        await trio.Path(paths.resumable_upload(upload_id(location))).unlink()
+    assert (await patch(authed, half, 10, b"b" * 10)).status_code == 404
+    refused = await authed.post("/api/jobs", json={"uploads": [upload_id(whole)]})
+    assert refused.status_code == 400
+    assert refused.json()["error"] == "The bytes of “clip.mp4” are gone; upload it again."
+    for location in (half, whole):
+        assert (await authed.head(location, headers=TUS)).status_code == 404

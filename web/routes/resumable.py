@@ -30,6 +30,7 @@ from quart import Blueprint, Response, request
 from refresher import metrics
 from refresher.storage.blobs import StorageUnavailable
 from refresher.storage.full import StorageFull
+from refresher.store import write_if_room
 from refresher.uploads import received, records
 from refresher.uploads.received import drop_uploads
 from refresher.uploads.records import UPLOAD_ID
@@ -354,9 +355,23 @@ async def patch_upload(upload_id: str) -> Response:
         except StorageUnavailable as err:
             LOGGER.error("upload=%s bytes could not be kept: %s", upload.id, err)
             raise ApiError(503, STORAGE_UNREACHABLE, headers=tus_headers()) from None
+        except FileNotFoundError:  # removed as it expired, or by hand: never a hole of zeros
+            LOGGER.warning("upload=%s bytes are gone; the upload is dropped", upload.id)
+            await drop_uploads(
+                app_state.db, app_state.lifecycle.blobs, app_state.paths, [upload.id]
+            )
+            raise ApiError(
+                404, "This upload's bytes are gone; start the upload again.",
+                headers=tus_headers(),
+            ) from None  # fmt: skip
     finally:
         with trio.CancelScope(shield=True):
-            await app_state.db.write(lambda conn: records.let_go(conn, upload.id, writer))
+            # On a full store the hold stays, and lapses within HOLD_S.
+            await write_if_room(
+                app_state.db,
+                lambda conn: records.let_go(conn, upload.id, writer),
+                what=f"upload={upload.id} hold ended",
+            )
     expires = app_state.now() + app_state.config.resumable_upload_ttl_s
     return Response(
         "",

@@ -308,7 +308,12 @@ async def _create_job_from_uploads() -> tuple[Response, int]:
         await trio.Path(directory).mkdir(parents=True)
         for upload in taken:
             dest = directory / f"{len(assembled)}.upload"
-            await trio.to_thread.run_sync(upload_bytes.assemble, blobs, paths, upload, dest)
+            try:
+                await trio.to_thread.run_sync(upload_bytes.assemble, blobs, paths, upload, dest)
+            except FileNotFoundError:  # removed meanwhile (expired, or by hand)
+                raise ApiError(
+                    400, f"The bytes of “{upload.name}” are gone; upload it again."
+                ) from None
             assembled.append(ReceivedFile("uploads", upload.name, dest, upload.length))
         body = await queue_received(app_state, job_id, assembled, choices)
     except BaseException as err:
