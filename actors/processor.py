@@ -91,6 +91,11 @@ class _Running:
     lost: bool = False
 
 
+class TurnOver(Exception):
+    """A batch ended and another job waits: the claim goes back, the file unfinished, and
+    the queue serves that job next (`refresher.jobs.claims`)."""
+
+
 class Processor:
     name = "processor"
 
@@ -192,6 +197,9 @@ class Processor:
                         ended = await self._process_file(running)
                     except ClaimLost:
                         running.lost = True
+                    except TurnOver:
+                        LOGGER.info("job=%s file=%s gives its turn to another job", job.id,
+                                    file.id)  # fmt: skip
                     nursery.cancel_scope.cancel()
         except BaseException:
             # A stop (or a fault): the claim goes back, so another processor (or the next
@@ -208,7 +216,7 @@ class Processor:
         # Shielded, so that a stop does not cut a file's end in two; the shield is lifted
         # if a write has to wait for room (the claim then lapses, and the file resumes).
         with trio.CancelScope(shield=True) as finishing:
-            if ended is None:  # cancelled
+            if ended is None:  # cancelled, or its turn over: resumed at the next claim
                 await self.lifecycle.release(claim, ttl_s=self.claim_ttl_s, holding=finishing)
                 return
             status, error, progress = ended
@@ -348,6 +356,7 @@ class Processor:
         )
         per_encode = encoding.variations_per_encode(probed.width, probed.height)
         error: str | None = None
+        turn_over = False
         async with trio.open_nursery() as watchers:
             watchers.start_soon(
                 functools.partial(
@@ -356,12 +365,20 @@ class Processor:
                 )
             )  # fmt: skip
             try:
-                for batch in encoding.split_batches(pending, per_encode):
+                batches = encoding.split_batches(pending, per_encode)
+                for number, batch in enumerate(batches, start=1):
                     await self._encode_batch(running, source, probed, batch, draws, progress)
+                    if number < len(batches) and await self.db.read(
+                        lambda conn: claims.others_waiting(conn, job.id)
+                    ):
+                        turn_over = True
+                        break
             except (MediaError, StorageFull, OSError) as err:
                 error = failure_sentence(err)
                 LOGGER.warning("job=%s file=%s failed: %s", job.id, file.id, failure_detail(err))
             watchers.cancel_scope.cancel()
+        if turn_over:
+            raise TurnOver()
         return error
 
     async def _encode_batch(

@@ -1,8 +1,10 @@
 """The work queue: workers claim a job's source files one at a time, under a heartbeat.
 
-A worker claims one source file (all its variations still to make) with
-`claim_next`: the oldest job's first file that nobody holds, or whose holder stopped
-renewing. The claim carries a `token`, unique to it and part of the name of every file
+A worker claims one source file (the variations still to make) with `claim_next`: a
+file nobody holds, or whose holder stopped renewing, of the job served longest ago (one
+never served first, then the oldest), so jobs take turns batch by batch: a worker gives
+its claim back after a batch when another job waits (`others_waiting`), and a small job
+submitted behind a big one starts within one batch instead of after the whole big one. The claim carries a `token`, unique to it and part of the name of every file
 its work writes (`refresher.storage.paths`), and lasts `ttl_s` by the store's clock
 unless renewed (`renew`, every third of it). A worker that dies renews nothing, so its
 claim lapses and another worker takes the file over, resuming after the last batch
@@ -95,7 +97,9 @@ def claim_next(
                 f"""SELECT f.job_id FROM job_files f JOIN jobs j ON j.id = f.job_id
                     WHERE j.status IN {sql_list(ACTIVE)} AND j.cancelled_at IS NULL
                       AND {_claimable(conn, "f")}
-                    ORDER BY j.created_at, j.id, f.position LIMIT 1"""
+                    ORDER BY j.served_at IS NOT NULL, j.served_at, j.created_at, j.id,
+                             f.position
+                    LIMIT 1"""
             )
         ).scalar()
         if job_id is None:
@@ -124,6 +128,10 @@ def claim_next(
             {"processing": JobStatus.PROCESSING, "worker": worker, "token": token,
              "now": stamp, "ttl_s": ttl_s, "file_id": file_id},
         )  # fmt: skip
+        conn.execute(
+            text(f"UPDATE jobs SET served_at = {dialect(conn).now_s} WHERE id = :job_id"),
+            {"job_id": job_id},
+        )
         started = conn.execute(
             text(
                 """UPDATE jobs SET status = :processing, updated_at = :now
@@ -137,6 +145,21 @@ def claim_next(
         (file,) = (file for file in job.files if file.id == file_id)
         return Claim(token, worker, job, file, started_job=bool(started))
     return None
+
+
+def others_waiting(conn: Connection, job_id: str) -> bool:
+    """Whether a file of another job waits to be claimed: then the worker on this one
+    gives its claim back after its batch, and the queue serves the other job next."""
+    waiting = conn.execute(
+        text(
+            f"""SELECT 1 FROM job_files f JOIN jobs j ON j.id = f.job_id
+                WHERE j.id <> :job_id AND j.status IN {sql_list(ACTIVE)}
+                  AND j.cancelled_at IS NULL AND {_claimable(conn, "f")}
+                LIMIT 1"""
+        ),
+        {"job_id": job_id},
+    ).first()
+    return waiting is not None
 
 
 def hold(conn: Connection, file_id: str, token: str, ttl_s: float) -> None:

@@ -165,6 +165,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX uploads_expires ON uploads (expires_at);
     """,
+    """
+    -- 3: a fair queue (see the SQLite backend's migration 7).
+    ALTER TABLE jobs ADD COLUMN served_at DOUBLE PRECISION;
+    """,
 )
 
 

@@ -169,6 +169,12 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX uploads_expires ON uploads (expires_at);
     """,
+    """
+    -- 7: a fair queue. When a worker last took a batch of the job (the store's clock,
+    -- unix seconds): the next batch goes to the job served longest ago, one never served
+    -- first.
+    ALTER TABLE jobs ADD COLUMN served_at REAL;
+    """,
 )
 
 

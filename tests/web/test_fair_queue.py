@@ -1,0 +1,41 @@
+"""A fair queue: jobs take turns batch by batch, so a small job submitted behind a big one
+starts within a batch and finishes first, and the big one still makes every variation
+(the same ones) once it has its turns again."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+import trio
+
+from refresher.jobs import records
+from tests.support.clips import Clips
+from tests.support.http import finished, upload, wait_for_job
+from wiring.service import RunningService
+
+pytestmark = pytest.mark.both_stores
+
+# A 320x240 clip is encoded 5 variations at a time: 15 make three batches.
+BIG_VARIATIONS = 15
+
+
+async def test_a_small_job_behind_a_big_one_finishes_first_and_the_big_one_completes(
+    service: RunningService, authed: httpx.AsyncClient, clips: Clips
+) -> None:
+    with trio.fail_after(120):
+        big = (await upload(authed, [clips.mp4], variations=str(BIG_VARIATIONS))).json()["jobId"]
+        await wait_for_job(authed, big, lambda d: d["status"] == "processing")
+        small = (await upload(authed, [clips.mov], variations="1")).json()["jobId"]
+        small_done = await wait_for_job(authed, small, finished)
+        big_then = await authed.get(f"/api/jobs/{big}")
+        big_done = await wait_for_job(authed, big, finished)
+    assert small_done["status"] == "completed"
+    assert big_then.json()["status"] == "processing"  # the small one finished first
+    # The small job had its turn after at most one more of the big one's batches.
+    made_meanwhile = sum(file["completedVariations"] for file in big_then.json()["files"])
+    assert made_meanwhile <= 2 * 5, made_meanwhile
+    assert big_done["status"] == "completed"
+    job = await service.state.db.read(lambda conn: records.require_job(conn, big))
+    assert sorted(output.variation_index for output in job.outputs) == list(
+        range(1, BIG_VARIATIONS + 1)
+    )
