@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ import trio
 from sqlalchemy import Connection
 
 from actors.runtime import Mailbox
-from refresher.jobs import claims, records
+from refresher.jobs import claims, estimates, records
 from refresher.jobs.batches import BatchMaker
 from refresher.jobs.claims import CLAIM_TTL_S, RENEWALS_PER_TTL, Claim, ClaimLost
 from refresher.jobs.events import JobEvent
@@ -400,7 +401,13 @@ class Processor:
         def on_progress(fraction: float) -> None:
             progress.batch_moved(key, fraction * len(indices))
 
+        began = time.monotonic()
         await self.batches.make(
             running.claim, source, probed, indices, draws, on_progress=on_progress
         )
         progress.batch_done(key, len(indices))
+        # Wall seconds per variation, measuring included: what queue estimates rest on.
+        speed = (time.monotonic() - began) / len(indices)
+        await write_if_room(
+            self.db, lambda conn: estimates.record_speed(conn, speed), what="encode speed"
+        )

@@ -9,6 +9,7 @@ from typing import Any
 from refresher import timestamps
 from refresher.archive import job_archive
 from refresher.jobs import records
+from refresher.jobs.estimates import Estimate
 from refresher.jobs.status import FINISHED, JobStatus
 from refresher.media.measure import Measured
 from web import links
@@ -30,9 +31,11 @@ def thumbnail_url(app_state: AppState, job_id: str, thumbnail_path: str | None) 
     return links.thumbnail_url(app_state, job_id) if thumbnail_path else None
 
 
-def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str, object]:
-    """The job as `GET /api/jobs` lists it; with no `app_state`, without its signed link
-    (what an event carries)."""
+def job_summary(
+    row: Mapping[str, Any], app_state: AppState | None, estimate: Estimate | None = None
+) -> dict[str, object]:
+    """The job as `GET /api/jobs` lists it, with where it stands in the queue; with no
+    `app_state`, without its signed link or its place (what an event carries)."""
     summary: dict[str, object] = {
         "id": row["id"],
         "status": row["status"],
@@ -48,6 +51,7 @@ def job_summary(row: Mapping[str, Any], app_state: AppState | None) -> dict[str,
     }
     if app_state is not None:
         summary["thumbnailUrl"] = thumbnail_url(app_state, row["id"], row["thumbnail_path"])
+        summary.update(queue_view(estimate))
     return summary
 
 
@@ -129,13 +133,29 @@ def job_state(job: records.JobRecord) -> dict[str, object]:
     }
 
 
-def job_detail(job: records.JobRecord, app_state: AppState) -> dict[str, object]:
+def queue_view(estimate: Estimate | None) -> dict[str, object]:
+    """Where a job queued or under way stands: `queuePosition` (1 is next; None once it
+    runs), `estimatedStartS` and `estimatedDoneS` (seconds from now; None when not known
+    or ended)."""
+    if estimate is None:
+        return {"queuePosition": None, "estimatedStartS": None, "estimatedDoneS": None}
+    return {
+        "queuePosition": estimate.queue_position,
+        "estimatedStartS": estimate.start_s,
+        "estimatedDoneS": estimate.done_s,
+    }
+
+
+def job_detail(
+    job: records.JobRecord, app_state: AppState, estimate: Estimate | None = None
+) -> dict[str, object]:
     """The job as `GET /api/jobs/:id` shows it: everything a page needs, its signed links
     included, no server paths."""
     link = download_link(app_state, job)
     names = job_archive.output_names(job)
     return {
         **job_state(job),
+        **queue_view(estimate),
         "thumbnailUrl": thumbnail_url(app_state, job.id, job.thumbnail_path),
         "eventsUrl": links.job_events_url(app_state, job.id),
         "files": [

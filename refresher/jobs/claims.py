@@ -4,8 +4,9 @@ A worker claims one source file (the variations still to make) with `claim_next`
 file nobody holds, or whose holder stopped renewing, of the job served longest ago (one
 never served first, then the oldest), so jobs take turns batch by batch: a worker gives
 its claim back after a batch when another job waits (`others_waiting`), and a small job
-submitted behind a big one starts within one batch instead of after the whole big one. The claim carries a `token`, unique to it and part of the name of every file
-its work writes (`refresher.storage.paths`), and lasts `ttl_s` by the store's clock
+submitted behind a big one starts within one batch instead of after the whole big one.
+The claim carries a `token`, unique to it and part of the name of every file its work
+writes (`refresher.storage.paths`), and lasts `ttl_s` by the store's clock
 unless renewed (`renew`, every third of it). A worker that dies renews nothing, so its
 claim lapses and another worker takes the file over, resuming after the last batch
 recorded; a batch is recorded only under a claim that is still its writer's (`hold`),

@@ -8,17 +8,17 @@ import httpx
 import pytest
 import trio
 
-from refresher.jobs import records
+from refresher.jobs import estimates, records
 from tests.support.clips import Clips
 from tests.support.http import finished, upload, wait_for_job
+from tests.support.jobs import queue_files_job
 from wiring.service import RunningService
-
-pytestmark = pytest.mark.both_stores
 
 # A 320x240 clip is encoded 5 variations at a time: 15 make three batches.
 BIG_VARIATIONS = 15
 
 
+@pytest.mark.both_stores
 async def test_a_small_job_behind_a_big_one_finishes_first_and_the_big_one_completes(
     service: RunningService, authed: httpx.AsyncClient, clips: Clips
 ) -> None:
@@ -39,3 +39,21 @@ async def test_a_small_job_behind_a_big_one_finishes_first_and_the_big_one_compl
     assert sorted(output.variation_index for output in job.outputs) == list(
         range(1, BIG_VARIATIONS + 1)
     )
+
+
+async def test_queued_jobs_carry_their_place_and_times_from_measured_speed(
+    service: RunningService, authed: httpx.AsyncClient, clips: Clips
+) -> None:
+    state = service.state
+    # Queued straight in the store, the processor not told: they stay queued.
+    first = await queue_files_job(state.db, state.paths, [clips.mp4], 10)
+    second = await queue_files_job(state.db, state.paths, [clips.mp4], 2)
+    before = (await authed.get(f"/api/jobs/{second}")).json()
+    assert (before["queuePosition"], before["estimatedStartS"]) == (2, None)  # no speed yet
+    await state.db.write(lambda conn: estimates.record_speed(conn, 3.0))
+    listed = {job["id"]: job for job in (await authed.get("/api/jobs")).json()}
+    # Nothing under way: the first starts now; the second after one turn of 5 at 3 s.
+    assert [listed[first][k] for k in ("queuePosition", "estimatedStartS")] == [1, 0]
+    assert [listed[second][k] for k in ("queuePosition", "estimatedStartS")] == [2, 15]
+    # Turns shared: the first ends after 10 + 2 variations, the second after 2 + 2.
+    assert (listed[first]["estimatedDoneS"], listed[second]["estimatedDoneS"]) == (36, 15)

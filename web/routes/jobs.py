@@ -9,7 +9,7 @@ import trio
 from quart import Blueprint, Response, jsonify
 
 from refresher.auth import tokens
-from refresher.jobs import records, retries
+from refresher.jobs import estimates, records, retries
 from refresher.jobs.status import ACTIVE, JobStatus
 from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
@@ -34,14 +34,17 @@ blueprint = Blueprint("jobs", __name__)
 async def list_jobs() -> Response:
     app_state = state()
     rows = await app_state.db.read(records.list_jobs)
-    return jsonify([job_summary(row, app_state) for row in rows])
+    ahead = await app_state.db.read(estimates.estimates)
+    return jsonify([job_summary(row, app_state, ahead.get(row["id"])) for row in rows])
 
 
 @blueprint.get("/api/jobs/<job_id>")
 @require_login
 async def get_job(job_id: str) -> Response:
     app_state = state()
-    return jsonify(job_detail(await load_or_404(app_state, job_id), app_state))
+    job = await load_or_404(app_state, job_id)
+    ahead = await app_state.db.read(estimates.estimates) if job.status in ACTIVE else {}
+    return jsonify(job_detail(job, app_state, ahead.get(job.id)))
 
 
 async def _cancel_and_settle(app_state: AppState, job_id: str) -> records.JobRecord:

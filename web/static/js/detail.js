@@ -4,7 +4,7 @@
 
 import { api, retryFile } from "./api.js";
 import { compareSection, verdictNote } from "./compare.js";
-import { ACTIVE, confirmAction, formatBytes, formatTime, h, progressBar, statusBadge, timeLeft, toast, TOMBSTONES } from "./dom.js";
+import { ACTIVE, confirmAction, formatBytes, formatTime, h, progressBar, queueWords, statusBadge, timeLeft, toast, TOMBSTONES } from "./dom.js";
 import { namesOf, thumbnail } from "./jobs.js";
 import { loadJob, onChange, removeJob } from "./live.js";
 
@@ -173,7 +173,7 @@ export function render(root, { id, config, navigate }) {
         h("p", { class: "small muted" }, `Created ${formatTime(job.createdAt)}`, job.finishedAt ? ` · ended ${formatTime(job.finishedAt)}` : "",
           TOMBSTONES.has(job.status) ? "" : left ? ` · results kept ${left} more` : " · results expired"),
         job.strength ? h("p", { id: "job-strength", class: "small" }, "Strength: ", h("strong", {}, strengthWords(job, config))) : null,
-        TOMBSTONES.has(job.status) ? null : h("div", { class: "stack" }, progressBar(job.overallProgress, "Overall progress"), h("span", { id: "overall-percent", class: "small" }, `${Math.floor(job.overallProgress || 0)} % · ${job.completedVariations ?? 0} of ${job.totalVariations} variations made`)),
+        TOMBSTONES.has(job.status) ? null : h("div", { class: "stack" }, progressBar(job.overallProgress, "Overall progress"), h("span", { id: "overall-percent", class: "small" }, `${Math.floor(job.overallProgress || 0)} % · ${job.completedVariations ?? 0} of ${job.totalVariations} variations made`), queueWords(job) ? h("span", { id: "queue-standing", class: "small muted" }, queueWords(job)) : null),
         job.error ? h("p", { class: "message message-error" }, job.error) : null,
         warning ? h("p", { class: "message message-warning" }, warning) : null,
         actions,

@@ -72,6 +72,18 @@ export function formatDuration(seconds) {
   return minutes % 60 ? `${hours} h ${minutes % 60} min` : `${hours} h`;
 }
 
+// Where a job queued or under way stands, in words ("Next in the queue · starts in about
+// 1 min", "Done in about 4 min"), from the server's estimates; null when it has none.
+export function queueWords(job) {
+  if (!ACTIVE.has(job.status)) return null;
+  const about = (seconds) => `about ${formatDuration(seconds < 60 ? Math.max(seconds, 1) : Math.round(seconds / 60) * 60)}`;
+  if (job.status === "queued" && job.queuePosition) {
+    const place = job.queuePosition === 1 ? "Next in the queue" : `Number ${job.queuePosition} in the queue`;
+    return Number.isFinite(job.estimatedStartS) ? `${place} · starts in ${about(job.estimatedStartS)}` : place;
+  }
+  return Number.isFinite(job.estimatedDoneS) ? `Done in ${about(job.estimatedDoneS)}` : null;
+}
+
 // The time until `iso` ("23 h 10 min"), or null once it has passed.
 export function timeLeft(iso, now = Date.now()) {
   const seconds = (Date.parse(iso) - now) / 1000;

@@ -1,6 +1,6 @@
 // The jobs view: a grid of cards, newest first, kept live.
 
-import { ACTIVE, ago, formatTime, h, progressBar, statusBadge, timeLeft, TOMBSTONES } from "./dom.js";
+import { ACTIVE, ago, formatTime, h, progressBar, queueWords, statusBadge, timeLeft, TOMBSTONES } from "./dom.js";
 import { jobs, onChange, refreshJobs } from "./live.js";
 
 const TOMBSTONE_WORDS = {
@@ -51,6 +51,8 @@ function card(job) {
   if (ACTIVE.has(job.status)) {
     const percent = job.overallProgress ?? 0;
     body.append(h("div", { class: "card-progress" }, progressBar(percent, `Progress of ${title}`), h("span", { class: "small" }, `${Math.floor(percent)} %`)));
+    const standing = queueWords(job);
+    if (standing) body.append(h("p", { class: "small muted card-eta" }, standing));
   }
   if (TOMBSTONES.has(job.status)) body.append(h("p", { class: "small muted" }, TOMBSTONE_WORDS[job.status]));
   else if (job.status === "failed" && job.error) body.append(h("p", { class: "small error-text card-error", title: job.error }, job.error));
