@@ -33,8 +33,10 @@ blueprint = Blueprint("jobs", __name__)
 @require_login
 async def list_jobs() -> Response:
     app_state = state()
-    rows = await app_state.db.read(records.list_jobs)
-    ahead = await app_state.db.read(estimates.estimates)
+    # Read together, so a job's status and its place agree.
+    rows, ahead = await app_state.db.read(
+        lambda conn: (records.list_jobs(conn), estimates.estimates(conn))
+    )
     return jsonify([job_summary(row, app_state, ahead.get(row["id"])) for row in rows])
 
 
@@ -42,8 +44,11 @@ async def list_jobs() -> Response:
 @require_login
 async def get_job(job_id: str) -> Response:
     app_state = state()
-    job = await load_or_404(app_state, job_id)
-    ahead = await app_state.db.read(estimates.estimates) if job.status in ACTIVE else {}
+    job, ahead = await app_state.db.read(
+        lambda conn: (records.load_job(conn, job_id), estimates.estimates(conn))
+    )
+    if job is None:
+        raise ApiError(404, "There is no such job; it may have been deleted.")
     return jsonify(job_detail(job, app_state, ahead.get(job.id)))
 
 
