@@ -109,9 +109,14 @@ class Processor:
         request_room: Callable[[int], Awaitable[bool]] | None = None,
         limits: MediaLimits = DEFAULT_LIMITS,
         claim_ttl_s: float = CLAIM_TTL_S,
+        queue_order: str = "fair",
     ) -> None:
         if claim_ttl_s <= 0:
             raise ValueError("claim_ttl_s must be > 0")
+        if queue_order not in claims.ORDERS:
+            raise ValueError(f"queue_order must be one of {', '.join(claims.ORDERS)}")
+        # "fair": jobs take turns batch by batch; "fifo": job after job.
+        self.queue_order = queue_order
         # A file's start and end go through the lifecycle; progress is told directly.
         self.lifecycle = lifecycle
         self.db = lifecycle.db
@@ -173,7 +178,7 @@ class Processor:
             await self.lifecycle.settle_cancelled()
             claim = await self.lifecycle.claim_next(
                 worker=self.worker, token=uuid.uuid4().hex[:CLAIM_TAG_CHARS],
-                ttl_s=self.claim_ttl_s,
+                ttl_s=self.claim_ttl_s, order=self.queue_order,
             )  # fmt: skip
             if claim is not None:
                 await self._process(claim)
@@ -369,8 +374,11 @@ class Processor:
                 batches = encoding.split_batches(pending, per_encode)
                 for number, batch in enumerate(batches, start=1):
                     await self._encode_batch(running, source, probed, batch, draws, progress)
-                    if number < len(batches) and await self.db.read(
-                        lambda conn: claims.others_waiting(conn, job.id)
+                    fair = self.queue_order == "fair"
+                    if (
+                        fair
+                        and number < len(batches)
+                        and await self.db.read(lambda conn: claims.others_waiting(conn, job.id))
                     ):
                         turn_over = True
                         break

@@ -4,7 +4,8 @@
 
 Runs, one after the other (never at once: each would take the other's CPU), the
 download, upload, resumable upload (cut three times),
-mixed-load (API latency and the whole machine's memory), processing,
+mixed-load (API latency and the whole machine's memory), processing, fairness (a small
+job behind a big one, fair queue against FIFO),
 lifecycle, bucket (the ZIP with its outputs in S3) and workers (one worker against two,
 sharing PostgreSQL) benchmarks, each against a baseline measured in the same run; prints
 one table of every figure (name, ours, the baseline, the ratio, the target, PASS/FAIL or
@@ -21,7 +22,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench import bucket, download, lifecycle, mixed, processing, resumable, upload, workers
+from bench import (
+    bucket,
+    download,
+    fairness,
+    lifecycle,
+    mixed,
+    processing,
+    resumable,
+    upload,
+    workers,
+)
 from bench.verdict import Row, table, write_json
 
 RESULTS = Path(__file__).parent / "results" / "latest.json"
@@ -47,6 +58,10 @@ SUITES: dict[str, tuple[Callable[[], list[Row]], Callable[[], list[Row]]]] = {
     "processing": (
         lambda: processing.figures(count=10, seconds=12.0),
         lambda: processing.figures(count=2, seconds=3.0),
+    ),
+    "fairness": (
+        lambda: fairness.measure(seconds=10.0, files=3, variations=10),
+        lambda: fairness.measure(seconds=2.0, files=1, variations=6),
     ),
     "lifecycle": (
         lambda: lifecycle.measure(jobs=10_000, evictions=100),

@@ -52,6 +52,9 @@ class Config:
     # Seconds a worker's claim on a source file lasts unless renewed (every third of it):
     # a worker that dies has its work taken over within about this long and a third.
     claim_ttl_s: float = 30.0
+    # How workers take the queue: "fair" (jobs take turns batch by batch) or "fifo" (job
+    # after job, the oldest first: what `bench.fairness` measures fairness against).
+    queue_order: str = "fair"
     # Where the jobs' bytes live: unset, the data directory; `s3://bucket/prefix`, a
     # bucket of S3-compatible storage (endpoint and keys from the standard AWS_*
     # variables), and the data directory is scratch space only.
@@ -208,6 +211,13 @@ def _strength(text: str) -> str:
     return value
 
 
+def _queue_order(text: str) -> str:
+    value = text.strip().lower()
+    if value not in {"fair", "fifo"}:
+        raise ValueError("must be fair or fifo")
+    return value
+
+
 def _log_format(text: str) -> str:
     value = text.strip().lower()
     if value not in {"text", "json"}:
@@ -232,6 +242,7 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "token_secret": _secret,
     "database_url": _database_url,
     "claim_ttl_s": _number(0.0, low_open=True),
+    "queue_order": _queue_order,
     "storage_url": _storage_url,
     "job_ttl_hours": _number(0.0, low_open=True),
     "storage_quota_bytes": _integer(1),

@@ -243,6 +243,7 @@ async def _run(
             request_room=evictor.request_room,
             limits=config.media_limits,
             claim_ttl_s=config.claim_ttl_s,
+            queue_order=config.queue_order,
         )
         bus.subscribe(JOB_QUEUED, lambda job_id: processor.inbox.post(JobQueued(job_id)))
         bus.subscribe(JOB_CANCEL, lambda job_id: processor.inbox.post(CancelJob(job_id)))

@@ -88,18 +88,26 @@ def _lock_job(conn: Connection, job_id: str) -> tuple[str, str | None] | None:
     return None if row is None else (row[0], row[1])
 
 
+# The order jobs are served in: turns (the job served longest ago, one never served
+# first), or one after another (oldest first).
+ORDERS = {
+    "fair": "j.served_at IS NOT NULL, j.served_at, j.created_at, j.id, f.position",
+    "fifo": "j.created_at, j.id, f.position",
+}
+
+
 def claim_next(
-    conn: Connection, *, worker: str, token: str, ttl_s: float, now: float
+    conn: Connection, *, worker: str, token: str, ttl_s: float, now: float, order: str = "fair"
 ) -> Claim | None:
-    """Claim the next file to work on for `ttl_s`; None when no file waits."""
+    """Claim the next file to work on for `ttl_s`, in `order` (`ORDERS`); None when no
+    file waits."""
     for _ in range(CLAIM_ATTEMPTS):
         job_id = conn.execute(
             text(
                 f"""SELECT f.job_id FROM job_files f JOIN jobs j ON j.id = f.job_id
                     WHERE j.status IN {sql_list(ACTIVE)} AND j.cancelled_at IS NULL
                       AND {_claimable(conn, "f")}
-                    ORDER BY j.served_at IS NOT NULL, j.served_at, j.created_at, j.id,
-                             f.position
+                    ORDER BY {ORDERS[order]}
                     LIMIT 1"""
             )
         ).scalar()

@@ -99,14 +99,16 @@ class Lifecycle:
         self.bus.publish(JOB_QUEUED, job_id)
         metrics.UPLOADED_BYTES.inc(sum(file.file_size for file in files))
 
-    async def claim_next(self, *, worker: str, token: str, ttl_s: float) -> Claim | None:
-        """Claim the next source file to work on for `ttl_s` (see `refresher.jobs.claims`);
-        a job it starts is announced. None when no file waits."""
+    async def claim_next(
+        self, *, worker: str, token: str, ttl_s: float, order: str = "fair"
+    ) -> Claim | None:
+        """Claim the next source file to work on for `ttl_s`, in `order` (see
+        `refresher.jobs.claims`); a job it starts is announced. None when no file waits."""
         moment = self.now()
         claim = await write_when_room(
             self.db,
             lambda conn: claims.claim_next(
-                conn, worker=worker, token=token, ttl_s=ttl_s, now=moment
+                conn, worker=worker, token=token, ttl_s=ttl_s, now=moment, order=order
             ),
             what="claiming the next file",
         )

@@ -87,6 +87,8 @@ def test_flags_win_over_environment() -> None:
         ("MAX_FPS", "0", r"^MAX_FPS must be a number > 0, got '0'$"),
         ("MAX_DURATION_S", "inf", r"^MAX_DURATION_S must be a number > 0, got 'inf'$"),
         ("UPLOAD_TIMEOUT_S", "-5", r"^UPLOAD_TIMEOUT_S must be a number > 0, got '-5'$"),
+        ("QUEUE_ORDER", "lifo", r"^QUEUE_ORDER must be fair or fifo, got 'lifo'$"),
+        ("RESUMABLE_UPLOAD_TTL_S", "0", r"^RESUMABLE_UPLOAD_TTL_S must be a number > 0"),
     ],
 )
 def test_bad_value_names_the_variable_and_rule(variable: str, value: str, message: str) -> None:

@@ -10,7 +10,7 @@ import trio
 
 from refresher.jobs import estimates, records
 from tests.support.clips import Clips
-from tests.support.http import finished, upload, wait_for_job
+from tests.support.http import TEST_PASSWORD, StartService, finished, upload, wait_for_job
 from tests.support.jobs import NOW, queue_files_job
 from wiring.service import RunningService
 
@@ -63,3 +63,20 @@ async def test_queued_jobs_carry_their_place_and_times_from_measured_speed(
     assert listed[second]["estimatedDoneS"] >= listed[second]["estimatedStartS"]
     detail = (await authed.get(f"/api/jobs/{second}")).json()
     assert detail["queuePosition"] == listed[second]["queuePosition"]
+
+
+async def test_in_fifo_order_the_small_job_waits_for_the_whole_big_one(
+    start_service: StartService, clips: Clips
+) -> None:
+    """`QUEUE_ORDER=fifo`, the baseline the fairness benchmark measures against."""
+    service = await start_service(queue_order="fifo")
+    async with httpx.AsyncClient(base_url=service.url, timeout=30) as http:
+        login = await http.post("/api/auth", json={"password": TEST_PASSWORD})
+        http.headers["Authorization"] = f"Bearer {login.json()['token']}"
+        with trio.fail_after(120):
+            big = (await upload(http, [clips.mp4], variations=str(BIG_VARIATIONS))).json()
+            await wait_for_job(http, big["jobId"], lambda d: d["status"] == "processing")
+            small = (await upload(http, [clips.mov], variations="1")).json()
+            await wait_for_job(http, small["jobId"], finished)
+            big_then = (await http.get(f"/api/jobs/{big['jobId']}")).json()
+    assert big_then["status"] == "completed"
