@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ import trio
 from sqlalchemy import Connection
 
 from actors.runtime import Mailbox
-from refresher.jobs import claims, estimates, records
+from refresher.jobs import claims, records
 from refresher.jobs.batches import BatchMaker
 from refresher.jobs.claims import CLAIM_TTL_S, RENEWALS_PER_TTL, Claim, ClaimLost
 from refresher.jobs.events import JobEvent
@@ -43,10 +42,9 @@ from refresher.jobs.lifecycle import Lifecycle
 from refresher.jobs.progress import FileProgress
 from refresher.jobs.progress import report as report_progress
 from refresher.jobs.status import JobStatus
-from refresher.media import effects, encoding, thumbnails
+from refresher.media import effects, encoding
 from refresher.media.ffmpeg import (
     MediaError,
-    encoder_mark,
     failure_detail,
     failure_sentence,
     kill_leftover_encoders,
@@ -62,7 +60,6 @@ LOGGER = logging.getLogger(__name__)
 
 # Doorbells and cancels; a full inbox already holds a ring that makes the processor look.
 INBOX_SIZE = 64
-THUMBNAIL_NAME = "thumbnail.webp"
 # A claim's token, in the names of the files made under it: this many hex digits.
 CLAIM_TAG_CHARS = 12
 # A stopping processor waits this long at most to give its claim back; past it, the claim
@@ -204,8 +201,7 @@ class Processor:
                     except ClaimLost:
                         running.lost = True
                     except TurnOver:
-                        LOGGER.info("job=%s file=%s gives its turn to another job", job.id,
-                                    file.id)  # fmt: skip
+                        LOGGER.info("job=%s file=%s: another job's turn", job.id, file.id)
                     nursery.cancel_scope.cancel()
         except BaseException:
             # A stop (or a fault): the claim goes back, so another processor (or the next
@@ -315,22 +311,8 @@ class Processor:
 
     async def _make_thumbnail(self, job: records.JobRecord) -> None:
         source = await self._fetch(job.files[0].upload_path)
-        if source is None:
-            return
-        output = self.paths.job_dir(job.id) / THUMBNAIL_NAME
-        made = await thumbnails.thumbnail_of(
-            self.ffmpeg, source, output, limits=self.limits, env=encoder_mark(self.paths.root)
-        )
-        if not made:
-            return
-        await trio.to_thread.run_sync(self.blobs.keep, output)
-        relative = self.paths.relative(output)
-        if not await write_if_room(
-            self.db,
-            lambda conn: records.set_thumbnail(conn, job.id, relative),
-            what=f"job={job.id} thumbnail",
-        ):
-            await trio.to_thread.run_sync(self.blobs.remove, output)
+        if source is not None:
+            await self.batches.make_thumbnail(job.id, source)
 
     async def _encode_pending(
         self,
@@ -409,13 +391,7 @@ class Processor:
         def on_progress(fraction: float) -> None:
             progress.batch_moved(key, fraction * len(indices))
 
-        began = time.monotonic()
         await self.batches.make(
             running.claim, source, probed, indices, draws, on_progress=on_progress
         )
         progress.batch_done(key, len(indices))
-        # Wall seconds per variation, measuring included: what queue estimates rest on.
-        speed = (time.monotonic() - began) / len(indices)
-        await write_if_room(
-            self.db, lambda conn: estimates.record_speed(conn, speed), what="encode speed"
-        )

@@ -31,16 +31,16 @@ import trio
 from sqlalchemy import Connection
 
 from refresher import metrics
-from refresher.jobs import claims, outputstore, records
+from refresher.jobs import claims, estimates, outputstore, records
 from refresher.jobs.claims import CLAIM_TTL_S, Claim, ClaimLost
-from refresher.media import measure
+from refresher.media import measure, thumbnails
 from refresher.media.ffmpeg import encoder_mark
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 from refresher.media.variations import Batch, Draws, Encoder, Layout, make_variations
 from refresher.storage.blobs import BlobStore, LocalBlobs, remove_all
 from refresher.storage.full import StorageFull
 from refresher.storage.paths import Paths
-from refresher.store import Database
+from refresher.store import Database, write_if_room
 
 LOGGER = logging.getLogger(__name__)
 
@@ -136,6 +136,29 @@ class BatchMaker:
         per_variation = (trio.current_time() - began) / len(batch.kept)
         for _ in batch.kept:
             metrics.ENCODE_SECONDS.observe(per_variation)
+        # Shared by every process: what the queue's estimates rest on.
+        await write_if_room(
+            self.db, lambda conn: estimates.record_speed(conn, per_variation),
+            what=f"job={job_id} encode speed",
+        )  # fmt: skip
+
+    async def make_thumbnail(self, job_id: str, source: Path) -> None:
+        """Make the job's thumbnail from `source`, keep and record it (best effort: a
+        job without one shows a placeholder)."""
+        output = self.paths.thumbnail(job_id)
+        made = await thumbnails.thumbnail_of(
+            self.ffmpeg, source, output, limits=self.limits, env=encoder_mark(self.paths.root)
+        )
+        if not made:
+            return
+        await trio.to_thread.run_sync(self.kept.keep, output)
+        relative = self.paths.relative(output)
+        if not await write_if_room(
+            self.db,
+            lambda conn: records.set_thumbnail(conn, job_id, relative),
+            what=f"job={job_id} thumbnail",
+        ):
+            await trio.to_thread.run_sync(self.kept.remove, output)
 
     async def _record(
         self,

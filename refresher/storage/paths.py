@@ -66,6 +66,10 @@ class Paths:
     def job_dir(self, job_id: str) -> Path:
         return self.jobs / job_id
 
+    def thumbnail(self, job_id: str) -> Path:
+        """The job's small WebP picture."""
+        return self.job_dir(job_id) / "thumbnail.webp"
+
     # --- one source file's outputs, inside its job's folder ---
     # Each name carries the claim it was made under (`refresher.jobs.claims`), so work of
     # a claim that was taken over never lands on the names of the claim that took it.

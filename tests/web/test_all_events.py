@@ -42,16 +42,20 @@ def about(job_id: str, kind: str) -> Any:
     return wanted
 
 
+QUEUE_KEYS = ("queuePosition", "estimatedStartS", "estimatedDoneS")
+
+
 def linkless(shown: Any) -> Any:
     """What the API shows, without what an event never carries: signed links (keys ending
-    in `Url`) and each file's outputs (the page loads those with its session)."""
+    in `Url`), each file's outputs (the page loads those with its session) and a job's
+    place in the queue (estimates that age by the second)."""
     if isinstance(shown, list):
         return [linkless(item) for item in shown]
     if isinstance(shown, dict):
         return {
             key: linkless(value)
             for key, value in shown.items()
-            if not key.endswith("Url") and key not in ("outputs", "downloadBytes")
+            if not key.endswith("Url") and key not in ("outputs", "downloadBytes", *QUEUE_KEYS)
         }
     return shown
 

@@ -25,7 +25,6 @@ from pathlib import Path
 import trio
 from quart import Blueprint, Response, jsonify, request
 
-from actors.processor import THUMBNAIL_NAME
 from refresher.jobs.device import (
     DEVICE_EFFECTS,
     MAX_RESULTS,
@@ -173,7 +172,7 @@ async def _thumbnail(app_state: AppState, job_id: str, video: Path, probed: Prob
     except MediaError as err:
         LOGGER.warning("job=%s no thumbnail: %s", job_id, err)
         return None
-    output = app_state.paths.job_dir(job_id) / THUMBNAIL_NAME
+    output = app_state.paths.thumbnail(job_id)
     made = await thumbnails.make_thumbnail(
         ffmpeg, video, output, probed=probed, limits=app_state.config.media_limits,
         env=encoder_mark(root),
