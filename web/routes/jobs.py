@@ -7,9 +7,11 @@ import logging
 
 import trio
 from quart import Blueprint, Response, jsonify
+from sqlalchemy import Connection
 
 from refresher.auth import tokens
 from refresher.jobs import estimates, records, retries
+from refresher.jobs.estimates import Estimate
 from refresher.jobs.status import ACTIVE, JobStatus
 from refresher.jobs.transitions import RemovalReason
 from refresher.storage import removal
@@ -44,9 +46,13 @@ async def list_jobs() -> Response:
 @require_login
 async def get_job(job_id: str) -> Response:
     app_state = state()
-    job, ahead = await app_state.db.read(
-        lambda conn: (records.load_job(conn, job_id), estimates.estimates(conn))
-    )
+
+    def read(conn: Connection) -> tuple[records.JobRecord | None, dict[str, Estimate]]:
+        # Estimates only for a job queued or under way: this route is the page's poll.
+        job = records.load_job(conn, job_id)
+        return job, estimates.estimates(conn) if job and job.status in ACTIVE else {}
+
+    job, ahead = await app_state.db.read(read)
     if job is None:
         raise ApiError(404, "There is no such job; it may have been deleted.")
     return jsonify(job_detail(job, app_state, ahead.get(job.id)))

@@ -190,10 +190,6 @@ async def _paced(body: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-def held(chunks: list[bytes]) -> int:
-    return sum(len(chunk) for chunk in chunks)
-
-
 class PastLength(Exception):
     """A PATCH sent more bytes than the upload declared."""
 
@@ -214,8 +210,10 @@ async def _receive(
         received.Receiver, blobs, paths, upload.id, upload.received, writer
     )
     recorded = upload.received
-    # Chunks received and not yet written, as they came (never copied into one buffer).
+    # Chunks received and not yet written, as they came (never copied into one buffer),
+    # and their bytes.
     pending: list[bytes] = []
+    pending_bytes = 0
     last_keep = trio.current_time()
 
     async def keep() -> bool:
@@ -225,11 +223,24 @@ async def _receive(
             kept = await keep_unshielded()
         return kept
 
+    async def write_pending() -> None:
+        nonlocal pending_bytes
+        await trio.to_thread.run_sync(receiver.write, list(pending))
+        pending.clear()
+        pending_bytes = 0
+
+    def take(chunk: bytes) -> bool:
+        """Add what of `chunk` fits the declared length; whether all of it did."""
+        nonlocal pending_bytes
+        room = upload.length - recorded - receiver.unkept - pending_bytes
+        pending.append(chunk if len(chunk) <= room else chunk[:room])
+        pending_bytes += len(pending[-1])
+        return len(chunk) <= room
+
     async def keep_unshielded() -> bool:
         nonlocal recorded, last_keep
         if pending:
-            await trio.to_thread.run_sync(receiver.write, list(pending))
-            pending.clear()
+            await write_pending()
         kept, piece = await trio.to_thread.run_sync(receiver.keep)
         last_keep = trio.current_time()
         if not kept:
@@ -253,19 +264,16 @@ async def _receive(
     try:
         async for chunk in body:
             seen += len(chunk)
-            room = upload.length - recorded - receiver.unkept - held(pending)
-            pending.append(chunk if len(chunk) <= room else chunk[:room])
-            if len(chunk) > room:
+            if not take(chunk):
                 raise PastLength()
-            if held(pending) >= WRITE_BYTES:
-                await trio.to_thread.run_sync(receiver.write, list(pending))
-                pending.clear()
+            if pending_bytes >= WRITE_BYTES:
+                await write_pending()
             due = trio.current_time() - last_keep >= KEEP_EVERY_S
-            if (receiver.unkept + held(pending) >= PIECE_BYTES or due) and not await keep():
+            if (receiver.unkept + pending_bytes >= PIECE_BYTES or due) and not await keep():
                 raise records.UploadBusy(upload.id)
     except trio.Cancelled:
         for chunk in arrived(seen):
-            pending.append(chunk[: upload.length - recorded - receiver.unkept - held(pending)])
+            take(chunk)
         raise
     finally:
         with trio.CancelScope(shield=True):
