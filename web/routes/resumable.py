@@ -210,15 +210,13 @@ async def _receive(
         received.Receiver, blobs, paths, upload.id, upload.received, writer
     )
     recorded = upload.received
-    # Chunks received and not yet written, as they came (never copied into one buffer),
-    # and their bytes.
+    # Chunks received, not yet written, as they came (never joined), and their bytes.
     pending: list[bytes] = []
     pending_bytes = 0
     last_keep = trio.current_time()
 
     async def keep() -> bool:
-        # Whole or not at all, so shielded: a piece kept but not recorded would shift
-        # every later one.
+        # Shielded, whole or not at all: a piece kept but not recorded would shift all.
         with trio.CancelScope(shield=True):
             kept = await keep_unshielded()
         return kept
