@@ -149,15 +149,18 @@ class Processor:
                 LOGGER.warning("recovered: killed %d encoders", len(killed))
         self._current = None
         task_status.started()
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._work)
-            async for message in self.inbox.receive:
-                if isinstance(message, CancelJob):
-                    current = self._current
-                    if current is not None and current.claim.job.id == message.job_id:
-                        current.scope.cancel()
-                else:
-                    self._wake.set()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._work)
+                async for message in self.inbox.receive:
+                    if isinstance(message, CancelJob):
+                        current = self._current
+                        if current is not None and current.claim.job.id == message.job_id:
+                            current.scope.cancel()
+                    else:
+                        self._wake.set()
+        finally:  # its measuring process ends with it
+            await self.batches.measurer.aclose()
 
     async def _work(self) -> None:
         # After started(): on a full storage this waits for room, and the service runs.

@@ -5,7 +5,8 @@
 Runs, one after the other (never at once: each would take the other's CPU), the
 download, upload, resumable upload (cut three times),
 mixed-load (API latency and the whole machine's memory), processing, fairness (a small
-job behind a big one, fair queue against FIFO),
+job behind a big one, fair queue against FIFO), first variation (a 10-file job's first
+variation downloaded, against the whole job),
 lifecycle, bucket (the ZIP with its outputs in S3) and workers (one worker against two,
 sharing PostgreSQL) benchmarks, each against a baseline measured in the same run; prints
 one table of every figure (name, ours, the baseline, the ratio, the target, PASS/FAIL or
@@ -26,6 +27,7 @@ from bench import (
     bucket,
     download,
     fairness,
+    first,
     lifecycle,
     mixed,
     processing,
@@ -62,6 +64,10 @@ SUITES: dict[str, tuple[Callable[[], list[Row]], Callable[[], list[Row]]]] = {
     "fairness": (
         lambda: fairness.measure(seconds=10.0, files=3, variations=10),
         lambda: fairness.measure(seconds=2.0, files=1, variations=6),
+    ),
+    "first": (
+        lambda: first.measure(files=10, seconds=10.0, variations=5),
+        lambda: first.measure(files=2, seconds=2.0, variations=2),
     ),
     "lifecycle": (
         lambda: lifecycle.measure(jobs=10_000, evictions=100),

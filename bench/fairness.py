@@ -30,7 +30,7 @@ from tests.support.footage import make_footage
 POLL_S = 0.25
 
 
-def _queue(service: Service, sources: list[Path], variations: int) -> str:
+def queue_job(service: Service, sources: list[Path], variations: int) -> str:
     """Upload `sources` as one job with curl; its id."""
     args = [*curl(headers=service.auth), "-F", f"variations={variations}"]
     for source in sources:
@@ -41,7 +41,9 @@ def _queue(service: Service, sources: list[Path], variations: int) -> str:
     return str(json.loads(answer)["jobId"])
 
 
-def _wait(service: Service, job_id: str, statuses: set[str], timeout_s: float) -> dict[str, object]:
+def wait_status(
+    service: Service, job_id: str, statuses: set[str], timeout_s: float
+) -> dict[str, object]:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         job = service.request("GET", f"/api/jobs/{job_id}")
@@ -57,11 +59,11 @@ def _small_wait(
     """The small job's seconds from upload to completion, and the big job's variations
     made by then, with the queue in `order`."""
     with Service(root / f"data-{order}", {"QUEUE_ORDER": order}) as service:
-        big_id = _queue(service, big, variations)
-        _wait(service, big_id, {"processing"}, 120)
+        big_id = queue_job(service, big, variations)
+        wait_status(service, big_id, {"processing"}, 120)
         started = time.monotonic()
-        small_id = _queue(service, [small], 1)
-        done = _wait(service, small_id, {"completed", "failed"}, 900)
+        small_id = queue_job(service, [small], 1)
+        done = wait_status(service, small_id, {"completed", "failed"}, 900)
         waited = time.monotonic() - started
         if done["status"] != "completed":
             raise RuntimeError(f"the small job ended {done['status']}")

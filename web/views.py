@@ -10,7 +10,7 @@ from refresher import timestamps
 from refresher.archive import job_archive
 from refresher.jobs import records
 from refresher.jobs.estimates import Estimate
-from refresher.jobs.status import FINISHED, JobStatus
+from refresher.jobs.status import FINISHED, TOMBSTONES, JobStatus
 from refresher.media.measure import Measured
 from web import links
 from web.http.errors import ApiError
@@ -76,8 +76,9 @@ def _output(
     app_state: AppState, job: records.JobRecord, output: records.OutputRecord, name: str
 ) -> dict[str, object]:
     """One variation: its effects (as the ZIP's manifest records them), its name in the
-    ZIP, and, once its job has finished, signed links to play and to download it."""
-    playable = job.status in FINISHED
+    ZIP, and signed links to play and to download it: from the moment it is recorded
+    (whole, and kept where it stays) until its job's results are gone."""
+    playable = job.status not in TOMBSTONES
     url = links.output_url(app_state, job.id, output.id) if playable else None
     measured = Measured.from_json(output.measured) if output.measured else None
     still = links.still_url(app_state, job.id, output.id) if output.still_path else None

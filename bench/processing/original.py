@@ -3,6 +3,7 @@ after another, `rotate`+`eq`, its exact x264 arguments."""
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import time
@@ -55,6 +56,18 @@ def cpu_s() -> float:
         usage = resource.getrusage(who)
         total += usage.ru_utime + usage.ru_stime
     return total
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds of a running process, from /proc (0 for None or one that is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    # utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def watch_peak(pid: int, result: Result) -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import trio
 
-from bench.processing.original import Chosen, Result, cpu_s, watch_peak
+from bench.processing.original import Chosen, Result, cpu_s, process_cpu_s, watch_peak
 from refresher.media import effects, encoding, measure
 from refresher.media.effects import Strength
 from refresher.media.ffmpeg import find_ffmpeg
+from refresher.media.measuring import Measurer
 from refresher.media.probe import Probe
 from refresher.media.variations import (
     Draws,
@@ -96,7 +97,27 @@ async def make_strength(
         reference=out_dir / f"{name}_reference.mkv",
         source_still=out_dir / STILLS / f"{name}_source.jpg",
     )
-    encoder = Encoder(find_ffmpeg(None))
+    measurer = Measurer()
+    encoder = Encoder(find_ffmpeg(None), measurer=measurer)
+    try:
+        await _make_batches(run, source, probed, count, draws, layout, encoder, before_batch)
+    finally:
+        await measurer.aclose()
+    run.result.outputs = [made.output.path for _, made in sorted(run.kept.items())]
+    return run
+
+
+async def _make_batches(
+    run: StrengthRun,
+    source: Path,
+    probed: Probe,
+    count: int,
+    draws: Draws,
+    layout: Layout,
+    encoder: Encoder,
+    before_batch: Callable[[Chosen], Awaitable[None]] | None,
+) -> None:
+    name = run.strength.value
     per_encode = encoding.variations_per_encode(probed.width, probed.height)
     batches = encoding.split_batches(range(1, count + 1), per_encode)
     for number, indices in enumerate(batches, start=1):
@@ -107,6 +128,7 @@ async def make_strength(
             line += f", the original's way {time.monotonic() - started:.2f} s"
         encode_s, measure_s = run.timings.encode_s, run.timings.measure_s
         cpu_before, started = cpu_s(), time.monotonic()
+        measuring_before = process_cpu_s(encoder.measurer.pid)
         async with trio.open_nursery() as watchers:
             batch = await make_variations(
                 encoder, source, probed, indices, draws, layout,
@@ -115,7 +137,9 @@ async def make_strength(
                 what=f"{name} batch {number}",
             )  # fmt: skip
         run.result.wall_s += time.monotonic() - started
-        run.result.cpu_s += cpu_s() - cpu_before
+        # The measuring process is not reaped between batches: its CPU is read from /proc.
+        measuring_cpu_s = process_cpu_s(encoder.measurer.pid) - measuring_before
+        run.result.cpu_s += cpu_s() - cpu_before + measuring_cpu_s
         run.kept.update(batch.kept)
         run.attempts.update(batch.attempts)
         print(
@@ -124,5 +148,3 @@ async def make_strength(
             f"measuring {run.timings.measure_s - measure_s:.2f} s",
             flush=True,
         )
-    run.result.outputs = [made.output.path for _, made in sorted(run.kept.items())]
-    return run

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -35,6 +36,7 @@ from refresher.jobs import claims, estimates, outputstore, records
 from refresher.jobs.claims import CLAIM_TTL_S, Claim, ClaimLost
 from refresher.media import measure, thumbnails
 from refresher.media.ffmpeg import encoder_mark
+from refresher.media.measuring import Measurer
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 from refresher.media.variations import Batch, Draws, Encoder, Layout, make_variations
 from refresher.storage.blobs import BlobStore, LocalBlobs, remove_all
@@ -74,6 +76,11 @@ class BatchMaker:
     claim_ttl_s: float = CLAIM_TTL_S
     # Where the outputs are kept once made (None: where they are written).
     blobs: BlobStore | None = None
+
+    @functools.cached_property
+    def measurer(self) -> Measurer:
+        """Measures the batches' outputs in a process of its own (`aclose` ends it)."""
+        return Measurer()
 
     @property
     def kept(self) -> BlobStore:
@@ -120,7 +127,10 @@ class BatchMaker:
         began = trio.current_time()
         recorded = await self.db.read(lambda conn: outputstore.siblings(conn, file.id))
         recorded_hashes = [measure.Sampled.unpack(s.pdq_hashes).hashes for s in recorded]
-        encoder = Encoder(self.ffmpeg, self.limits, self.threads, encoder_mark(self.paths.root))
+        encoder = Encoder(
+            self.ffmpeg, self.limits, self.threads, encoder_mark(self.paths.root),
+            measurer=self.measurer,
+        )  # fmt: skip
         layout = Layout(
             output=partial(self.paths.output, job_id, file.id, claim=claim.token),
             still=partial(self.paths.still, job_id, file.id, claim=claim.token),

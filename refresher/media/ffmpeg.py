@@ -14,7 +14,7 @@ and `rerun_if_interrupted` runs it again).
 FFmpeg dies with the process that started it, even by `kill -9`: it is started through
 `setpriv --pdeathsig KILL` (util-linux), which asks the kernel to kill it when its parent
 dies. The kernel's "parent" is the *thread* that started it, so FFmpeg is started from
-the event loop's thread, which lives as long as the process (`_Child.start`), never from a
+the event loop's thread, which lives as long as the process (`Child.start`), never from a
 worker thread: trio's own `open_process` starts children in its cached threads, which end
 after a while idle and would take a running FFmpeg with them.
 
@@ -254,8 +254,8 @@ async def run_ffmpeg(
     it before Cancelled propagates.
     """
     try:
-        process = _Child.start(
-            [*_die_with_parent(), NICE, "-n", str(FFMPEG_NICE), *command],
+        process = Child.start(
+            [*die_with_parent(), NICE, "-n", str(FFMPEG_NICE), *command],
             env={**os.environ, **env} if env else None,
         )
     except OSError as err:
@@ -282,11 +282,11 @@ async def run_ffmpeg(
     return process.returncode, " | ".join(lines[-STDERR_TAIL_LINES:])
 
 
-def _die_with_parent() -> tuple[str, ...]:
+def die_with_parent() -> tuple[str, ...]:
     return DIE_WITH_PARENT if shutil.which(DIE_WITH_PARENT[0]) else ()
 
 
-class _Child:
+class Child:
     """A child process with trio streams on its pipes, started from the calling thread."""
 
     def __init__(self, popen: subprocess.Popen[bytes], pipes: list[int]) -> None:
@@ -297,7 +297,7 @@ class _Child:
         self.stderr = trio.lowlevel.FdStream(pipes[2])
 
     @classmethod
-    def start(cls, command: list[str], *, env: Mapping[str, str] | None) -> _Child:
+    def start(cls, command: list[str], *, env: Mapping[str, str] | None) -> Child:
         """Start `command` with stdin, stdout and stderr piped, in a session of its own.
 
         Call it from trio's thread: see the module's note on the parent's death. Starting
@@ -354,7 +354,7 @@ class _Child:
             await stream.aclose()
 
 
-async def _stop(process: _Child) -> None:
+async def _stop(process: Child) -> None:
     """Ask FFmpeg to quit, then insist: `q` on stdin, SIGTERM, SIGKILL; reap it."""
     if process.returncode is not None:
         return

@@ -2,7 +2,7 @@
 batches (`refresher.jobs.batches`) and the processing benchmark both run.
 
     draw effects → one FFmpeg (decoding once, writing the source's samples beside)
-                 → sample every output on two threads (PDQ, SSIM, stills)
+                 → sample every output in the measuring process (PDQ, SSIM, stills)
                  → at standard and strong, draw again those still matched, up to
                    MAX_ATTEMPTS tries; keep the last either way
 
@@ -25,6 +25,7 @@ import trio
 from refresher.media import effects, encoding, measure
 from refresher.media.effects import Effects
 from refresher.media.ffmpeg import remove_files, rerun_if_interrupted
+from refresher.media.measuring import Measurer
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 
 LOGGER = logging.getLogger(__name__)
@@ -61,13 +62,15 @@ class Draws:
 
 @dataclass(frozen=True)
 class Encoder:
-    """How FFmpeg is run: which one, under which limits, threads and environment."""
+    """How FFmpeg is run: which one, under which limits, threads and environment; and
+    what measures its outputs."""
 
     ffmpeg: str
     limits: MediaLimits = DEFAULT_LIMITS
     threads: int | None = None
     # Added to FFmpeg's environment (the mark that finds encoders a crash left).
     env: Mapping[str, str] | None = None
+    measurer: Measurer = field(kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -220,7 +223,7 @@ async def encode_and_sample(
             for output, still in zip(encoded, stills, strict=True)
         ]
         try:
-            source_sampled, sampled = await sample_on_two_threads(
+            source_sampled, sampled = await encoder.measurer.sample(
                 reference.path, plan, wanted, layout.source_still
             )
         except measure.MeasureFailed as err:
@@ -242,26 +245,3 @@ async def encode_and_sample(
             chosen, encoded, variations, sampled, stills, strict=True
         )
     ]
-
-
-async def sample_on_two_threads(
-    reference: Path, plan: measure.Sampling, wanted: list[measure.Wanted], source_still: Path
-) -> tuple[measure.Sampled, list[measure.Sampled]]:
-    """`measure.sample_batch` on two threads (each reads the source's samples itself)."""
-    halves = [wanted[: (len(wanted) + 1) // 2], wanted[(len(wanted) + 1) // 2 :]]
-    results: list[tuple[measure.Sampled, list[measure.Sampled]] | None] = [None, None]
-
-    async def run(number: int, still: Path | None) -> None:
-        results[number] = await trio.to_thread.run_sync(
-            functools.partial(
-                measure.sample_batch, reference, plan, halves[number], source_still=still
-            )
-        )
-
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(run, 0, source_still)
-        if halves[1]:
-            nursery.start_soon(run, 1, None)
-    first, second = results
-    assert first is not None
-    return first[0], first[1] + (second[1] if second else [])

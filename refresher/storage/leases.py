@@ -31,7 +31,8 @@ class Lease:
 
 
 class LeaseRefused(Exception):
-    """No lease: `reason` is "gone" (unknown or deleted), "not_ready" or "reserved"."""
+    """No lease: `reason` is "gone" (unknown, deleted, expired or evicted) or
+    "reserved" (about to be deleted)."""
 
     def __init__(self, job_id: str, reason: str) -> None:
         self.job_id = job_id
@@ -51,8 +52,9 @@ def _lock_job(conn: Connection, job_id: str) -> str | None:
 def acquire(
     conn: Connection, *, lease_id: str, job_id: str, holder: str, now: str, ttl_s: float
 ) -> Lease:
-    """Grant a lease, for `ttl_s` by the database's clock, on a finished job that is not
-    reserved; raise `LeaseRefused` otherwise.
+    """Grant a lease, for `ttl_s` by the database's clock, on a job whose results are
+    there and not reserved; raise `LeaseRefused` otherwise. A running job's recorded
+    variations are read too (they play as soon as they are recorded).
 
     Idempotent for one `lease_id`, so a request retried after a lost reply is harmless.
     """
@@ -62,8 +64,6 @@ def acquire(
     status = _lock_job(conn, job_id)
     if status is None or status in TOMBSTONES:
         raise LeaseRefused(job_id, "gone")
-    if status not in FINISHED:
-        raise LeaseRefused(job_id, "not_ready")
     reserved = conn.execute(
         text("SELECT 1 FROM deletion_reservations WHERE job_id = :job_id"), {"job_id": job_id}
     ).first()

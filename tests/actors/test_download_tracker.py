@@ -53,25 +53,44 @@ async def test_lease_and_reservation_exclude_each_other(
         await tracker.acquire(job_id)
 
 
-@pytest.mark.parametrize(("status", "reason"), [("queued", "not_ready"), ("expired", "gone")])
-async def test_lease_refused_for_jobs_without_results(
-    nursery: trio.Nursery, db: Database, paths: Paths, status: str, reason: str
-) -> None:
-    job_id = await make_finished_job(db, paths)
+async def _with_status(db: Database, job_id: str, status: str) -> None:
     await db.write(
         lambda conn: conn.execute(
             text("UPDATE jobs SET status = :status WHERE id = :id"),
             {"status": status, "id": job_id},
         )
     )
+
+
+@pytest.mark.parametrize("status", ["expired", "evicted"])
+async def test_lease_refused_for_jobs_without_results(
+    nursery: trio.Nursery, db: Database, paths: Paths, status: str
+) -> None:
+    job_id = await make_finished_job(db, paths)
+    await _with_status(db, job_id, status)
     tracker = DownloadTracker(db, now=lambda: NOW)
     await start(nursery, tracker)
     with pytest.raises(LeaseRefused) as refused:
         await tracker.acquire(job_id)
-    assert refused.value.reason == reason
+    assert refused.value.reason == "gone"
     with pytest.raises(LeaseRefused) as unknown:
         await tracker.acquire("no-such-job")
     assert unknown.value.reason == "gone"
+
+
+@pytest.mark.parametrize("status", ["queued", "processing"])
+async def test_a_running_job_is_leased_while_its_recorded_variations_are_read(
+    nursery: trio.Nursery, db: Database, paths: Paths, status: str
+) -> None:
+    """Its variations play as soon as they are recorded; a deletion waits for them."""
+    job_id = await make_finished_job(db, paths)
+    await _with_status(db, job_id, status)
+    tracker = DownloadTracker(db, now=lambda: NOW)
+    await start(nursery, tracker)
+    lease = await tracker.acquire(job_id)
+    assert not await tracker.reserve_for_deletion(job_id, reason="deleted")
+    await tracker.release(lease)
+    assert await tracker.reserve_for_deletion(job_id, reason="deleted")
 
 
 async def test_leases_survive_a_kill_and_restart_of_the_tracker(

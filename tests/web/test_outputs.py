@@ -263,7 +263,6 @@ async def test_a_player_that_goes_away_releases_its_lease(
         ("another job's output", 404, "This job has no such variation; it may have been removed."),
         ("expired", 410, "This job's results have expired or were removed."),
         ("evicted", 410, "This job's results have expired or were removed."),
-        ("processing", 404, "This variation can be played once its job has finished."),
     ],
 )
 async def test_refusals(
@@ -278,10 +277,6 @@ async def test_refusals(
         output_id = "no-such-output"
     elif setup == "another job's output":
         job_id = await make_finished_job(db, paths, blobs=blobs)
-    elif setup == "processing":
-        job_id = await make_unfinished_job(db, paths, processing=True, output_bytes=100)
-        output_id = (await outputs_of(authed, job_id))[0]["id"]
-        assert (await outputs_of(authed, job_id))[0]["url"] is None
     else:
         await db.write(
             lambda conn: sql(conn, "UPDATE jobs SET status = :s WHERE id = :id", s=setup, id=job_id)
@@ -292,6 +287,28 @@ async def test_refusals(
         if method == "GET":
             assert response.json() == {"error": message}
     assert await lease_count(service.state) == 0
+
+
+async def test_a_variation_plays_as_soon_as_it_is_recorded_while_its_job_runs(
+    service: RunningService, authed: httpx.AsyncClient, anonymous: httpx.AsyncClient
+) -> None:
+    """Recorded means whole and kept where it stays: the first variation is there for
+    the team before the job's last one is made."""
+    db, paths, blobs = service.state.db, service.state.paths, service.state.lifecycle.blobs
+    job_id = await make_unfinished_job(db, paths, processing=True, output_bytes=100)
+    # Kept where the batch maker keeps what it records (a bucket, with one).
+    [made] = await trio.to_thread.run_sync(lambda: list(paths.job_dir(job_id).glob("*.mp4")))
+    await trio.to_thread.run_sync(blobs.keep, made)
+    [output] = await outputs_of(authed, job_id)
+    assert output["url"]
+    assert output["downloadUrl"] == f"{output['url']}&download=1"
+    response = await anonymous.get(output["url"])
+    assert response.status_code == 200
+    assert len(response.content) == output["fileSize"] == 100
+    assert (await anonymous.head(output["downloadUrl"])).status_code == 200
+    await no_leases(service)
+    # The job's ZIP waits for the job's end.
+    assert (await authed.get(f"/api/jobs/{job_id}")).json()["downloadUrl"] is None
 
 
 async def test_a_lease_refused_as_the_job_is_removed_is_410(

@@ -37,13 +37,12 @@ GONE = "This job's results have expired or were removed."
 _REFUSED = {
     "gone": (410, GONE),
     "reserved": (410, "This job's results are being removed."),
-    "not_ready": (404, "This job has no results to download yet."),
 }
 
 
 async def hold_lease(app_state: AppState, job_id: str) -> None:
     """Lease the job for as long as this request lasts, however it ends; or raise the
-    error to answer with (410 gone or being removed, 404 not ready, 503)."""
+    error to answer with (410 gone or being removed, 503)."""
     try:
         lease = await app_state.tracker.acquire(job_id)
     except LeaseRefused as refused:

@@ -21,7 +21,7 @@ from refresher import metrics, timestamps
 from refresher.archive import job_archive
 from refresher.auth import tokens
 from refresher.jobs import records
-from refresher.jobs.status import FINISHED, TOMBSTONES
+from refresher.jobs.status import TOMBSTONES
 from refresher.storage.blobs import BlobStore
 from web.http import ranges
 from web.http.access import check_bearer
@@ -69,8 +69,6 @@ async def output(job_id: str, output_id: str) -> Response:
     found = next((out for out in job.outputs if out.id == output_id), None)
     if found is None:
         raise ApiError(404, "This job has no such variation; it may have been removed.")
-    if job.status not in FINISHED:
-        raise ApiError(404, "This variation can be played once its job has finished.")
     name = job_archive.output_names(job)[output_id]
     etag, modified = etag_of(found), timestamps.parse(found.created_at)
     disposition = "attachment" if request.args.get("download") == "1" else "inline"

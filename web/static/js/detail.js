@@ -74,7 +74,7 @@ function fileSection(file, onPlay, onRetry, jobActive) {
             h("div", { class: "card-row" }, h("strong", {}, `Variation ${output.variationIndex}`), h("span", { class: "small muted" }, formatBytes(output.fileSize))),
             verdictNote(output, { jobActive, focusable: true, id: `verdict-${output.id}` }),
             h("details", { dataset: { outputId: output.id } }, h("summary", {}, "Effects"), effectList(output.effects)),
-            // Links come once the job has finished (until then its files may still move).
+            // A variation is playable from the moment it is recorded, while its job runs.
             output.url
               ? h(
                   "div",
@@ -82,7 +82,7 @@ function fileSection(file, onPlay, onRetry, jobActive) {
                   h("button", { id: `play-${output.id}`, type: "button", class: "button small play", onclick: () => onPlay(file, output) }, "Play"),
                   h("a", { class: "button small", href: output.downloadUrl, download: output.name || "" }, "Download"),
                 )
-              : h("p", { class: "small muted" }, "Playable once the job has finished."),
+              : null,
           ),
         ),
       ),
