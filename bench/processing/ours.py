@@ -16,7 +16,7 @@ from bench.processing.original import Chosen, Result, cpu_s, process_cpu_s, watc
 from refresher.media import effects, encoding, measure
 from refresher.media.effects import Strength
 from refresher.media.ffmpeg import find_ffmpeg
-from refresher.media.measuring import Measurer
+from refresher.media.measurer import Measurer
 from refresher.media.probe import Probe
 from refresher.media.variations import (
     Draws,

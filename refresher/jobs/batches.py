@@ -36,7 +36,7 @@ from refresher.jobs import claims, estimates, outputstore, records
 from refresher.jobs.claims import CLAIM_TTL_S, Claim, ClaimLost
 from refresher.media import measure, thumbnails
 from refresher.media.ffmpeg import encoder_mark
-from refresher.media.measuring import Measurer
+from refresher.media.measurer import Measurer
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 from refresher.media.variations import Batch, Draws, Encoder, Layout, make_variations
 from refresher.storage.blobs import BlobStore, LocalBlobs, remove_all

@@ -1,15 +1,19 @@
 """Find, run and stop FFmpeg, and find the encoders an earlier run of this service left.
 
-Every FFmpeg runs niced below the service, in a session of its own, reports its progress
+Every FFmpeg runs niced below the service, in a process group of its own, reports its progress
 on stdout and keeps the tail of its stderr for an error message; cancelled, it is asked to
 quit (`q`), then terminated, then killed, and always reaped. It writes its outputs under
 temporary names (`partial_path`) that its callers rename into place when it succeeded.
 
-Its own session keeps a terminal's Ctrl-C (or `kill -- -PGID`) from reaching it: only the
-service gets the signal, and stops its FFmpegs itself, by cancelling them. So an FFmpeg
+Its own process group keeps a terminal's Ctrl-C (or `kill -- -PGID`) from reaching it:
+only the service gets the signal, and stops its FFmpegs itself, by cancelling them. So an FFmpeg
 that ends by a signal while not cancelled was stopped from outside: no fault of the
 video, and never reported as one (`exit_failure` tells it apart as `FFmpegInterrupted`,
-and `rerun_if_interrupted` runs it again).
+and `rerun_if_interrupted` runs it again). A group, not a session: where the kernel
+groups processes by session for scheduling (autogroup, on by default), a session of its
+own would weigh FFmpeg as much as the whole service, whatever its nice value (measured:
+a nice-10 busy loop in a session of its own took 50 % of a core against a nice-0 one,
+9 % in a process group of its own).
 
 FFmpeg dies with the process that started it, even by `kill -9`: it is started through
 `setpriv --pdeathsig KILL` (util-linux), which asks the kernel to kill it when its parent
@@ -249,7 +253,7 @@ async def run_ffmpeg(
     `command` should include `-progress pipe:1` for `on_out_time_us` to get FFmpeg's
     clock (microseconds into the output); `on_started` gets FFmpeg's PID; `env` adds
     variables to FFmpeg's environment. FFmpeg runs niced by FFMPEG_NICE, in a new
-    session (so in a process group of its own), and dies with this process. Raise
+    process group of its own, and dies with this process. Raise
     `EncodeFailed` if FFmpeg cannot start. On cancellation stop it (see `_stop`) and reap
     it before Cancelled propagates.
     """
@@ -298,7 +302,8 @@ class Child:
 
     @classmethod
     def start(cls, command: list[str], *, env: Mapping[str, str] | None) -> Child:
-        """Start `command` with stdin, stdout and stderr piped, in a session of its own.
+        """Start `command` with stdin, stdout and stderr piped, in a process group of its
+        own (in the service's session: see the module's note on scheduling).
 
         Call it from trio's thread: see the module's note on the parent's death. Starting
         blocks for the fork and exec, well under a millisecond where Python can vfork.
@@ -313,7 +318,7 @@ class Child:
                 stdin=stdin_read,
                 stdout=stdout_write,
                 stderr=stderr_write,
-                start_new_session=True,
+                process_group=0,
                 env=env,
             )
         except BaseException:

@@ -25,7 +25,7 @@ import trio
 from refresher.media import effects, encoding, measure
 from refresher.media.effects import Effects
 from refresher.media.ffmpeg import remove_files, rerun_if_interrupted
-from refresher.media.measuring import Measurer
+from refresher.media.measurer import Measurer
 from refresher.media.probe import DEFAULT_LIMITS, MediaLimits, Probe
 
 LOGGER = logging.getLogger(__name__)

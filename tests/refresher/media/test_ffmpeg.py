@@ -1,5 +1,5 @@
 """Finding FFmpeg; finding and killing the encoders an earlier run left behind; running
-FFmpeg niced in a session of its own; and what its exit means."""
+FFmpeg niced in a process group of its own; and what its exit means."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_only_encoders_marked_for_this_data_dir_are_killed(tmp_path: Path) -> No
             process.wait()
 
 
-# --- running FFmpeg: niced, in a session of its own ------------------------------------
+# --- running FFmpeg: niced, in a process group of its own ------------------------------
 
 # A source FFmpeg reads in real time (`-re`) for longer than any test here waits.
 ENDLESS = ["-re", "-f", "lavfi", "-i", "testsrc=size=64x64:rate=10:duration=60"]
@@ -102,7 +102,18 @@ def _nice_values(pid: int) -> set[int]:
     }
 
 
-async def test_ffmpeg_runs_niced_in_a_session_and_process_group_of_its_own(ffmpeg: str) -> None:
+def _autogroup(pid: int) -> str | None:
+    """The scheduling group the kernel put the process in by session (None without
+    autogroup)."""
+    try:
+        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+    except OSError:
+        return None
+
+
+async def test_ffmpeg_runs_niced_in_a_process_group_of_its_own_in_our_session(
+    ffmpeg: str,
+) -> None:
     pids: list[int] = []
     seen: dict[str, object] = {}
     with trio.fail_after(30), trio.CancelScope() as scope:
@@ -114,6 +125,7 @@ async def test_ffmpeg_runs_niced_in_a_session_and_process_group_of_its_own(ffmpe
             seen["session"] = os.getsid(pid)
             seen["group"] = os.getpgid(pid)
             seen["nice"] = _nice_values(pid)
+            seen["autogroup"] = _autogroup(pid)
             scope.cancel()
 
         await run_ffmpeg(
@@ -124,8 +136,11 @@ async def test_ffmpeg_runs_niced_in_a_session_and_process_group_of_its_own(ffmpe
     assert scope.cancelled_caught
     [pid] = pids
     assert str(seen["comm"]).startswith("ffmpeg")
-    assert seen["session"] == seen["group"] == pid
+    assert seen["group"] == pid
     assert seen["group"] != os.getpgrp()
+    # Our session, so our scheduling group: only there does its nice value weigh.
+    assert seen["session"] == os.getsid(0)
+    assert seen["autogroup"] == _autogroup(os.getpid())
     expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + FFMPEG_NICE)
     assert seen["nice"] == {expected}
 

@@ -1,5 +1,5 @@
 """Measuring in a process of its own: the same numbers as measuring in place, for the same
-seed every time; niced, in a session of its own; started again after it ends
+seed every time; niced, in a process group of its own; started again after it ends
 idle, is killed, or is cancelled; a file it cannot read is a `MeasureFailed`, not a
 dead process."""
 
@@ -16,7 +16,8 @@ import trio
 from refresher.media import effects, measure
 from refresher.media.effects import Strength
 from refresher.media.ffmpeg import FFMPEG_NICE
-from refresher.media.measuring import Measurer, sample_halves
+from refresher.media.measurer import Measurer
+from refresher.media.measuring import sample_halves
 from refresher.media.probe import probe
 from refresher.media.variations import Batch, Draws, Encoder, Layout, make_variations
 from tests.support.clock import wait_for
@@ -112,7 +113,7 @@ async def _sample_footage(
     )
 
 
-async def test_it_runs_niced_and_apart_and_ends_when_closed(
+async def test_it_runs_niced_in_a_group_of_its_own_and_ends_when_closed(
     ffmpeg: str, footage: Path, tmp_path: Path, measurer: Measurer
 ) -> None:
     source, [itself] = await _sample_footage(ffmpeg, footage, tmp_path, measurer)
@@ -120,7 +121,8 @@ async def test_it_runs_niced_and_apart_and_ends_when_closed(
     pid = measurer.pid
     assert pid is not None
     assert _nice(pid) == FFMPEG_NICE
-    assert os.getsid(pid) == pid  # a session of its own: a terminal's Ctrl-C is ours
+    assert os.getpgid(pid) == pid  # a group of its own: a terminal's Ctrl-C is ours
+    assert os.getsid(pid) == os.getsid(0)  # our session: its nice value weighs
     await measurer.aclose()
     assert measurer.pid is None
     assert not await trio.Path(f"/proc/{pid}").exists()  # ended and reaped
