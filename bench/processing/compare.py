@@ -8,7 +8,8 @@ from pathlib import Path
 
 import trio
 
-from bench.processing.original import Result
+from bench.processing.original import Result, cpu_s
+from refresher.media import encoding
 from refresher.media.probe import Probe
 
 SSIM_CONCURRENCY = 2
@@ -46,3 +47,22 @@ async def measure_ssim(ffmpeg: str, source: Path, probed: Probe, results: list[R
         for result in results:
             for index in range(len(result.outputs)):
                 nursery.start_soon(one, result, index)
+
+
+async def encode_floor(ffmpeg: str, source: Path, outputs: int) -> float:
+    """CPU seconds per variation of the least any method could spend: the source decoded
+    once and encoded `outputs` times by x264 as ours is (preset, parameters, rate
+    control, one thread each), with no filter, no sound, no muxing and no measuring."""
+    x264 = [
+        "-c:v", "libx264", "-preset", encoding.X264_PRESET,
+        "-x264-params", encoding.X264_PARAMS, "-crf", str(encoding.X264_CRF),
+        "-maxrate", encoding.VIDEO_MAXRATE, "-bufsize", encoding.VIDEO_BUFSIZE,
+        "-threads", "1", "-pix_fmt", "yuv420p",
+    ]  # fmt: skip
+    args = [ffmpeg, "-hide_banner", "-loglevel", "error", "-nostdin", "-threads", "1"]
+    args += ["-i", str(source)]
+    for _ in range(outputs):
+        args += ["-map", "0:v:0", *x264, "-f", "null", "-"]
+    before = cpu_s()
+    await trio.run_process(args)
+    return (cpu_s() - before) / outputs
