@@ -99,7 +99,13 @@ class Measurer:
             with trio.CancelScope(shield=True):
                 await _end(child)
             raise
-        reply: dict[str, Any] = json.loads(line)
+        try:
+            reply: dict[str, Any] = json.loads(line)
+        except ValueError as err:  # not what our child writes: start another
+            self._child = None
+            with trio.CancelScope(shield=True):
+                await _end(child)
+            raise _Gone(f"it replied {line[:80]!r}") from err
         return reply
 
     async def _running(self) -> Child:
@@ -107,16 +113,21 @@ class Measurer:
         if child is not None and child.returncode is None:
             return child
         if child is not None:  # it ended idle
+            self._child = None
             await _end(child)
         self._pending = b""
         # Started from the event loop's thread, so that it dies with the service.
-        self._child = Child.start(
-            [
-                *die_with_parent(), NICE, "-n", str(FFMPEG_NICE),
-                sys.executable, "-m", "refresher.media.measuring", f"{self._idle_exit_s:g}",
-            ],
-            env=None,
-        )  # fmt: skip
+        try:
+            self._child = Child.start(
+                [
+                    *die_with_parent(), NICE, "-n", str(FFMPEG_NICE),
+                    sys.executable, "-m", "refresher.media.measuring",
+                    f"{self._idle_exit_s:g}",
+                ],
+                env=None,
+            )  # fmt: skip
+        except OSError as err:
+            raise MeasureFailed(f"the measuring process could not start: {err}") from err
         self.started += 1
         return self._child
 

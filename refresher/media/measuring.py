@@ -103,8 +103,12 @@ def _answer(request: dict[str, Any]) -> dict[str, Any]:
 
 
 def serve(idle_exit_s: float = IDLE_EXIT_S) -> None:
-    """The child: answer requests on stdin until EOF or IDLE_EXIT_S without one."""
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    """The child: answer requests on stdin until EOF or IDLE_EXIT_S without one. Replies
+    go to what stdout was at the start; a library that prints finds stdout on stderr,
+    and its words never break a reply."""
+    stdin = sys.stdin.buffer
+    stdout = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
     while True:
         ready, _, _ = select.select([stdin], [], [], idle_exit_s)
         if not ready:

@@ -6,6 +6,7 @@ ZIP. Run from outside the work tree, against a venv holding a wheel of the track
 from __future__ import annotations
 
 import io
+import json
 import re
 import shlex
 import zipfile
@@ -163,4 +164,7 @@ async def test_the_installed_service_serves_the_page_runs_a_job_and_its_zip(
     with zipfile.ZipFile(io.BytesIO(result["archive"])) as archive:
         assert archive.testzip() is None
         assert archive.namelist() == ["manifest.json", "creative/creative_var1.mp4"]
+        # Measured by the installed measuring process (`python -m` of the installed wheel).
+        [variation] = json.loads(archive.read("manifest.json"))["variations"]
+        assert variation["measured"]["pdqMatchedShare"] is not None
     assert (installed.clone / "data" / "auth_password").read_text().strip() == service.password

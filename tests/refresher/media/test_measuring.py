@@ -183,3 +183,20 @@ async def test_a_file_it_cannot_read_fails_the_measuring_not_the_process(
     assert measurer.pid == pid
     await _sample_footage(ffmpeg, footage, tmp_path, measurer)
     assert measurer.started == 1
+
+
+async def test_a_measuring_process_that_cannot_start_fails_the_measuring_not_the_next(
+    ffmpeg: str, footage: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    measurer = Measurer()
+    monkeypatch.setattr("refresher.media.measurer.sys.executable", str(tmp_path / "no-python"))
+    with pytest.raises(measure.MeasureFailed, match="the measuring process"):
+        await _sample_footage(ffmpeg, footage, tmp_path, measurer)
+    monkeypatch.undo()
+    assert measurer.started == 2  # tried once more, then gave up
+    try:  # and the next request starts one that works
+        await _sample_footage(ffmpeg, footage, tmp_path, measurer)
+        assert measurer.started == 3
+        assert measurer.pid is not None
+    finally:
+        await measurer.aclose()
