@@ -11,6 +11,7 @@ kills the child; the next one starts another.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,8 @@ import trio
 from refresher.media.ffmpeg import FFMPEG_NICE, NICE, Child, die_with_parent
 from refresher.media.measure import MeasureFailed, Sampled, Sampling, Wanted
 from refresher.media.measuring import IDLE_EXIT_S, request_line, sampled_of
+
+LOGGER = logging.getLogger(__name__)
 
 # Starts of a child per request: a child that dies mid-request is started again once.
 STARTS_PER_REQUEST = 2
@@ -66,6 +69,7 @@ class Measurer:
                 except _Gone as err:
                     if start == STARTS_PER_REQUEST:
                         raise MeasureFailed(f"the measuring process ended: {err}") from err
+                    LOGGER.warning("the measuring process ended mid-request (%s): again", err)
                     continue
                 if "error" in reply:
                     raise MeasureFailed(str(reply["error"]))
@@ -129,6 +133,7 @@ class Measurer:
         except OSError as err:
             raise MeasureFailed(f"the measuring process could not start: {err}") from err
         self.started += 1
+        LOGGER.info("measuring process %d started", self._child.pid)
         return self._child
 
     async def _line(self, child: Child) -> bytes:
