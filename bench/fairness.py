@@ -72,17 +72,24 @@ def _small_wait(
     return waited, made
 
 
+def footage_copies(root: Path, seconds: float, files: int, what: str) -> list[Path]:
+    """`files` copies of natural 1280x720 footage `seconds` long, under `root`; `what`
+    names the benchmark in what is printed."""
+    source = root / "footage.mp4"
+    print(f"{what}: natural footage, {seconds:g} s 1280x720 ...", flush=True)
+    make_footage(find_ffmpeg(None), source, width=1280, height=720, seconds=seconds)
+    copies = [source]
+    for number in range(1, files):
+        copies.append(root / f"footage-{number}.mp4")
+        shutil.copyfile(source, copies[-1])
+    return copies
+
+
 def measure(seconds: float = 10.0, files: int = 3, variations: int = 10) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-fairness-") as scratch:
         root = Path(scratch)
-        source = root / "footage.mp4"
-        print(f"fairness: natural footage, {seconds:g} s 1280x720 ...", flush=True)
-        make_footage(find_ffmpeg(None), source, width=1280, height=720, seconds=seconds)
-        big = [source]
-        for number in range(1, files):
-            copy = root / f"footage-{number}.mp4"
-            shutil.copyfile(source, copy)
-            big.append(copy)
+        big = footage_copies(root, seconds, files, "fairness")
+        source = big[0]
         small = root / "small.mp4"
         shutil.copyfile(source, small)
         waits = {}

@@ -14,18 +14,15 @@ Reported, no target.
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.fairness import queue_job, wait_status
+from bench.fairness import footage_copies, queue_job, wait_status
 from bench.service import Service, curl
 from bench.verdict import Row, table
-from refresher.media.ffmpeg import find_ffmpeg
-from tests.support.footage import make_footage
 
 POLL_S = 0.1
 TIMEOUT_S = 900.0
@@ -61,13 +58,7 @@ def _download(service: Service, output: dict[str, object]) -> None:
 def measure(files: int = 10, seconds: float = 10.0, variations: int = 5) -> list[Row]:
     with tempfile.TemporaryDirectory(prefix="bench-first-") as scratch:
         root = Path(scratch)
-        source = root / "footage.mp4"
-        print(f"first variation: natural footage, {seconds:g} s 1280x720 ...", flush=True)
-        make_footage(find_ffmpeg(None), source, width=1280, height=720, seconds=seconds)
-        sources = [source]
-        for number in range(1, files):
-            sources.append(root / f"footage-{number}.mp4")
-            shutil.copyfile(source, sources[-1])
+        sources = footage_copies(root, seconds, files, "first variation")
         with Service(root / "data") as service:
             job_id = queue_job(service, sources, variations)
             answered = time.monotonic()
