@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections.abc import AsyncIterator
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import av
@@ -24,9 +24,21 @@ pytestmark = pytest.mark.both_blob_stores
 
 # One video of 1 s in 2 variations: a few seconds of FFmpeg on a small machine.
 PROCESSING_TIMEOUT_S = 120
-# A variation that cannot sit whole in the loopback's socket buffers (several MB each way):
-# its stream is still running, holding its lease, while the client reads slowly.
-LARGER_THAN_SOCKET_BUFFERS = 24 * 1024 * 1024
+
+
+def _larger_than_socket_buffers() -> int:
+    """A size that cannot sit whole in a loopback connection's socket buffers: the most
+    the kernel lets TCP's receive and send buffers grow to, and 8 MiB more. A variation
+    this big is still streaming, holding its lease, while the client reads slowly (24 MiB
+    was not where receive buffers may grow to 32 MiB: the stream sometimes ended first)."""
+    most = sum(
+        int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
+        for name in ("tcp_rmem", "tcp_wmem")
+    )
+    return most + 8 * 1024 * 1024
+
+
+LARGER_THAN_SOCKET_BUFFERS = _larger_than_socket_buffers()
 
 
 @pytest.fixture
