@@ -111,10 +111,11 @@ class PeakRss:
             if not self._tree:
                 self.peak = max(self.peak, rss_bytes(self.pid))
             else:
-                rss = tree_rss_bytes(self.pid)
+                pids = tree_pids(self.pid)
+                rss = sum(rss_bytes(one) for one in pids)
                 high, self.peak = rss >= self.peak, max(self.peak, rss)
                 if high and time.monotonic() - pss_read >= self.PSS_EVERY_S:
-                    self.peak_pss = max(self.peak_pss, tree_pss_bytes(self.pid))
+                    self.peak_pss = max(self.peak_pss, sum(pss_bytes(one) for one in pids))
                     pss_read = time.monotonic()
             time.sleep(self._interval_s)
 

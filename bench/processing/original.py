@@ -3,7 +3,6 @@ after another, `rotate`+`eq`, its exact x264 arguments."""
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import trio
 
+from bench.service import cpu_seconds
 from refresher.media.effects import Effects
 
 # /proc polling interval for peak memory; VmHWM is the kernel's own high-water mark, so
@@ -59,15 +59,13 @@ def cpu_s() -> float:
 
 
 def process_cpu_s(pid: int | None) -> float:
-    """CPU seconds of a running process, from /proc (0 for None or one that is gone)."""
+    """CPU seconds of a running process (0 for None or one that is gone)."""
     if pid is None:
         return 0.0
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return cpu_seconds(pid)
     except OSError:
         return 0.0
-    # utime and stime: the 14th and 15th fields, the 12th and 13th after the name.
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def watch_peak(pid: int, result: Result) -> None:

@@ -93,32 +93,27 @@ class Measurer:
         try:
             await child.stdin.send_all(request)
             line = await self._line(child)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, _Gone) as err:
-            self._child = None
-            with trio.CancelScope(shield=True):
-                await _end(child)
+            reply: dict[str, Any] = json.loads(line)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, _Gone, ValueError) as err:
+            # It ended, or replied with something not ours: start another.
+            await self._drop(child)
             raise _Gone(f"status {child.returncode}") from err
         except BaseException:
-            self._child = None  # cancelled mid-request: its reply would answer the next
-            with trio.CancelScope(shield=True):
-                await _end(child)
+            await self._drop(child)  # cancelled mid-request: its reply would answer the next
             raise
-        try:
-            reply: dict[str, Any] = json.loads(line)
-        except ValueError as err:  # not what our child writes: start another
-            self._child = None
-            with trio.CancelScope(shield=True):
-                await _end(child)
-            raise _Gone(f"it replied {line[:80]!r}") from err
         return reply
+
+    async def _drop(self, child: Child) -> None:
+        self._child = None
+        with trio.CancelScope(shield=True):
+            await _end(child)
 
     async def _running(self) -> Child:
         child = self._child
         if child is not None and child.returncode is None:
             return child
         if child is not None:  # it ended idle
-            self._child = None
-            await _end(child)
+            await self._drop(child)
         self._pending = b""
         # Started from the event loop's thread, so that it dies with the service.
         try:
