@@ -103,12 +103,14 @@ def _nice_values(pid: int) -> set[int]:
 
 
 def _autogroup(pid: int) -> str | None:
-    """The scheduling group the kernel put the process in by session (None without
-    autogroup)."""
+    """The scheduling group the kernel put the process in by session. None without
+    autogroup: no file, or an empty one when the process's CPU cgroup schedules it
+    instead (as in many containers)."""
     try:
-        return Path(f"/proc/{pid}/autogroup").read_text().split()[0]
+        words = Path(f"/proc/{pid}/autogroup").read_text().split()
     except OSError:
         return None
+    return words[0] if words else None
 
 
 async def test_ffmpeg_runs_niced_in_a_process_group_of_its_own_in_our_session(
