@@ -259,7 +259,9 @@ async def test_client_that_goes_away_releases_its_lease(
 ) -> None:
     job_id = await finished_job(service, **LARGER_THAN_SOCKET_BUFFERS)
     async with authed.stream("GET", f"/api/jobs/{job_id}/download") as response:
-        await response.aiter_raw().__anext__()
+        # Held: an iterator dropped is finalized, which closes the response early.
+        stream = response.aiter_raw()
+        await stream.__anext__()
         assert await lease_count(service.state) == 1
     await wait_for_leases(service.state, 0)
 

@@ -29,8 +29,7 @@ PROCESSING_TIMEOUT_S = 120
 def _larger_than_socket_buffers() -> int:
     """A size that cannot sit whole in a loopback connection's socket buffers: the most
     the kernel lets TCP's receive and send buffers grow to, and 8 MiB more. A variation
-    this big is still streaming, holding its lease, while the client reads slowly (24 MiB
-    was not where receive buffers may grow to 32 MiB: the stream sometimes ended first)."""
+    this big is still streaming, holding its lease, while the client reads slowly."""
     most = sum(
         int(Path(f"/proc/sys/net/ipv4/{name}").read_text().split()[2])
         for name in ("tcp_rmem", "tcp_wmem")
@@ -262,7 +261,9 @@ async def test_a_player_that_goes_away_releases_its_lease(
 ) -> None:
     _job_id, url = await large_variation(service, authed)
     async with anonymous.stream("GET", url) as response:
-        await response.aiter_raw().__anext__()
+        # Held: an iterator dropped is finalized, which closes the response early.
+        stream = response.aiter_raw()
+        await stream.__anext__()
         assert await lease_count(service.state) == 1
     await no_leases(service)
 
